@@ -1,0 +1,5 @@
+"""Reconstruction losses."""
+
+from mimkit.losses.reconstruction import masked_mse, normalize_patches
+
+__all__ = ["masked_mse", "normalize_patches"]

@@ -1,0 +1,5 @@
+"""Mask generators: random tokens (MAE)."""
+
+from mimkit.masking.random_tokens import TokenMask, random_token_mask
+
+__all__ = ["TokenMask", "random_token_mask"]

@@ -1,0 +1,109 @@
+"""Masked Autoencoders (He et al., 2021, "Masked Autoencoders Are Scalable Vision Learners").
+
+75% of the patches are removed at random; the encoder sees only the visible ones (what makes MAE
+cheap); a light decoder fills mask tokens back in and predicts the pixels of every patch; the loss is
+the MSE on the removed patches only, optionally against per-patch normalised pixels (``norm_pix_loss``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from mimkit.heads import MAEDecoder
+from mimkit.losses import masked_mse, normalize_patches
+from mimkit.masking import random_token_mask
+from mimkit.masking.random_tokens import check_ratio
+from mimkit.methods.registry import METHODS
+from mimkit.models.patches import patchify, unpatchify
+
+
+@METHODS.register("mae")
+class MAE(nn.Module):
+    """MAE around a ViT encoder.
+
+    Args:
+        encoder: a :class:`~mimkit.models.VisionTransformer` (anything with ``forward_encoder(x,
+            ids_keep=...)``, ``patch_size``, ``grid_size``, ``in_chans``, ``embed_dim``).
+        decoder_dim, decoder_depth, decoder_heads: decoder size (reference 512, 8, 16).
+        mask_ratio: fraction of patches removed, in (0, 1).
+        norm_pix_loss: regress per-patch normalised pixels.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_heads: int = 16,
+        mask_ratio: float = 0.75,
+        norm_pix_loss: bool = False,
+    ):
+        super().__init__()
+        if not hasattr(encoder, "forward_encoder") or not hasattr(encoder, "num_patches"):
+            raise ValueError(
+                f"MAE needs a ViT encoder that can drop tokens, got {type(encoder).__name__}; "
+                "use a vit_* encoder (hierarchical encoders such as Swin go with SimMIM)"
+            )
+        self.encoder = encoder
+        self.mask_ratio = check_ratio(mask_ratio)
+        self.norm_pix_loss = norm_pix_loss
+        self.patch_size = encoder.patch_size
+        self.decoder = MAEDecoder(
+            grid_size=encoder.grid_size,
+            embed_dim=encoder.embed_dim,
+            patch_dim=encoder.patch_size**2 * encoder.in_chans,
+            decoder_dim=decoder_dim,
+            depth=decoder_depth,
+            num_heads=decoder_heads,
+        )
+
+    def target(self, images: torch.Tensor) -> torch.Tensor:
+        """The regression target ``[N, L, p*p*C]`` (normalised per patch with ``norm_pix_loss``)."""
+        target = patchify(images, self.patch_size)
+        return normalize_patches(target)[0] if self.norm_pix_loss else target
+
+    def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``images`` [N, C, H, W]; ``noise`` [N, L] optional, replaces the random draw.
+
+        Returns:
+            ``loss`` (scalar), ``pred`` [N, L, p*p*C] (in target space), ``mask`` [N, L] (1 = removed).
+        """
+        n = images.shape[0]
+        token_mask = random_token_mask(n, self.encoder.num_patches, self.mask_ratio, noise, images.device)
+        latent = self.encoder.forward_encoder(images, ids_keep=token_mask.ids_keep)  # [N, 1 + K, D]
+        pred = self.decoder(latent, token_mask.ids_restore)  # [N, L, p*p*C]
+        loss = masked_mse(pred, self.target(images), token_mask.mask)
+        return {"loss": loss, "pred": pred, "mask": token_mask.mask}
+
+    def training_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        """The trainer's entry point: ``batch = (images, labels)``; labels are ignored."""
+        return self(batch[0])
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Reconstruction in pixel space, for people to look at.
+
+        With ``norm_pix_loss`` the prediction is de-normalised with each patch's own mean and std
+        from the input (otherwise it looks like noise).
+
+        Returns:
+            ``reconstruction`` [N, C, H, W], ``masked`` (input with removed patches zeroed),
+            ``pasted`` (reconstruction with the visible patches of the input pasted back),
+            ``mask`` [N, 1, H, W] (1 = removed).
+        """
+        out = self(images, noise=noise)
+        pred = out["pred"].float()
+        if self.norm_pix_loss:
+            _, mean, std = normalize_patches(patchify(images.float(), self.patch_size))
+            pred = pred * std + mean
+        grid, p, c = self.encoder.grid_size, self.patch_size, images.shape[1]
+        recon = unpatchify(pred, p, grid, c)
+        mask = unpatchify(out["mask"].unsqueeze(-1).expand(-1, -1, p * p * c), p, grid, c)[:, :1]
+        return {
+            "reconstruction": recon,
+            "masked": images * (1 - mask),
+            "pasted": images * (1 - mask) + recon * mask,
+            "mask": mask,
+            "loss": out["loss"],
+        }

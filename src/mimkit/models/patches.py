@@ -1,0 +1,30 @@
+"""Images <-> sequences of flattened patches, in MAE's order (channels last within a patch)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """``[N, C, H, W] -> [N, L, p*p*C]``, ``L = (H/p) * (W/p)`` in row-major order."""
+    n, c, h, w = images.shape
+    p = patch_size
+    if h % p or w % p:
+        raise ValueError(f"image size {h}x{w} is not divisible by the patch size {p}")
+    x = images.reshape(n, c, h // p, p, w // p, p)
+    x = torch.einsum("nchpwq->nhwpqc", x)
+    return x.reshape(n, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, grid_size: tuple[int, int], channels: int) -> torch.Tensor:
+    """Inverse of :func:`patchify`: ``[N, L, p*p*C] -> [N, C, gh*p, gw*p]``."""
+    n, length, dim = patches.shape
+    p = patch_size
+    gh, gw = grid_size
+    if length != gh * gw or dim != p * p * channels:
+        raise ValueError(
+            f"patches of shape {tuple(patches.shape)} do not fit a {gh}x{gw} grid of {p}x{p}x{channels} patches"
+        )
+    x = patches.reshape(n, gh, gw, p, p, channels)
+    x = torch.einsum("nhwpqc->nchpwq", x)
+    return x.reshape(n, channels, gh * p, gw * p)

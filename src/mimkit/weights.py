@@ -1,0 +1,167 @@
+"""Loading and exporting weights: mimkit checkpoints, reference MAE files, timm-style ViT files.
+
+Files are read with ``torch.load(weights_only=True)``: a checkpoint cannot run code. Loading is strict:
+every missing, unexpected or mis-shaped key is named in one ``ValueError``. Position embeddings whose
+patch grid differs from the target's are resampled bicubically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from mimkit.models.pos_embed import resample_pos_embed
+
+# Reference MAE ('visualize' files) -> mimkit MAE names. Anything else in such a file is the encoder's.
+_REFERENCE_DECODER_PREFIXES = {
+    "decoder_embed.": "decoder.embed.",
+    "mask_token": "decoder.mask_token",
+    "decoder_pos_embed": "decoder.pos_embed",
+    "decoder_blocks.": "decoder.blocks.",
+    "decoder_norm.": "decoder.norm.",
+    "decoder_pred.": "decoder.pred.",
+}
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a ``.pt``/``.pth`` (weights only) or ``.safetensors`` file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return {"model": load_file(str(path))}
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors, truncated files, objects that weights_only refuses
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: {type(err).__name__}: {err}") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint {str(path)!r} holds a {type(ckpt).__name__}, not a dict of weights")
+    return ckpt
+
+
+def extract_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint: under ``model``, ``state_dict``, or the dict itself."""
+    for key in ("model", "state_dict", "model_state"):
+        if isinstance(ckpt.get(key), dict):
+            state = ckpt[key]
+            break
+    else:
+        state = ckpt
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError("the checkpoint holds no model weights (no 'model' or 'state_dict' of tensors)")
+    if all(k.startswith("module.") for k in tensors):  # saved from a DDP-wrapped model
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _is_reference_decoder_key(key: str) -> bool:
+    return any(key.startswith(prefix) for prefix in _REFERENCE_DECODER_PREFIXES)
+
+
+def _to_target_names(state: dict[str, torch.Tensor], target: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename a file's keys to the target module's naming scheme."""
+    target_keys = target.state_dict().keys()
+    wants_method = any(k.startswith("encoder.") for k in target_keys)
+    has_method = any(k.startswith("encoder.") for k in state)
+    if wants_method and not has_method:  # reference MAE file into a mimkit method
+        renamed = {}
+        for key, value in state.items():
+            for old, new in _REFERENCE_DECODER_PREFIXES.items():
+                if key.startswith(old):
+                    renamed[new + key[len(old) :]] = value
+                    break
+            else:
+                renamed["encoder." + key] = value
+        return renamed
+    if not wants_method and has_method:  # a method checkpoint into its encoder: take the encoder part
+        return {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    if not wants_method:  # an encoder file (maybe a 'visualize' one) into an encoder
+        state = {k: v for k, v in state.items() if not _is_reference_decoder_key(k)}
+        if isinstance(getattr(target, "head", None), nn.Identity):  # no classifier: ignore the file's
+            state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    return state
+
+
+def _grid_of(module: nn.Module, key: str) -> tuple[int, int] | None:
+    owner = module
+    for part in key.split(".")[:-1]:
+        owner = getattr(owner, part, None)
+    return getattr(owner, "grid_size", None)
+
+
+def load_weights(module: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict[str, Any]:
+    """Load a checkpoint into an encoder or a method, strictly.
+
+    Accepts mimkit checkpoints (a method's or an encoder's), reference MAE files ``{'model': ...}``
+    (encoder-only ones into an encoder, 'visualize' ones with the decoder into an MAE), timm-style ViT
+    state dicts and ``.safetensors`` exports. Position embeddings are resampled (bicubic) to the
+    target's patch grid.
+
+    Returns:
+        The checkpoint dict (for its other entries, such as the training config).
+
+    Raises:
+        ValueError: naming every missing, unexpected and mis-shaped key.
+    """
+    ckpt = read_checkpoint(path)
+    state = _to_target_names(extract_state_dict(ckpt), module)
+    expected = module.state_dict()
+    old_grid = ckpt.get("grid_size") if isinstance(ckpt.get("grid_size"), (list, tuple)) else None
+    problems = []
+    for key, value in list(state.items()):
+        if key not in expected or expected[key].shape == value.shape:
+            continue
+        target_grid = _grid_of(module, key)
+        if key.endswith("pos_embed") and value.ndim == 3 and target_grid is not None:
+            n_new = expected[key].shape[1]
+            prefix = n_new - target_grid[0] * target_grid[1]
+            try:
+                state[key] = resample_pos_embed(value, target_grid, old_grid, num_prefix_tokens=prefix)
+                if state[key].shape == expected[key].shape:
+                    continue
+            except ValueError:
+                pass
+        problems.append(f"{key}: file {tuple(value.shape)} vs model {tuple(expected[key].shape)}")
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if problems or (strict and (missing or unexpected)):
+        lines = [f"{path}: the checkpoint does not fit this {type(module).__name__}"]
+        if problems:
+            lines.append("shape mismatches: " + "; ".join(problems))
+        if strict and missing:
+            lines.append(f"missing keys ({len(missing)}): " + ", ".join(_abbrev(missing)))
+        if strict and unexpected:
+            lines.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(_abbrev(unexpected)))
+        raise ValueError("\n  ".join(lines))
+    module.load_state_dict(state, strict=strict)
+    return ckpt
+
+
+def _abbrev(keys: list[str], limit: int = 12) -> list[str]:
+    return keys if len(keys) <= limit else keys[:limit] + [f"... {len(keys) - limit} more"]
+
+
+def export_encoder_safetensors(module: nn.Module, path: str | os.PathLike, config: dict | None = None) -> Path:
+    """Write the encoder's weights (standard ViT names) as ``.safetensors``.
+
+    ``module`` may be a method (its ``.encoder`` is exported) or an encoder.
+    """
+    from safetensors.torch import save_file
+
+    encoder = getattr(module, "encoder", module)
+    state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
+    metadata = {"format": "pt", "producer": "mimkit"}
+    if config is not None:
+        metadata["mimkit_config"] = json.dumps(config)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=metadata)
+    return path
