@@ -97,7 +97,7 @@ def _grid_of(module: nn.Module, key: str) -> tuple[int, int] | None:
     return getattr(owner, "grid_size", None)
 
 
-def load_weights(module: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict[str, Any]:
+def load_weights(module: nn.Module, path: str | os.PathLike | dict[str, Any], strict: bool = True) -> dict[str, Any]:
     """Load a checkpoint into an encoder or a method, strictly.
 
     Accepts mimkit checkpoints (a method's or an encoder's), reference MAE files ``{'model': ...}``
@@ -105,13 +105,20 @@ def load_weights(module: nn.Module, path: str | os.PathLike, strict: bool = True
     state dicts and ``.safetensors`` exports. Position embeddings are resampled (bicubic) to the
     target's patch grid.
 
+    Args:
+        module: the encoder or method to fill.
+        path: a checkpoint file, or a checkpoint dict already read with :func:`read_checkpoint`.
+        strict: every key of the module must be in the file and vice versa.
+
     Returns:
         The checkpoint dict (for its other entries, such as the training config).
 
     Raises:
         ValueError: naming every missing, unexpected and mis-shaped key.
     """
-    ckpt = read_checkpoint(path)
+    ckpt = path if isinstance(path, dict) else read_checkpoint(path)
+    if isinstance(path, dict):
+        path = "checkpoint"
     state = _to_target_names(extract_state_dict(ckpt), module)
     expected = module.state_dict()
     old_grid = ckpt.get("grid_size") if isinstance(ckpt.get("grid_size"), (list, tuple)) else None

@@ -1,0 +1,216 @@
+"""``mimkit <subcommand>``: each subcommand is a plain typed function below; ``main`` only parses.
+
+    mimkit pretrain --config configs/mae_fashion_mnist.yaml train.epochs=5 output_dir=runs/mae
+    mimkit reconstruct runs/mae --out recon.png
+    mimkit knn runs/mae --compare-random
+    mimkit export runs/mae encoder.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mimkit.data import DataConfig, EvalTransform, build_dataset, build_loader
+from mimkit.engine import NonFiniteLossError, load_config
+from mimkit.engine.checkpoint import seed_everything
+from mimkit.eval import extract_features, knn_accuracy
+from mimkit.models import create_encoder
+from mimkit.pretrain import build_encoder, load_pretrained, pretrain, resolve_checkpoint
+from mimkit.viz import save_reconstruction_grid
+from mimkit.weights import export_encoder_safetensors, load_weights
+
+log = logging.getLogger("mimkit")
+
+
+def run_pretrain(config: str | None, overrides: list[str]) -> Path:
+    """Pretrain from a YAML recipe plus ``key.sub=value`` overrides; returns the run directory."""
+    return pretrain(load_config(config, overrides))
+
+
+def _eval_data(cfg_data: DataConfig, stats: dict[str, Any], source: str | None, root: str | None) -> DataConfig:
+    """The data of a run for evaluation: same source and size, no augmentation, the run's statistics."""
+    changes: dict[str, Any] = {"augment": "none", "limit": None}
+    if source:
+        changes["source"] = source
+    if root:
+        changes["root"] = root
+    if stats:
+        changes.update(img_size=list(stats["img_size"]), channels=stats["channels"],
+                       normalize=[list(stats["mean"]), list(stats["std"])])
+    return dataclasses.replace(cfg_data, **changes)
+
+
+def run_reconstruct(
+    checkpoint: str, out: str = "reconstruction.png", num: int = 8, split: str = "test", seed: int = 0,
+    data_root: str | None = None,
+) -> Path:
+    """Write a PNG grid (original | masked | reconstruction | reconstruction + visible) of ``num`` images."""
+    method, cfg, stats = load_pretrained(checkpoint)
+    if not hasattr(method, "reconstruct"):
+        raise ValueError(f"method {cfg.method['name']!r} cannot show reconstructions")
+    data = build_dataset(_eval_data(cfg.data, stats, None, data_root), split)
+    if num < 1 or num > len(data):
+        raise ValueError(f"--num must be in [1, {len(data)}], got {num}")
+    transform = EvalTransform(data.img_size, data.mean, data.std)
+    images = transform(torch.stack([data[i][0] for i in range(num)]))
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    method.eval()
+    outputs = method.reconstruct(images)
+    torch.set_rng_state(generator_state)
+    title = f"{cfg.method['name']} {cfg.encoder['name']}  ({Path(resolve_checkpoint(checkpoint)).name})"
+    return save_reconstruction_grid(images, outputs, out, data.mean, data.std, title=title)
+
+
+def _encoder_and_data(
+    checkpoint: str | None, encoder_name: str | None, source: str | None, root: str | None
+) -> tuple[torch.nn.Module | None, dict[str, Any], DataConfig]:
+    """(encoder or None, encoder config, data config) for a mimkit run or a plain encoder file."""
+    if encoder_name is None:
+        if checkpoint is None:
+            raise ValueError("give a checkpoint (or run directory), or --encoder NAME for a random encoder")
+        method, cfg, stats = load_pretrained(checkpoint)
+        encoder_cfg = {**cfg.encoder, "img_size": tuple(stats["img_size"]), "in_chans": stats["channels"]}
+        return method.encoder, encoder_cfg, _eval_data(cfg.data, stats, source, root)
+    data = DataConfig(source=source or "fashion_mnist", augment="none",
+                      **({"root": root} if root else {}))
+    sample = build_dataset(data, "test")
+    encoder_cfg = {"name": encoder_name, "img_size": tuple(sample.img_size), "in_chans": sample.channels}
+    encoder = None
+    if checkpoint is not None:
+        encoder = build_encoder(encoder_cfg)
+        load_weights(encoder, resolve_checkpoint(checkpoint))
+    return encoder, encoder_cfg, data
+
+
+def run_knn(
+    checkpoint: str | None = None,
+    encoder_name: str | None = None,
+    ks: tuple[int, ...] = (20,),
+    pool: str = "token",
+    compare_random: bool = False,
+    source: str | None = None,
+    root: str | None = None,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    batch_size: int = 512,
+    device: str = "auto",
+    seed: int = 0,
+) -> dict[str, dict[int, float]]:
+    """kNN top-1 accuracy (%) of frozen encoders on a labeled dataset's test split.
+
+    Returns:
+        ``{"pretrained": {k: acc}, "random init": {k: acc}}`` (each entry only when asked for).
+    """
+    from mimkit.engine.dist import resolve_device
+
+    dev = resolve_device(device)
+    encoder, encoder_cfg, data = _encoder_and_data(checkpoint, encoder_name, source, root)
+    train_set = build_dataset(dataclasses.replace(data, limit=train_limit), "train")
+    test_set = build_dataset(dataclasses.replace(data, limit=test_limit), "test")
+    if train_set.num_classes == 0 or test_set.num_classes == 0:
+        raise ValueError(f"kNN needs labeled data; {data.root!r} has no class labels")
+    transform = EvalTransform(train_set.img_size, train_set.mean, train_set.std).to(dev)
+    encoders: dict[str, torch.nn.Module] = {}
+    if encoder is not None:
+        encoders["pretrained"] = encoder
+    if compare_random or encoder is None:
+        seed_everything(seed)
+        encoders["random init"] = build_encoder(encoder_cfg)
+    results = {}
+    for name, model in encoders.items():
+        banks = []
+        for dataset in (train_set, test_set):
+            loader = build_loader(dataset, batch_size, shuffle=False, drop_last=False)
+            banks.append(extract_features(model, loader, transform, dev, pool=pool))
+        (train_f, train_y), (test_f, test_y) = banks
+        results[name] = knn_accuracy(train_f, train_y, test_f, test_y, ks=ks)
+    return results
+
+
+def run_export(checkpoint: str, out: str, encoder_name: str | None = None) -> Path:
+    """Write a run's encoder as ``.safetensors`` with the standard ViT names."""
+    if encoder_name is None:
+        method, cfg, _ = load_pretrained(checkpoint)
+        return export_encoder_safetensors(method, out, config={"encoder": cfg.encoder})
+    encoder = create_encoder(encoder_name)
+    load_weights(encoder, resolve_checkpoint(checkpoint))
+    return export_encoder_safetensors(encoder, out, config={"encoder": {"name": encoder_name}})
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mimkit", description="Masked image modeling for Vision Transformers.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="pretrain from a YAML config with dotted overrides")
+    p.add_argument("--config", "-c", help="YAML recipe (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=5 output_dir=runs/x")
+
+    p = sub.add_parser("reconstruct", help="PNG grid of a run's reconstructions")
+    p.add_argument("checkpoint", help="run directory or checkpoint file")
+    p.add_argument("--out", "-o", default="reconstruction.png")
+    p.add_argument("--num", "-n", type=int, default=8, help="number of images (rows)")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--seed", type=int, default=0, help="seed of the masks shown")
+    p.add_argument("--data-root", help="read the images from here instead of the run's data root")
+
+    p = sub.add_parser("knn", help="kNN accuracy (k=20, cosine, DINO weighting) of a frozen encoder")
+    p.add_argument("checkpoint", nargs="?", help="run directory, mimkit checkpoint, or encoder file")
+    p.add_argument("--encoder", dest="encoder_name", help="encoder name, for a plain encoder file (or none)")
+    p.add_argument("--k", dest="ks", type=int, nargs="+", default=[20])
+    p.add_argument("--pool", choices=["token", "avg"], default="token")
+    p.add_argument("--compare-random", action="store_true", help="also score the same encoder at random init")
+    p.add_argument("--source", help="data source (default: the run's)")
+    p.add_argument("--data-root", dest="root")
+    p.add_argument("--train-limit", type=int, help="use only the first N training images as the bank")
+    p.add_argument("--test-limit", type=int, help="use only the first N test images")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("export", help="write the encoder as .safetensors (standard ViT names)")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.add_argument("--encoder", dest="encoder_name", help="encoder name, for a plain encoder file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        if args.command == "pretrain":
+            run_dir = run_pretrain(args.config, args.overrides)
+            print(f"run directory: {run_dir}")
+        elif args.command == "reconstruct":
+            path = run_reconstruct(args.checkpoint, args.out, args.num, args.split, args.seed, args.data_root)
+            print(f"wrote {path}")
+        elif args.command == "knn":
+            results = run_knn(args.checkpoint, args.encoder_name, tuple(args.ks), args.pool, args.compare_random,
+                              args.source, args.root, args.train_limit, args.test_limit, args.batch_size,
+                              args.device)
+            for name, accs in results.items():
+                scores = "  ".join(f"k={k}: {acc:.2f}%" for k, acc in accs.items())
+                print(f"kNN top-1 ({args.pool} features) {name:>12}: {scores}")
+        elif args.command == "export":
+            print(f"wrote {run_export(args.checkpoint, args.out, args.encoder_name)}")
+    except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
+        print(f"mimkit: error: {err}", file=sys.stderr)
+        return 2 if not isinstance(err, NonFiniteLossError) else 1
+    except KeyboardInterrupt:
+        print("mimkit: interrupted; run the same command again to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Configs: YAML recipes merged with dotted command-line overrides, validated strictly.
+
+``load_config("configs/mae_fashion_mnist.yaml", ["train.epochs=5", "method.mask_ratio=0.6"])``.
+An unknown key anywhere is a ``ValueError`` that names it (and suggests the closest valid key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import yaml
+
+from mimkit.data import DataConfig
+
+T = TypeVar("T")
+
+PRECISIONS = ("bf16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping of one training run (shared by pretraining and fine-tuning)."""
+
+    epochs: int = 10
+    batch_size: int = 256  # per process and per micro-step
+    accum_steps: int = 1  # gradient accumulation: effective batch = batch_size * accum_steps * world_size
+    blr: float = 1.5e-4  # base lr; lr = blr * effective_batch / 256 unless lr is given
+    lr: float | None = None
+    min_lr: float = 0.0
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    clip_grad: float | None = None
+    precision: str = "bf16"  # bf16 autocast (CPU and CUDA) or fp32
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_every: int = 20  # optimizer steps between logged metrics (the only host syncs)
+    save_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
+    max_steps: int | None = None  # stop (and checkpoint) after this many optimizer steps in total
+    resume: bool = True  # continue from the run directory's last checkpoint if there is one
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "accum_steps", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("blr", "min_lr", "weight_decay", "warmup_epochs"):
+            if float(getattr(self, name)) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise ValueError(f"train.clip_grad must be > 0 or null, got {self.clip_grad!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"train.max_steps must be >= 1 or null, got {self.max_steps!r}")
+        if self.save_every_steps < 0:
+            raise ValueError(f"train.save_every_steps must be >= 0, got {self.save_every_steps!r}")
+
+
+@dataclass
+class PretrainConfig:
+    """A pretraining recipe: encoder, method, data, training, and where the run lives."""
+
+    encoder: dict[str, Any] = field(default_factory=lambda: {"name": "vit_tiny_patch4_28"})
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "mae"})
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "runs/pretrain"
+
+    def __post_init__(self) -> None:
+        for part in ("encoder", "method"):
+            value = getattr(self, part)
+            if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+                raise ValueError(f"config section {part!r} needs a 'name' (e.g. {part}.name=...), got {value!r}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML-able dict of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def _build(cls: type[T], values: dict[str, Any], where: str) -> T:
+    """Build a dataclass from a dict, recursing into dataclass fields; unknown keys are errors."""
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {where or 'top level'!r} must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, list(fields), n=1)
+        hint = f"; did you mean {where + close[0]!r}?" if close else ""
+        raise ValueError(
+            f"unknown config key {where + key!r}{hint} (valid under {where[:-1] or 'top level'}: "
+            f"{', '.join(fields)})"
+        )
+    kwargs = {}
+    for key, value in values.items():
+        ftype = fields[key].type
+        sub = _DATACLASSES.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        kwargs[key] = _build(sub, value or {}, f"{where}{key}.") if sub else value
+    return cls(**kwargs)
+
+
+_DATACLASSES: dict[str, type] = {"DataConfig": DataConfig, "TrainConfig": TrainConfig}
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.epochs=5", "encoder.img_size=[32, 32]"]`` -> nested dict; values parsed as YAML."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ValueError(f"override {item!r} has an empty key")
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r} conflicts with another override of {part!r}")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return tree
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: ``update`` wins; nested dicts are merged key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None, cls: type[T] = PretrainConfig) -> T:
+    """Read a YAML recipe (or start from defaults when ``path`` is None) and apply dotted overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        with open(path) as f:
+            try:
+                values = yaml.safe_load(f) or {}
+            except yaml.YAMLError as err:
+                raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    values = merge(values, parse_overrides(overrides or []))
+    return _build(cls, values, "")
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)

@@ -1,0 +1,283 @@
+"""The one trainer, shared by pretraining, fine-tuning and linear probing.
+
+It knows nothing of a particular method: each batch goes through ``model.training_step(batch)``, which
+returns a dict with a scalar ``loss`` (and optionally other ``loss_*`` scalars to log). After each
+optimizer step it calls ``model.on_train_step_end(step, total_steps)`` when the model has one (EMA
+teachers). Everything else — schedule, accumulation, bf16 autocast, clipping, checkpoints, exact resume,
+progress, metrics — lives here once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn as nn
+
+from mimkit.engine import checkpoint as ckpt
+from mimkit.engine import dist
+from mimkit.engine.config import TrainConfig
+from mimkit.engine.metrics import MetricsWriter
+from mimkit.engine.optim import build_adamw, param_groups
+from mimkit.engine.schedule import cosine_lr
+
+log = logging.getLogger("mimkit")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without overwriting the last good checkpoint."""
+
+
+class BatchLoader(Protocol):
+    def __iter__(self): ...
+    def __len__(self) -> int: ...
+    def set_epoch(self, epoch: int) -> None: ...
+    def set_start_batch(self, index: int) -> None: ...
+
+
+class Callback(Protocol):
+    def on_epoch_end(self, epoch: int, model: nn.Module) -> dict[str, float] | None: ...
+
+
+class _Step(nn.Module):
+    """Routes ``forward`` to ``training_step`` so a DistributedDataParallel wrapper sees the call."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.model.training_step(batch)
+
+
+class Trainer:
+    """Train ``model`` on ``loader`` with the settings of ``cfg``; the run lives in ``run_dir``.
+
+    Args:
+        model: has ``training_step(batch) -> {"loss": scalar, ...}``.
+        loader: yields ``(images uint8 [N, C, H, W], labels [N])``; has ``set_epoch`` / ``set_start_batch``.
+        cfg: optimisation and bookkeeping settings.
+        run_dir: checkpoints (``last.pt``), ``metrics.jsonl`` and TensorBoard events go here.
+        batch_transform: applied on the device to the uint8 images (augmentation + normalisation).
+        env: process/device environment (from :func:`mimkit.engine.dist.setup`); single CPU/GPU if None.
+        config: the resolved config, stored in every checkpoint.
+        layer_scale: per-parameter lr multiplier (layer-wise lr decay).
+        callbacks: objects with ``on_epoch_end(epoch, model) -> metrics`` (e.g. online kNN).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loader: BatchLoader,
+        cfg: TrainConfig,
+        run_dir: str | os.PathLike,
+        batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        env: dist.DistEnv | None = None,
+        config: dict[str, Any] | None = None,
+        layer_scale: Callable[[str], float] | None = None,
+        callbacks: Iterable[Callback] = (),
+    ):
+        self.env = env or dist.DistEnv(device=dist.resolve_device(cfg.device))
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.model = model.to(self.env.device)
+        self.step_module = dist.wrap(_Step(self.model), self.env)
+        self.loader = loader
+        self.batch_transform = batch_transform
+        self.config = config or {}
+        self.callbacks = list(callbacks)
+
+        self.micro_per_epoch = len(loader)
+        self.steps_per_epoch = self.micro_per_epoch // cfg.accum_steps
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"an epoch has {self.micro_per_epoch} batches, fewer than train.accum_steps={cfg.accum_steps}; "
+                "use a smaller batch_size or accum_steps, or more data"
+            )
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.warmup_steps = cfg.warmup_epochs * self.steps_per_epoch
+        self.effective_batch = cfg.batch_size * cfg.accum_steps * self.env.world_size
+        self.base_lr = cfg.lr if cfg.lr is not None else cfg.blr * self.effective_batch / 256
+        self.optimizer = build_adamw(
+            param_groups(self.model, cfg.weight_decay, layer_scale), self.base_lr, tuple(cfg.betas)
+        )
+        self.step = 0  # optimizer steps done
+        self.epoch = 0
+        self.micro_in_epoch = 0  # micro-batches of the current epoch already consumed
+        self.metrics = MetricsWriter(self.run_dir, enabled=self.env.is_main, tensorboard=cfg.tensorboard)
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "micro_in_epoch": self.micro_in_epoch,
+            "rng": ckpt.rng_state(),
+            "config": self.config,
+            "grid_size": list(getattr(getattr(self.model, "encoder", self.model), "grid_size", []) or []),
+        }
+
+    def save(self) -> Path | None:
+        """Write ``last.pt`` atomically (main process only)."""
+        if not self.env.is_main:
+            return None
+        return ckpt.save_atomic(self.state_dict(), self.run_dir / ckpt.LAST)
+
+    def resume(self, path: str | os.PathLike) -> None:
+        """Restore model, optimizer, position in the data and RNG state from a checkpoint."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = {k: state.get("config", {}).get(k) for k in ("encoder", "method")}
+        wanted = {k: self.config.get(k) for k in ("encoder", "method")}
+        if self.config and state.get("config") and saved != wanted:
+            raise ValueError(
+                f"{path} was written by a run with {saved}, not {wanted}; "
+                "use another output_dir or train.resume=false"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.micro_in_epoch = state["step"], state["epoch"], state["micro_in_epoch"]
+        ckpt.set_rng_state(state["rng"])
+        if self.env.is_main:
+            log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+
+    # ----------------------------------------------------------------------------- training
+    def lr_at(self, step: int) -> float:
+        return cosine_lr(step, self.base_lr, self.total_steps, self.warmup_steps, self.cfg.min_lr)
+
+    def _set_lr(self) -> float:
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    def _autocast(self):
+        enabled = self.cfg.precision == "bf16"
+        return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def fit(self) -> dict[str, float]:
+        """Train until ``epochs`` (or ``max_steps``) are done; resumes from ``run_dir/last.pt`` if present.
+
+        Returns:
+            The last logged metrics.
+
+        Raises:
+            NonFiniteLossError: the loss became NaN/inf (``last.pt`` is left at the last good state).
+        """
+        cfg = self.cfg
+        last = ckpt.last_checkpoint(self.run_dir)
+        if cfg.resume and last is not None:
+            self.resume(last)
+        else:
+            ckpt.seed_everything(cfg.seed + self.env.rank)
+        stop_at = min(self.total_steps, cfg.max_steps or self.total_steps)
+        progress = self._progress(stop_at)
+        self.model.train()
+        last_metrics: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
+        count, images_seen, t_log = 0, 0, time.perf_counter()
+        try:
+            while self.step < stop_at and self.epoch < cfg.epochs:
+                self.loader.set_epoch(self.epoch)
+                self.loader.set_start_batch(self.micro_in_epoch)
+                for images, labels in self.loader:
+                    out = self._micro_step(images, labels)
+                    for key, value in out.items():
+                        if key.startswith("loss") and value.ndim == 0:
+                            sums[key] = sums.get(key, 0.0) + value.detach().float()
+                    count += 1
+                    images_seen += images.shape[0] * self.env.world_size
+                    self.micro_in_epoch += 1
+                    if self.micro_in_epoch % cfg.accum_steps:
+                        continue
+                    lr = self._optimizer_step()
+                    if progress is not None:
+                        progress.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == stop_at:
+                        last_metrics = self._log(sums, count, images_seen, t_log, lr, progress)
+                        sums, count, images_seen, t_log = {}, 0, 0, time.perf_counter()
+                    if cfg.save_every_steps and self.step % cfg.save_every_steps == 0:
+                        self._check_finite(sums)
+                        self.save()
+                    if self.step >= stop_at:
+                        break
+                if self.micro_in_epoch >= self.steps_per_epoch * cfg.accum_steps:
+                    self.epoch, self.micro_in_epoch = self.epoch + 1, 0
+                    last_metrics.update(self._end_epoch())
+                self._check_finite(sums)
+                self.save()
+        finally:
+            if progress is not None:
+                progress.close()
+            self.metrics.close()
+        return last_metrics
+
+    def _micro_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        device = self.env.device
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if self.batch_transform is not None:
+            with torch.no_grad():
+                images = self.batch_transform(images)
+        with self._autocast():
+            out = self.step_module((images, labels))
+        if "loss" not in out or out["loss"].ndim != 0:
+            raise ValueError(f"{type(self.model).__name__}.training_step must return a scalar 'loss'")
+        (out["loss"] / self.cfg.accum_steps).backward()
+        return out
+
+    def _optimizer_step(self) -> float:
+        lr = self._set_lr()
+        if self.cfg.clip_grad is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        hook = getattr(self.model, "on_train_step_end", None)
+        if hook is not None:
+            hook(self.step, self.total_steps)
+        return lr
+
+    def _check_finite(self, sums: dict[str, torch.Tensor]) -> None:
+        loss = sums.get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLossError(
+                f"the loss became {float(loss)} by step {self.step} (epoch {self.epoch}); stopped without "
+                f"saving, {self.run_dir / ckpt.LAST} holds the last good state. Lower the lr, set "
+                "train.clip_grad, or keep train.precision=bf16"
+            )
+
+    def _log(self, sums, count, images_seen, t_log, lr, progress) -> dict[str, float]:
+        self._check_finite(sums)  # the one host sync: only every log_every steps
+        elapsed = max(time.perf_counter() - t_log, 1e-9)
+        values = {k: float(v) / max(count, 1) for k, v in sums.items()}
+        values.update(lr=lr, epoch=self.epoch + self.micro_in_epoch / self.micro_per_epoch,
+                      images_per_s=images_seen / elapsed)
+        self.metrics.write(self.step, values)
+        if progress is not None:
+            progress.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}",
+                                 img_s=f"{values['images_per_s']:.0f}")
+        return values
+
+    def _end_epoch(self) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for callback in self.callbacks:
+            values.update(callback.on_epoch_end(self.epoch, self.model) or {})
+        if values:
+            self.metrics.write(self.step, {"epoch": self.epoch, **values})
+            self.model.train()
+        return values
+
+    def _progress(self, stop_at: int):
+        if not (self.cfg.progress and self.env.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=stop_at, initial=self.step, desc="train", unit="step", dynamic_ncols=True)

@@ -1,0 +1,111 @@
+"""Pretraining from a config: build data, encoder and method, then run the one trainer.
+
+Also rebuilds a trained method from a run's checkpoint (``load_pretrained``), for the CLI's
+``reconstruct`` and ``knn``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from mimkit.data import DataConfig, PretrainAugment, build_dataset, build_loader
+from mimkit.engine import dist
+from mimkit.engine.checkpoint import last_checkpoint, seed_everything
+from mimkit.engine.config import PretrainConfig, _build, save_config, to_dict
+from mimkit.engine.trainer import Trainer
+from mimkit.methods import create_method
+from mimkit.models import create_encoder
+from mimkit.weights import load_weights, read_checkpoint
+
+log = logging.getLogger("mimkit")
+
+
+def build_encoder(encoder_cfg: dict[str, Any], data: DataConfig | None = None, dataset=None) -> nn.Module:
+    """The encoder of a config; input size and channels follow the data unless the config sets them."""
+    options = {k: v for k, v in encoder_cfg.items() if k != "name"}
+    if dataset is not None:
+        options.setdefault("img_size", tuple(dataset.img_size))
+        options.setdefault("in_chans", dataset.channels)
+    return create_encoder(encoder_cfg["name"], **options)
+
+
+def build_method(cfg: PretrainConfig, dataset=None) -> nn.Module:
+    encoder = build_encoder(cfg.encoder, cfg.data, dataset)
+    options = {k: v for k, v in cfg.method.items() if k != "name"}
+    return create_method(cfg.method["name"], encoder=encoder, **options)
+
+
+def pretrain(cfg: PretrainConfig) -> Path:
+    """Run (or resume) the pretraining described by ``cfg``; returns the run directory."""
+    env = dist.setup(cfg.train.device)
+    seed_everything(cfg.train.seed + env.rank)
+    dataset = build_dataset(cfg.data, "train")
+    if len(dataset) < cfg.train.batch_size:
+        raise ValueError(
+            f"the dataset has {len(dataset)} images, fewer than train.batch_size={cfg.train.batch_size}"
+        )
+    loader = build_loader(dataset, cfg.train.batch_size, shuffle=True, drop_last=True, seed=cfg.train.seed,
+                          num_workers=cfg.data.num_workers, rank=env.rank, world_size=env.world_size)
+    method = build_method(cfg, dataset)
+    augment = PretrainAugment(dataset.img_size, dataset.mean, dataset.std, preset=cfg.data.augment,
+                              crop_scale=cfg.data.crop_scale, hflip=cfg.data.hflip).to(env.device)
+    run_dir = Path(cfg.output_dir)
+    resolved = to_dict(cfg)
+    resolved["data_stats"] = {"mean": list(dataset.mean), "std": list(dataset.std),
+                              "img_size": list(dataset.img_size), "channels": dataset.channels}
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        n_params = sum(p.numel() for p in method.parameters()) / 1e6
+        log.info("pretraining %s on %s (%d images%s) with %s (%.1fM parameters) -> %s",
+                 cfg.method["name"], cfg.data.source, len(dataset),
+                 f", {dataset.skipped} unreadable skipped" if dataset.skipped else "",
+                 cfg.encoder["name"], n_params, run_dir)
+    trainer = Trainer(method, loader, cfg.train, run_dir, batch_transform=augment, env=env, config=resolved)
+    trainer.fit()
+    return run_dir
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A run directory means its last checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        found = last_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"run directory {str(path)!r} has no checkpoint ({path / 'last.pt'})")
+        return found
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    return path
+
+
+def load_pretrained(path: str | os.PathLike) -> tuple[nn.Module, PretrainConfig, dict[str, Any]]:
+    """Rebuild a method from a mimkit checkpoint (or run directory) and load its weights.
+
+    Returns:
+        ``(method, config, data_stats)`` where data_stats holds the normalisation of the training data.
+    """
+    path = resolve_checkpoint(path)
+    raw = read_checkpoint(path)
+    config = raw.get("config")
+    if not isinstance(config, dict) or "method" not in config:
+        raise ValueError(
+            f"{path} is not a mimkit pretraining checkpoint (it has no training config); "
+            "for an encoder-only file pass --encoder NAME to build the model it fits"
+        )
+    stats = config.get("data_stats", {})
+    cfg = _build(PretrainConfig, {k: v for k, v in config.items() if k != "data_stats"}, "")
+    encoder_cfg = dict(cfg.encoder)
+    if stats:
+        encoder_cfg.setdefault("img_size", tuple(stats["img_size"]))
+        encoder_cfg.setdefault("in_chans", stats["channels"])
+    encoder = build_encoder(encoder_cfg)
+    options = {k: v for k, v in cfg.method.items() if k != "name"}
+    method = create_method(cfg.method["name"], encoder=encoder, **options)
+    load_weights(method, raw)
+    return method, cfg, stats

@@ -1,0 +1,49 @@
+import math
+
+import pytest
+
+from mimkit.engine.config import PretrainConfig, TrainConfig, load_config, parse_overrides
+from mimkit.engine.schedule import cosine_lr, cosine_momentum
+
+
+def test_cosine_lr_hand_values():
+    base, total, warm = 1.0, 110, 10
+    assert cosine_lr(0, base, total, warm) == 0.0
+    assert cosine_lr(5, base, total, warm) == pytest.approx(0.5)
+    assert cosine_lr(10, base, total, warm) == pytest.approx(1.0)
+    assert cosine_lr(60, base, total, warm) == pytest.approx(0.5)  # half-way through the cosine
+    assert cosine_lr(110, base, total, warm) == pytest.approx(0.0, abs=1e-12)
+    assert cosine_lr(35, base, total, warm, min_lr=0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_cosine_momentum_end_points():
+    assert cosine_momentum(0, 100) == pytest.approx(0.996)
+    assert cosine_momentum(100, 100) == pytest.approx(1.0)
+    assert cosine_momentum(50, 100) == pytest.approx(0.998)
+
+
+def test_yaml_and_dotted_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("encoder: {name: vit_tiny_patch4_28, depth: 6}\nmethod: {name: mae}\ntrain: {epochs: 3}\n")
+    cfg = load_config(path, ["train.epochs=5", "method.mask_ratio=0.6", "encoder.img_size=[28, 28]"])
+    assert isinstance(cfg, PretrainConfig) and isinstance(cfg.train, TrainConfig)
+    assert cfg.train.epochs == 5 and cfg.method == {"name": "mae", "mask_ratio": 0.6}
+    assert cfg.encoder == {"name": "vit_tiny_patch4_28", "depth": 6, "img_size": [28, 28]}
+
+
+def test_unknown_key_is_named_with_suggestion():
+    with pytest.raises(ValueError, match="unknown config key 'train.epoch'; did you mean 'train.epochs'"):
+        load_config(None, ["train.epoch=3"])
+    with pytest.raises(ValueError, match="unknown config key 'trian'"):
+        load_config(None, ["trian.epochs=3"])
+
+
+def test_bad_values_named():
+    with pytest.raises(ValueError, match="train.precision must be one of bf16, fp32, got 'fp16'"):
+        load_config(None, ["train.precision=fp16"])
+    with pytest.raises(ValueError, match="train.epochs must be a positive integer, got 0"):
+        load_config(None, ["train.epochs=0"])
+    with pytest.raises(ValueError, match="not of the form"):
+        parse_overrides(["train.epochs"])
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config("nope.yaml")

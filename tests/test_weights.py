@@ -1,0 +1,114 @@
+import pickle
+
+import pytest
+import torch
+
+from mimkit import create_encoder, create_method, export_encoder_safetensors, load_weights
+
+
+def tiny_encoder(**kw):
+    opts = dict(img_size=8, patch_size=4, in_chans=1, embed_dim=16, depth=2, num_heads=2)
+    opts.update(kw)
+    return create_encoder("vit_tiny_patch4_28", **opts)
+
+
+def tiny_mae(encoder=None):
+    return create_method("mae", encoder=encoder or tiny_encoder(), decoder_dim=8, decoder_depth=1, decoder_heads=2)
+
+
+def reference_visualize_state(mae):
+    """Rename a mimkit MAE's weights into the reference repository's flat names."""
+    out = {}
+    for key, value in mae.state_dict().items():
+        if key.startswith("encoder."):
+            out[key[len("encoder."):]] = value
+        else:
+            sub = key[len("decoder."):]
+            name = "mask_token" if sub == "mask_token" else "decoder_" + sub
+            out[name] = value
+    return out
+
+
+def test_reference_visualize_file_into_mae(tmp_path):
+    torch.manual_seed(0)
+    source = tiny_mae()
+    ref = reference_visualize_state(source)
+    assert "decoder_blocks.0.attn.qkv.weight" in ref and "decoder_pos_embed" in ref and "mask_token" in ref
+    torch.save({"model": ref, "epoch": 3}, tmp_path / "vis.pth")
+    target = tiny_mae()
+    load_weights(target, tmp_path / "vis.pth")
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(target.state_dict()[key], value)
+
+
+def test_encoder_only_and_visualize_files_into_encoder(tmp_path):
+    torch.manual_seed(0)
+    source = tiny_mae()
+    torch.save({"model": source.encoder.state_dict()}, tmp_path / "enc.pth")
+    torch.save({"model": reference_visualize_state(source)}, tmp_path / "vis.pth")
+    torch.save({"model": source.state_dict(), "config": {}}, tmp_path / "mimkit.pt")
+    for name in ("enc.pth", "vis.pth", "mimkit.pt"):
+        enc = tiny_encoder()
+        load_weights(enc, tmp_path / name)
+        torch.testing.assert_close(enc.blocks[1].mlp.fc2.weight, source.encoder.blocks[1].mlp.fc2.weight)
+
+
+def test_mismatch_names_every_offending_key(tmp_path):
+    torch.save({"model": tiny_encoder(embed_dim=32).state_dict()}, tmp_path / "wide.pth")
+    with pytest.raises(ValueError) as err:
+        load_weights(tiny_encoder(), tmp_path / "wide.pth")
+    msg = str(err.value)
+    assert "cls_token: file (1, 1, 32) vs model (1, 1, 16)" in msg
+    assert "blocks.0.attn.qkv.weight: file (96, 32) vs model (48, 16)" in msg
+
+    deep = tiny_encoder(depth=3).state_dict()
+    torch.save(deep, tmp_path / "deep.pth")
+    with pytest.raises(ValueError, match=r"unexpected keys \(\d+\): blocks\.2\."):
+        load_weights(tiny_encoder(), tmp_path / "deep.pth")
+    torch.save({"model": tiny_encoder(depth=1).state_dict()}, tmp_path / "shallow.pth")
+    with pytest.raises(ValueError, match=r"missing keys \(\d+\): blocks\.1\."):
+        load_weights(tiny_encoder(), tmp_path / "shallow.pth")
+
+
+def test_pos_embed_resampled_when_grid_differs(tmp_path):
+    torch.manual_seed(0)
+    small = tiny_encoder(img_size=8)
+    torch.save({"model": small.state_dict()}, tmp_path / "small.pth")
+    big = tiny_encoder(img_size=16)  # grid 2x2 -> 4x4
+    load_weights(big, tmp_path / "small.pth")
+    assert big.pos_embed.shape == (1, 17, 16)
+    torch.testing.assert_close(big.pos_embed[:, 0], small.pos_embed[:, 0])
+    torch.testing.assert_close(big.blocks[0].attn.qkv.weight, small.blocks[0].attn.qkv.weight)
+
+
+def test_weights_only_refuses_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"model": Evil()}, f)
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        load_weights(tiny_encoder(), tmp_path / "evil.pt")
+
+
+def test_missing_file_and_no_weights(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_weights(tiny_encoder(), tmp_path / "nope.pt")
+    torch.save({"epoch": 1}, tmp_path / "empty.pt")
+    with pytest.raises(ValueError, match="no model weights"):
+        load_weights(tiny_encoder(), tmp_path / "empty.pt")
+
+
+def test_safetensors_export_round_trip(tmp_path):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    mae = tiny_mae()
+    path = export_encoder_safetensors(mae, tmp_path / "enc.safetensors", config={"name": "x"})
+    tensors = load_file(str(path))
+    assert set(tensors) == set(mae.encoder.state_dict())
+    enc = tiny_encoder()
+    load_weights(enc, path)
+    torch.testing.assert_close(enc.norm.weight, mae.encoder.norm.weight)
+    torch.testing.assert_close(enc.patch_embed.proj.weight, mae.encoder.patch_embed.proj.weight)
