@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from mimkit.data import DataConfig
+from mimkit.data.config import DataConfig
 
 T = TypeVar("T")
 

@@ -1,0 +1,41 @@
+# Two entry points for a newcomer on a fresh machine (Debian/Ubuntu, Python >= 3.10):
+#   make demo   # environment + Fashion-MNIST + MAE pretraining + reconstruction PNG + kNN scores
+#   make test   # environment + Fashion-MNIST + the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of PyTorch; set TORCH_SPEC=torch to take the default (CUDA) build on a GPU machine.
+TORCH_SPEC ?= torch==2.13.0
+FMNIST := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_DIR ?= runs/demo
+
+.PHONY: env data demo test bench clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test,tensorboard]"
+	touch $@
+
+data:
+	@[ -f $(FMNIST)/t10k-labels-idx1-ubyte.gz ] || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+demo: env data
+	$(VENV)/bin/mimkit pretrain --config configs/mae_fashion_mnist_demo.yaml output_dir=$(DEMO_DIR)
+	$(VENV)/bin/mimkit reconstruct $(DEMO_DIR) --out $(DEMO_DIR)/reconstruction.png
+	$(VENV)/bin/mimkit knn $(DEMO_DIR) --compare-random
+
+test: env data
+	$(PY) -m pytest
+
+bench: env data
+	$(PY) -m pip install -q "transformers>=4.40"
+	$(PY) benchmarks/mae_throughput.py
+
+clean:
+	rm -rf $(VENV) runs

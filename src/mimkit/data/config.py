@@ -1,0 +1,165 @@
+"""The data section of a run's config, validated when it is made."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+SOURCES = ("fashion_mnist", "mnist", "idx", "folder")
+NORMALIZE_NAMES = ("dataset", "imagenet", "none")
+AUGMENT_PRESETS = ("mae", "simmim", "none")
+RESIZE_MODES = ("center_crop", "stretch")
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def size_pair(img_size: int | list[int] | tuple[int, int], name: str = "img_size") -> tuple[int, int]:
+    """``28`` -> ``(28, 28)``; ``[32, 48]`` -> ``(32, 48)`` (H, W); anything else is a ValueError."""
+    if _is_int(img_size):
+        pair = (img_size, img_size)
+    elif isinstance(img_size, (list, tuple)) and len(img_size) == 2 and all(_is_int(v) for v in img_size):
+        pair = (int(img_size[0]), int(img_size[1]))
+    else:
+        raise ValueError(f"{name} must be an int or a pair [H, W] of ints, got {img_size!r}")
+    if min(pair) < 1:
+        raise ValueError(f"{name} must be positive, got {img_size!r}")
+    return pair
+
+
+def check_range_pair(value: Any, name: str, low: float, high: float) -> tuple[float, float]:
+    """A pair ``(a, b)`` with ``low < a <= b <= high``, else a ValueError naming ``name`` and the value."""
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(_is_number(v) for v in value)
+        or not low < value[0] <= value[1] <= high
+    ):
+        raise ValueError(f"{name} must be a pair [a, b] with {low} < a <= b <= {high}, got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are prepared.
+
+    Attributes:
+        source: ``"fashion_mnist"`` / ``"mnist"`` (IDX files with those class names), ``"idx"`` (any IDX
+            files: ``train-images-idx3-ubyte[.gz]``, ``t10k-...``; labels optional) or ``"folder"``
+            (image files: class sub-folders, or flat / nested without labels).
+        root: directory holding the IDX files or the images. Folders: the train split is ``root/train``
+            if it exists, else ``root``; the test split is ``root/test`` or ``root/val``.
+        img_size: ``H = W`` or ``[H, W]`` the images are stored at. ``None``: 28x28 for IDX, the size of
+            the first image for folders.
+        channels: 1 (grey), 3 (RGB) or 4 (RGBA); images are converted to it. ``None``: 1 for IDX; for
+            folders 1 if the first image is grey, else 3.
+        labeled: folders only: ``"auto"`` (class sub-folders and no image directly in the split folder ->
+            labeled; otherwise unlabeled, every image found recursively), ``True`` or ``False``.
+        normalize: ``"dataset"`` (per-channel mean / std of the training images: all of them for IDX,
+            up to 2000 sampled for folders), ``"imagenet"`` (3 channels), ``"none"`` (mean 0, std 1) or
+            ``[[means], [stds]]`` in [0, 1] pixel units (one value, or one per channel).
+        augment: pretraining augmentation preset: ``"mae"`` (RandomResizedCrop scale 0.2-1, bicubic,
+            + horizontal flip), ``"simmim"`` (scale 0.67-1, ratio 3/4-4/3, + flip) or ``"none"``.
+        crop_scale: ``[a, b]`` overriding the preset's crop area range (fractions of the image).
+        crop_ratio: ``[a, b]`` overriding the preset's aspect-ratio range (default 3/4-4/3).
+        hflip: random horizontal flips (p = 0.5) in the ``mae`` / ``simmim`` presets.
+        limit: use only the first ``limit`` images of each split (sorted file order for folders).
+        num_workers: loader worker processes for folders decoded on the fly (in-memory data needs none).
+        in_memory: folders only: decode every image once into one uint8 tensor (fast batches, corrupt
+            files found up front). ``"auto"``: when the decoded split fits in ``memory_limit_mb``.
+        memory_limit_mb: the size under which ``in_memory="auto"`` decodes a folder up front.
+        resize_mode: folders only: how an image of another shape reaches ``img_size``: ``"center_crop"``
+            (scale the shorter side, crop the centre: keeps the aspect ratio) or ``"stretch"``.
+    """
+
+    source: str = "fashion_mnist"
+    root: str = FASHION_MNIST_ROOT
+    img_size: int | list[int] | None = None
+    channels: int | None = None
+    labeled: str | bool = "auto"
+    normalize: str | list = "dataset"
+    augment: str = "mae"
+    crop_scale: list[float] | None = None
+    crop_ratio: list[float] | None = None
+    hflip: bool = True
+    limit: int | None = None
+    num_workers: int = 0
+    in_memory: str | bool = "auto"
+    memory_limit_mb: int = 2048
+    resize_mode: str = "center_crop"
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"data.source must be one of {', '.join(SOURCES)}; got {self.source!r}")
+        if isinstance(self.root, os.PathLike):
+            self.root = os.fspath(self.root)
+        if not isinstance(self.root, str) or not self.root:
+            raise ValueError(f"data.root must be a directory path, got {self.root!r}")
+        if self.source == "mnist" and os.path.normpath(self.root) == FASHION_MNIST_ROOT:
+            raise ValueError(
+                f"data.source='mnist' needs data.root set to a directory with the MNIST IDX files; "
+                f"the default root {FASHION_MNIST_ROOT!r} holds Fashion-MNIST (use source='fashion_mnist')"
+            )
+        if self.img_size is not None:
+            size_pair(self.img_size, "data.img_size")
+        if self.channels is not None and (not _is_int(self.channels) or self.channels not in (1, 3, 4)):
+            raise ValueError(f"data.channels must be 1, 3, 4 or None (native), got {self.channels!r}")
+        if not (self.labeled == "auto" or isinstance(self.labeled, bool)):
+            raise ValueError(f"data.labeled must be 'auto', true or false, got {self.labeled!r}")
+        self._check_normalize()
+        if self.augment not in AUGMENT_PRESETS:
+            raise ValueError(
+                f"data.augment must be one of {', '.join(AUGMENT_PRESETS)}; got {self.augment!r}"
+            )
+        if self.crop_scale is not None:
+            check_range_pair(self.crop_scale, "data.crop_scale", 0.0, 1.0)
+        if self.crop_ratio is not None:
+            check_range_pair(self.crop_ratio, "data.crop_ratio", 0.0, float("inf"))
+        if (self.crop_scale is not None or self.crop_ratio is not None) and self.augment == "none":
+            raise ValueError(
+                "data.crop_scale / data.crop_ratio need a cropping preset, data.augment='mae' or 'simmim'; "
+                "got augment='none'"
+            )
+        if not isinstance(self.hflip, bool):
+            raise ValueError(f"data.hflip must be true or false, got {self.hflip!r}")
+        if self.limit is not None and (not _is_int(self.limit) or self.limit < 1):
+            raise ValueError(f"data.limit must be a positive int or None (all images), got {self.limit!r}")
+        if not _is_int(self.num_workers) or self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be an int >= 0, got {self.num_workers!r}")
+        if not (self.in_memory == "auto" or isinstance(self.in_memory, bool)):
+            raise ValueError(f"data.in_memory must be 'auto', true or false, got {self.in_memory!r}")
+        if not _is_int(self.memory_limit_mb) or self.memory_limit_mb < 0:
+            raise ValueError(f"data.memory_limit_mb must be an int >= 0, got {self.memory_limit_mb!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(
+                f"data.resize_mode must be one of {', '.join(RESIZE_MODES)}; got {self.resize_mode!r}"
+            )
+
+    def _check_normalize(self) -> None:
+        value = self.normalize
+        if isinstance(value, str):
+            if value not in NORMALIZE_NAMES:
+                raise ValueError(
+                    f"data.normalize must be one of {', '.join(NORMALIZE_NAMES)} or [[means], [stds]]; "
+                    f"got {value!r}"
+                )
+            return
+        ok = (
+            isinstance(value, (list, tuple))
+            and len(value) == 2
+            and all(isinstance(v, (list, tuple)) and len(v) in (1, 3, 4) for v in value)
+            and len(value[0]) == len(value[1])
+            and all(_is_number(x) for v in value for x in v)
+        )
+        if not ok or not all(s > 0 for s in value[1]):
+            raise ValueError(
+                "data.normalize must be 'dataset', 'imagenet', 'none' or [[means], [stds]] with 1, 3 or 4 "
+                f"values each and every std > 0; got {value!r}"
+            )

@@ -1,0 +1,500 @@
+"""Datasets of uint8 images: IDX files and image folders, in memory or decoded on the fly.
+
+``build_dataset(cfg, split)`` is the entry point. Every dataset gives ``(uint8 [C, H, W], label)`` items
+(label -1 when unlabeled) and carries what the rest of mimkit needs to know about it: ``classes``,
+``channels``, ``img_size``, the normalisation ``mean`` / ``std`` (always those of the *training* split)
+and the files it had to skip.
+
+Corrupt files: a folder small enough to hold in memory (``DataConfig.in_memory``) is decoded once,
+when the dataset is built, so every unreadable file is found, counted and reported up front; a larger
+folder is decoded on the fly, and a file found unreadable then is dropped from its batch by the loader,
+added to ``skipped_files`` and reported. Neither is ever fatal, unless no image at all can be read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from mimkit.data.config import DataConfig, size_pair
+from mimkit.data.idx import find_idx_file, load_idx, read_idx
+from mimkit.data.images import (
+    IMAGE_EXTENSIONS,
+    UnreadableImageError,
+    decode_image,
+    image_size,
+    is_image_file,
+    list_images,
+)
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+MNIST_CLASSES = [str(i) for i in range(10)]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STATS_SAMPLE = 2000  # folders: images sampled for the per-channel mean / std
+_MIN_STD = 1e-6
+_SHOWN = 3  # unreadable files named in a warning
+
+
+class ImageDataset(Dataset):
+    """Images as uint8 ``[C, H, W]`` tensors with an int label (-1 when unlabeled).
+
+    In memory (``images`` is a uint8 tensor ``[N, C, H, W]``: the loader slices whole batches out of
+    it) or decoded from ``files`` on the fly (``images`` is None).
+
+    Attributes:
+        images: uint8 ``[N, C, H, W]``, or None for a dataset decoded on the fly.
+        labels: int64 ``[N]``, -1 where unlabeled.
+        files: the image files, one per item (folders); None for IDX data.
+        classes: class names, index = label; empty when unlabeled.
+        channels: C.
+        img_size: ``(H, W)``.
+        mean, std: per-channel normalisation, in [0, 1] pixel units (the training split's).
+        skipped_files: files that could not be decoded (grows while a lazy dataset is read).
+        root: the folder or directory the split was read from.
+        split: ``"train"`` or ``"test"``.
+    """
+
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        classes: Sequence[str],
+        channels: int,
+        img_size: tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        images: torch.Tensor | None = None,
+        files: Sequence[Path] | None = None,
+        resize_mode: str = "center_crop",
+        skipped_files: Sequence[str] = (),
+        root: str = "",
+        split: str = "train",
+    ):
+        assert images is not None or files is not None, "give the images in memory or their files"
+        n = images.shape[0] if images is not None else len(files)
+        assert labels.shape == (n,), f"{labels.shape} labels for {n} images"
+        self.images = images
+        self.files = list(files) if files is not None else None
+        self.labels = labels
+        self.classes = list(classes)
+        self.channels = channels
+        self.img_size = img_size
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.resize_mode = resize_mode
+        self.skipped_files = list(skipped_files)
+        self.root = root
+        self.split = split
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def skipped(self) -> int:
+        """How many files could not be decoded (so far, for a dataset decoded on the fly)."""
+        return len(self.skipped_files)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """``(uint8 [C, H, W], label)``. Raises UnreadableImageError for a corrupt file (lazy datasets)."""
+        if self.images is not None:
+            return self.images[index], int(self.labels[index])
+        image = decode_image(self.files[index], self.channels, self.img_size, self.resize_mode)
+        return image, int(self.labels[index])
+
+    def add_skipped(self, files: Sequence[str]) -> list[str]:
+        """Record files found unreadable while loading; returns those not recorded before."""
+        new = [f for f in dict.fromkeys(files) if f not in set(self.skipped_files)]
+        self.skipped_files.extend(new)
+        return new
+
+    def __repr__(self) -> str:
+        where = "in memory" if self.in_memory else "decoded on the fly"
+        return (
+            f"ImageDataset({self.split!r} from {self.root!r}: {len(self)} images {self.channels}x"
+            f"{self.img_size[0]}x{self.img_size[1]} {where}, {self.num_classes} classes, "
+            f"{self.skipped} skipped)"
+        )
+
+
+def build_dataset(
+    cfg: DataConfig, split: str = "train", train_dataset: ImageDataset | None = None
+) -> ImageDataset:
+    """The ``split`` ("train" / "test") of the data ``cfg`` describes.
+
+    Args:
+        cfg: the data config.
+        split: ``"train"`` or ``"test"``.
+        train_dataset: the training split already built from ``cfg``: its normalisation, classes, channels
+            and size are reused (otherwise building the test split reads the training split's statistics).
+
+    Raises:
+        FileNotFoundError: the root, or a file the source needs, does not exist.
+        ValueError: a bad split, an empty folder, no readable image, classes that do not match.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    if cfg.source == "folder":
+        return _build_folder(cfg, split, train_dataset)
+    return _build_idx(cfg, split, train_dataset)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of uint8 images ``[N, C, H, W]``, in [0, 1] units.
+
+    Exact: computed from each channel's histogram of the 256 pixel values (integer counts).
+    """
+    values = torch.arange(256, dtype=torch.float64)
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
+        total = counts.sum()
+        mean = (counts * values).sum() / total
+        var = ((counts * (values - mean).square()).sum() / total).clamp_min(0.0)
+        means.append(float(mean) / 255)
+        stds.append(float(var.sqrt()) / 255)
+    return tuple(means), tuple(stds)
+
+
+def _normalization(
+    cfg: DataConfig, channels: int, dataset_stats: Callable[[], tuple[Sequence[float], Sequence[float]]]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) ``cfg.normalize`` asks for; ``dataset_stats`` is called only for "dataset"."""
+    if cfg.normalize == "none":
+        return (0.0,) * channels, (1.0,) * channels
+    if cfg.normalize == "imagenet":
+        if channels != 3:
+            raise ValueError(
+                f"data.normalize='imagenet' needs 3 channels, the data has {channels}; "
+                "use 'dataset', 'none' or [[means], [stds]]"
+            )
+        return IMAGENET_MEAN, IMAGENET_STD
+    if cfg.normalize == "dataset":
+        mean, std = dataset_stats()
+        if min(std) < _MIN_STD:
+            logger.warning("a channel of the training images is constant (std %s); using std 1 for it", std)
+            std = tuple(s if s >= _MIN_STD else 1.0 for s in std)
+        return tuple(mean), tuple(std)
+    means, stds = cfg.normalize
+    if len(means) == 1:
+        means, stds = list(means) * channels, list(stds) * channels
+    if len(means) != channels:
+        raise ValueError(
+            f"data.normalize gives {len(means)} means / stds for {channels}-channel images; "
+            f"give 1 or {channels}"
+        )
+    return tuple(float(m) for m in means), tuple(float(s) for s in stds)
+
+
+# ----------------------------------------------------------------------------- IDX
+
+
+def _adapt_tensor(
+    images: torch.Tensor, channels: int, size: tuple[int, int], chunk: int = 4096
+) -> torch.Tensor:
+    """Grey uint8 ``[N, 1, h, w]`` -> uint8 ``[N, channels, H, W]`` (bicubic, antialiased when shrinking)."""
+    if tuple(images.shape[-2:]) != size:
+        shrink = size[0] < images.shape[-2] or size[1] < images.shape[-1]
+        out = torch.empty((images.shape[0], 1, *size), dtype=torch.uint8)
+        for start in range(0, images.shape[0], chunk):
+            x = images[start : start + chunk].float()
+            y = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=shrink)
+            out[start : start + chunk] = y.round_().clamp_(0, 255).to(torch.uint8)
+        images = out
+    if channels == 3:
+        images = images.expand(-1, 3, -1, -1).contiguous()
+    elif channels == 4:
+        images = torch.cat([images.expand(-1, 3, -1, -1), torch.full_like(images, 255)], dim=1)
+    return images
+
+
+def _load_idx_split(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``[N, C, H, W]`` at the configured size and channels, and int64 labels (the first ``limit``)."""
+    images, labels = load_idx(cfg.root, split, require_labels=cfg.source != "idx")
+    if cfg.limit is not None:
+        images, labels = images[: cfg.limit], labels[: cfg.limit]
+    size = size_pair(cfg.img_size) if cfg.img_size is not None else tuple(images.shape[-2:])
+    images = _adapt_tensor(images, cfg.channels or 1, size)
+    return images.contiguous(), labels.clone()
+
+
+def _idx_classes(cfg: DataConfig) -> list[str]:
+    if cfg.source == "fashion_mnist":
+        return list(FASHION_MNIST_CLASSES)
+    if cfg.source == "mnist":
+        return list(MNIST_CLASSES)
+    label_file = find_idx_file(cfg.root, "train", "labels")  # plain IDX: classes "0".."max label"
+    if label_file is None:
+        return []
+    return [str(i) for i in range(int(read_idx(label_file).max()) + 1)]
+
+
+def _build_idx(cfg: DataConfig, split: str, train: ImageDataset | None) -> ImageDataset:
+    images, labels = _load_idx_split(cfg, split)
+    classes = train.classes if train is not None else _idx_classes(cfg)
+    if classes and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise ValueError(
+            f"{cfg.root}: {split} labels range over {int(labels.min())}..{int(labels.max())}, "
+            f"expected 0..{len(classes) - 1} for source {cfg.source!r}"
+        )
+    if not classes:
+        labels.fill_(-1)
+
+    def train_stats() -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return channel_stats(images if split == "train" else _load_idx_split(cfg, "train")[0])
+
+    if train is not None:
+        mean, std = train.mean, train.std
+    else:
+        mean, std = _normalization(cfg, images.shape[1], train_stats)
+    root = str(cfg.root)
+    logger.info(
+        "%s %s split: %d images %s from %s", cfg.source, split, len(labels), tuple(images.shape[1:]), root
+    )
+    return ImageDataset(
+        labels,
+        classes,
+        images.shape[1],
+        tuple(images.shape[-2:]),
+        mean,
+        std,
+        images=images,
+        root=root,
+        split=split,
+    )
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def _split_dirs(root: Path, split: str) -> tuple[Path, tuple[str, ...], Path | None]:
+    """``(train folder, sub-folders of it to leave out, test folder or None)``."""
+    if not root.exists():
+        raise FileNotFoundError(f"data root not found: {root} (expected a folder of images)")
+    if not root.is_dir():
+        raise ValueError(f"data root {root} is a file; expected a folder of images (source='folder')")
+    train_dir, exclude = root, ("test", "val")
+    if (root / "train").is_dir():
+        train_dir, exclude = root / "train", ()
+    test_dir = next((root / name for name in ("test", "val") if (root / name).is_dir()), None)
+    if split == "test" and test_dir is None:
+        raise FileNotFoundError(
+            f"no test split under {root}: expected a folder {root / 'test'} or {root / 'val'}"
+        )
+    return train_dir, exclude, test_dir
+
+
+def _no_images(folder: Path) -> ValueError:
+    return ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}")
+
+
+def _scan_folder(
+    folder: Path, labeled: str | bool, exclude: tuple[str, ...] = (), classes: list[str] | None = None
+) -> tuple[list[Path], list[int], list[str]]:
+    """The image files of one split, their labels (-1 if unlabeled) and the class names.
+
+    ``classes`` given (test split): the sub-folders must be among them and keep their indices.
+    """
+    children = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    direct = [p for p in children if p.is_file() and is_image_file(p.name)]
+    subdirs = [p for p in children if p.is_dir() and p.name not in exclude and p.name != "__MACOSX"]
+    if classes is not None:
+        labeled = bool(classes)
+    elif labeled == "auto":
+        labeled = not direct and bool(subdirs)
+    if not labeled:
+        files = list_images(folder, exclude)
+        if not files:
+            raise _no_images(folder)
+        return files, [-1] * len(files), []
+    if direct:
+        raise ValueError(
+            f"labeled data expects one sub-folder per class in {folder}, but it holds images directly "
+            f"({direct[0].name}, ...); set data.labeled=false to use every image without labels"
+        )
+    per_class = {d.name: list_images(d) for d in subdirs}
+    per_class = {name: found for name, found in per_class.items() if found}
+    if not per_class:
+        raise _no_images(folder)
+    if classes is None:
+        classes = sorted(per_class)
+    unknown = sorted(set(per_class) - set(classes))
+    if unknown:
+        raise ValueError(
+            f"{folder} has class folders {unknown} that the training split does not have "
+            f"(training classes: {classes})"
+        )
+    files, labels = [], []
+    for name, found in sorted(per_class.items()):
+        files += found
+        labels += [classes.index(name)] * len(found)
+    return files, labels, classes
+
+
+def _first_image_shape(files: Sequence[Path], folder: Path) -> tuple[int, int, int]:
+    """``(H, W, native channels)`` of the first file whose header can be read."""
+    for path in files[:100]:
+        try:
+            return image_size(path)
+        except Exception:  # noqa: BLE001 - unreadable: try the next one
+            continue
+    raise ValueError(f"none of the first {min(len(files), 100)} image files under {folder} can be read")
+
+
+def _decode_many(
+    files: Sequence[Path], channels: int, size: tuple[int, int], resize_mode: str
+) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
+    """Decode ``files`` (threads: PIL releases the GIL) -> (uint8 [M, C, H, W], kept indices, failures)."""
+    out = torch.empty((len(files), channels, *size), dtype=torch.uint8)
+    kept: list[int] = []
+    failed: list[tuple[str, str]] = []
+
+    def decode(path: Path) -> torch.Tensor | str:
+        try:
+            return decode_image(path, channels, size, resize_mode)
+        except UnreadableImageError as err:
+            return str(err)
+
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, result in enumerate(pool.map(decode, files, chunksize=16)):
+            if isinstance(result, str):
+                failed.append((str(files[i]), result))
+            else:
+                out[len(kept)] = result
+                kept.append(i)
+    images = out[: len(kept)].clone() if failed else out
+    return images, kept, failed
+
+
+def warn_skipped(failures: Sequence[tuple[str, str]], where: str, total: int | None = None) -> None:
+    """One warning line: how many files were skipped and why, for the first few."""
+    if not failures:
+        return
+    shown = "; ".join(reason for _, reason in failures[:_SHOWN])
+    more = f" (and {len(failures) - _SHOWN} more)" if len(failures) > _SHOWN else ""
+    count = f"{len(failures)} of {total}" if total is not None else f"{len(failures)}"
+    logger.warning("skipped %s unreadable image file(s) under %s: %s%s", count, where, shown, more)
+
+
+def _sample(n: int, k: int = STATS_SAMPLE) -> list[int]:
+    """A fixed sample of ``min(n, k)`` indices (the same on every machine and every call)."""
+    if n <= k:
+        return list(range(n))
+    generator = torch.Generator().manual_seed(0)
+    return sorted(torch.randperm(n, generator=generator)[:k].tolist())
+
+
+def _folder_stats(
+    files: Sequence[Path],
+    channels: int,
+    size: tuple[int, int],
+    resize_mode: str,
+    decoded: dict[Path, torch.Tensor],
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean / std over up to ``STATS_SAMPLE`` training files; ``decoded`` holds files already in memory."""
+    sample = [files[i] for i in _sample(len(files))]
+    missing = [p for p in sample if p not in decoded]
+    if missing:
+        images, kept, _ = _decode_many(missing, channels, size, resize_mode)
+        decoded = {**decoded, **{missing[k]: images[j] for j, k in enumerate(kept)}}
+    rows = [decoded[p] for p in sample if p in decoded]
+    if not rows:
+        raise ValueError(
+            f"no readable image among the {len(sample)} sampled for the normalisation statistics"
+        )
+    return channel_stats(torch.stack(rows))
+
+
+def _build_folder(cfg: DataConfig, split: str, train: ImageDataset | None) -> ImageDataset:
+    root = Path(cfg.root).expanduser()
+    train_dir, exclude, test_dir = _split_dirs(root, split)
+    train_files: list[Path] = []
+    train_labels: list[int] = []
+    if train is not None:
+        classes, channels, size = train.classes, train.channels, train.img_size
+    else:
+        train_files, train_labels, classes = _scan_folder(train_dir, cfg.labeled, exclude)
+        if cfg.limit is not None:
+            train_files, train_labels = train_files[: cfg.limit], train_labels[: cfg.limit]
+        channels, size = cfg.channels, size_pair(cfg.img_size) if cfg.img_size is not None else None
+        if channels is None or size is None:
+            h, w, native = _first_image_shape(train_files, train_dir)
+            channels, size = channels or native, size or (h, w)
+            logger.info(
+                "%s: images stored as %d channel(s) at %dx%d (from the first image)",
+                train_dir,
+                channels,
+                *size,
+            )
+    folder = train_dir if split == "train" else test_dir
+    if split == "train" and train is None:
+        files, labels = train_files, train_labels
+    else:
+        files, labels, _ = _scan_folder(folder, cfg.labeled, exclude if split == "train" else (), classes)
+    if cfg.limit is not None:
+        files, labels = files[: cfg.limit], labels[: cfg.limit]
+
+    nbytes = len(files) * channels * size[0] * size[1]
+    in_memory = cfg.in_memory if isinstance(cfg.in_memory, bool) else nbytes <= cfg.memory_limit_mb * 2**20
+    images, skipped, decoded = None, [], {}
+    if in_memory:
+        images, kept, failures = _decode_many(files, channels, size, cfg.resize_mode)
+        warn_skipped(failures, str(folder), len(files))
+        if not kept:
+            raise ValueError(
+                f"none of the {len(files)} image files under {folder} could be read ({failures[0][1]})"
+            )
+        skipped = [path for path, _ in failures]
+        files, labels = [files[i] for i in kept], [labels[i] for i in kept]
+        if split == "train":
+            decoded = dict(zip(files, images, strict=True))
+
+    if train is not None:
+        mean, std = train.mean, train.std
+    else:
+
+        def stats() -> tuple[tuple[float, ...], tuple[float, ...]]:
+            return _folder_stats(train_files, channels, size, cfg.resize_mode, decoded)
+
+        mean, std = _normalization(cfg, channels, stats)
+    logger.info(
+        "folder %s split: %d images from %s, %s, %d classes",
+        split, len(files), folder, "in memory" if in_memory else "decoded on the fly", len(classes),
+    )  # fmt: skip
+    return ImageDataset(
+        torch.tensor(labels, dtype=torch.int64),
+        classes,
+        channels,
+        size,
+        mean,
+        std,
+        images=images,
+        files=files,
+        resize_mode=cfg.resize_mode,
+        skipped_files=skipped,
+        root=str(folder),
+        split=split,
+    )

@@ -1,0 +1,153 @@
+"""The trainer on a tiny MAE and an in-memory loader: exact resume, atomic checkpoints, NaN handling."""
+
+import json
+
+import pytest
+import torch
+
+from mimkit import create_encoder, create_method
+from mimkit.engine import NonFiniteLossError, Trainer, TrainConfig
+from mimkit.engine.checkpoint import save_atomic
+
+
+class TensorLoader:
+    """Deterministic order per epoch, resumable mid-epoch; never touches the global RNG."""
+
+    def __init__(self, images, batch_size, seed=0):
+        self.images, self.batch_size, self.seed = images, batch_size, seed
+        self.epoch, self.start = 0, 0
+
+    def __len__(self):
+        return len(self.images) // self.batch_size
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def set_start_batch(self, index):
+        self.start = index
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.images), generator=g)
+        for b in range(self.start, len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self.images[idx], torch.zeros(len(idx), dtype=torch.long)
+        self.start = 0
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    enc = create_encoder("vit_tiny_patch4_28", img_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2)
+    return create_method("mae", encoder=enc, decoder_dim=8, decoder_depth=1, decoder_heads=2)
+
+
+def augment(images):  # random, so resume must restore the RNG to match
+    flip = torch.rand(images.shape[0], 1, 1, 1) < 0.5
+    x = images.float() / 255
+    return torch.where(flip, x.flip(-1), x)
+
+
+def make_trainer(run_dir, images, **cfg):
+    opts = dict(epochs=3, batch_size=8, blr=1e-2, warmup_epochs=1, log_every=2, progress=False,
+                tensorboard=False, precision="fp32")
+    opts.update(cfg)
+    return Trainer(make_model(), TensorLoader(images, 8), TrainConfig(**opts), run_dir, batch_transform=augment,
+                   config={"encoder": {"name": "tiny"}, "method": {"name": "mae"}})
+
+
+@pytest.fixture
+def images():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (40, 1, 8, 8), generator=g, dtype=torch.uint8)
+
+
+def test_resume_is_exact(tmp_path, images):
+    # 15 steps straight (3 epochs x 5) == 7 steps, stop, resume in a new process-like trainer, 8 more
+    straight = make_trainer(tmp_path / "a", images)
+    straight.fit()
+    first = make_trainer(tmp_path / "b", images, max_steps=7)
+    first.fit()
+    assert first.step == 7 and first.epoch == 1 and first.micro_in_epoch == 2
+    torch.manual_seed(12345)  # whatever the RNG does in between must not matter
+    second = make_trainer(tmp_path / "b", images)
+    second.fit()
+    assert second.step == straight.step == 15
+    for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_resume_with_accumulation_matches(tmp_path, images):
+    straight = make_trainer(tmp_path / "a", images, accum_steps=2, epochs=2)
+    straight.fit()
+    part = make_trainer(tmp_path / "b", images, accum_steps=2, epochs=2, max_steps=3)
+    part.fit()
+    rest = make_trainer(tmp_path / "b", images, accum_steps=2, epochs=2)
+    rest.fit()
+    assert rest.step == straight.step == 4  # 5 batches // 2 = 2 steps per epoch
+    for a, b in zip(straight.model.parameters(), rest.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_lr_scaling_schedule_and_metrics(tmp_path, images):
+    trainer = make_trainer(tmp_path, images, blr=2.56e-2, epochs=2)
+    assert trainer.base_lr == pytest.approx(2.56e-2 * 8 / 256)
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6, 8, 10]
+    # warm-up over 5 steps, the lr logged is the one used for that step: step 1 (0-based) -> 1/5 of base
+    assert records[0]["lr"] == pytest.approx(trainer.base_lr * 1 / 5)
+    assert all(r["loss"] > 0 and r["images_per_s"] > 0 for r in records)
+
+
+def test_no_decay_on_biases_norms_and_tokens(images, tmp_path):
+    trainer = make_trainer(tmp_path, images)
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    for group in trainer.optimizer.param_groups:
+        for p in group["params"]:
+            name = names[id(p)]
+            no_decay = p.ndim <= 1 or name.endswith(("cls_token", "mask_token", "pos_embed"))
+            assert group["weight_decay"] == (0.0 if no_decay else 0.05), name
+    assert all(n not in ("encoder.pos_embed", "decoder.pos_embed") for n in
+               (names[id(p)] for g in trainer.optimizer.param_groups for p in g["params"]))  # fixed, not trained
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, images):
+    trainer = make_trainer(tmp_path, images, epochs=2, save_every_steps=2, log_every=1)
+    calls = {"n": 0}
+    real_step = trainer.model.training_step
+
+    def poisoned(batch):
+        calls["n"] += 1
+        out = real_step(batch)
+        if calls["n"] >= 4:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    trainer.model.training_step = poisoned
+    with pytest.raises(NonFiniteLossError, match="by step 4"):
+        trainer.fit()
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["step"] == 2
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+def test_atomic_save_leaves_old_file_on_failure(tmp_path):
+    path = tmp_path / "last.pt"
+    save_atomic({"a": torch.ones(1)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        save_atomic({"a": Unpicklable()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(1))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_resume_refuses_another_models_run(tmp_path, images):
+    make_trainer(tmp_path, images, max_steps=1).fit()
+    other = Trainer(make_model(), TensorLoader(images, 8), TrainConfig(progress=False, tensorboard=False), tmp_path,
+                    config={"encoder": {"name": "other"}, "method": {"name": "mae"}})
+    with pytest.raises(ValueError, match="another output_dir"):
+        other.fit()
