@@ -156,6 +156,13 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             except yaml.YAMLError as err:
                 raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from None
     values = merge(values, parse_overrides(overrides or []))
+    if not isinstance(values.get("encoder", {}), dict) or not isinstance(values.get("method", {}), dict):
+        raise ValueError("config sections 'encoder' and 'method' must be mappings with a 'name'")
+    # dict-valued sections (encoder, method) start from the defaults, so an override adds to them
+    defaults = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
+    for key, default in defaults.items():
+        if isinstance(default, dict) and isinstance(values.get(key), dict):
+            values[key] = merge(default, values[key]) if "name" not in values[key] else values[key]
     return _build(cls, values, "")
 
 

@@ -1,7 +1,11 @@
-"""Pretraining methods: each an nn.Module that composes an encoder, a head and a loss."""
+"""Pretraining methods: each an nn.Module that composes an encoder, a head and a loss.
 
-from mimkit.methods import mae as _mae  # noqa: F401  (registers "mae")
+Importing a method's module registers it (``create_method("mae" | "simmim" | "sit" | "gmml", ...)``).
+"""
+
 from mimkit.methods.mae import MAE
 from mimkit.methods.registry import METHODS, create_method, list_methods
+from mimkit.methods.simmim import SimMIM
+from mimkit.methods.sit import SiT
 
-__all__ = ["MAE", "METHODS", "create_method", "list_methods"]
+__all__ = ["MAE", "METHODS", "SiT", "SimMIM", "create_method", "list_methods"]

@@ -64,6 +64,8 @@ class VisionTransformer(nn.Module):
         self.num_heads = num_heads
         self.global_pool = global_pool
         self.num_prefix_tokens = 1
+        self.num_features = embed_dim  # final width (a Swin's is its last stage's)
+        self.out_stride = patch_size  # total downsampling of the output tokens
 
         self.patch_embed = PatchEmbed(self.img_size, patch_size, in_chans, embed_dim)
         self.grid_size = self.patch_embed.grid_size

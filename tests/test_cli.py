@@ -1,0 +1,96 @@
+"""The CLI end to end on a few hundred Fashion-MNIST images, and its one-line errors."""
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from mimkit.cli import main
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+pytestmark = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="dataset-fashion-mnist is not installed")
+
+TINY = ["encoder.embed_dim=32", "encoder.depth=2", "encoder.num_heads=2", "method.decoder_dim=16",
+        "method.decoder_depth=1", "method.decoder_heads=2", "data.limit=320", "train.batch_size=64",
+        "train.epochs=2", "train.log_every=1", "train.progress=false", "train.tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["pretrain", "--config", "configs/mae_fashion_mnist.yaml", f"output_dir={out}", *TINY]) == 0
+    return out
+
+
+def test_pretrain_writes_run_directory(run_dir):
+    assert {"config.yaml", "last.pt", "metrics.jsonl"} <= {p.name for p in run_dir.iterdir()}
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 11))  # 320 / 64 = 5 steps x 2 epochs
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    assert ckpt["step"] == 10 and ckpt["epoch"] == 2
+    assert any(k.startswith("decoder.blocks.0.") for k in ckpt["model"])  # the full encoder + decoder
+
+
+def test_rerun_resumes_and_extends(run_dir, tmp_path):
+    # a finished run asked for more epochs continues from its checkpoint instead of starting over
+    assert main(["pretrain", "--config", "configs/mae_fashion_mnist.yaml", f"output_dir={run_dir}", *TINY,
+                 "train.epochs=3"]) == 0
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-5:] == [11, 12, 13, 14, 15] and len(steps) == 15
+
+
+def test_reconstruct_png(run_dir, tmp_path, capsys):
+    out = tmp_path / "recon.png"
+    assert main(["reconstruct", str(run_dir), "--out", str(out), "--num", "3"]) == 0
+    with Image.open(out) as img:
+        width, height = img.size
+    assert width > 4 * 100 and height > 3 * 100  # 4 columns x 3 rows of panels
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_knn_prints_both_encoders(run_dir, capsys):
+    assert main(["knn", str(run_dir), "--compare-random", "--train-limit", "300", "--test-limit", "100",
+                 "--k", "5", "20"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("kNN")]
+    assert len(lines) == 2 and "pretrained" in lines[0] and "random init" in lines[1]
+    for line in lines:
+        acc = float(line.split("k=20: ")[1].rstrip("%"))
+        assert 10.0 < acc <= 100.0  # above chance on 10 classes
+
+
+def test_export_then_knn_from_encoder_file(run_dir, tmp_path, capsys):
+    path = tmp_path / "enc.safetensors"
+    assert main(["export", str(run_dir), str(path)]) == 0
+    from safetensors.torch import load_file
+
+    assert "blocks.1.attn.qkv.weight" in load_file(str(path))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["pretrain", "data.root=/nonexistent/dir"], "/nonexistent/dir"),
+        (["pretrain", "train.epohcs=3"], "unknown config key 'train.epohcs'"),
+        (["pretrain", "method.mask_ratio=1.5"], "mask_ratio must be in (0, 1), got 1.5"),
+        (["pretrain", "encoder.img_size=30"], "not divisible by the patch size 4"),
+        (["pretrain", "--config", "nope.yaml"], "nope.yaml"),
+        (["reconstruct", "/nonexistent/run"], "/nonexistent/run"),
+        (["knn", "/nonexistent/run"], "/nonexistent/run"),
+    ],
+)
+def test_bad_input_one_clear_line(argv, message, tmp_path, capsys):
+    argv = argv + ([f"output_dir={tmp_path}", "data.limit=64", "train.batch_size=32"] if argv[0] == "pretrain" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mimkit: error:") and message in err
+    assert "Traceback" not in err
+
+
+def test_checkpoint_of_another_architecture(run_dir, tmp_path, capsys):
+    # a run's weights into a wider encoder: one error naming the offending keys and shapes
+    assert main(["knn", str(run_dir / "last.pt"), "--encoder", "vit_tiny_patch4_28", "--train-limit", "50",
+                 "--test-limit", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "cls_token: file (1, 1, 32) vs model (1, 1, 192)" in err
