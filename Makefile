@@ -31,7 +31,7 @@ demo: env data
 	$(VENV)/bin/mimkit knn $(DEMO_DIR) --compare-random
 
 test: env data
-	$(PY) -m pytest
+	$(PY) -m pytest -q
 
 bench: env data
 	$(PY) -m pip install -q "transformers>=4.40"
