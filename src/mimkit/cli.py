@@ -103,6 +103,7 @@ def run_knn(
     batch_size: int = 512,
     device: str = "auto",
     seed: int = 0,
+    precision: str = "bf16",
 ) -> dict[str, dict[int, float]]:
     """kNN top-1 accuracy (%) of frozen encoders on a labeled dataset's test split.
 
@@ -129,7 +130,7 @@ def run_knn(
         banks = []
         for dataset in (train_set, test_set):
             loader = build_loader(dataset, batch_size, shuffle=False, drop_last=False)
-            banks.append(extract_features(model, loader, transform, dev, pool=pool))
+            banks.append(extract_features(model, loader, transform, dev, pool=pool, precision=precision))
         (train_f, train_y), (test_f, test_y) = banks
         results[name] = knn_accuracy(train_f, train_y, test_f, test_y, ks=ks)
     return results
@@ -174,6 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test-limit", type=int, help="use only the first N test images")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="autocast of the feature pass")
 
     p = sub.add_parser("export", help="write the encoder as .safetensors (standard ViT names)")
     p.add_argument("checkpoint")
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "knn":
             results = run_knn(args.checkpoint, args.encoder_name, tuple(args.ks), args.pool, args.compare_random,
                               args.source, args.root, args.train_limit, args.test_limit, args.batch_size,
-                              args.device)
+                              args.device, precision=args.precision)
             for name, accs in results.items():
                 scores = "  ".join(f"k={k}: {acc:.2f}%" for k, acc in accs.items())
                 print(f"kNN top-1 ({args.pool} features) {name:>12}: {scores}")

@@ -1,0 +1,140 @@
+"""Frozen features cached on disk, per checkpoint, dataset, split and pooling.
+
+The frozen protocols (kNN, linear probe, t-SNE) share one feature-extraction pass: the first one to need
+the features of ``(checkpoint, data, split, pool)`` extracts them and stores them as a ``.pt`` file; the
+others load it. The key hashes the checkpoint file (size, modification time and a SHA-256 of its bytes,
+so a checkpoint rewritten in place is never confused with its earlier self), the data config (source,
+root, size, channels, normalisation, limit), the split, the pooling and anything else the caller adds
+(the encoder config of a randomly initialised encoder, for instance).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from mimkit.data.loader import build_loader
+from mimkit.data.transforms import EvalTransform
+from mimkit.engine.checkpoint import save_atomic
+from mimkit.eval.features import extract_features
+
+log = logging.getLogger("mimkit")
+
+CACHE_VERSION = 1  # bump when the extraction changes what it returns
+# data-config fields that do not change the images a split holds
+_IRRELEVANT_DATA = (
+    "num_workers",
+    "in_memory",
+    "memory_limit_mb",
+    "augment",
+    "crop_scale",
+    "crop_ratio",
+    "hflip",
+)
+
+
+def file_fingerprint(path: str | os.PathLike, chunk: int = 1 << 20) -> dict[str, Any]:
+    """``{"size", "mtime_ns", "sha256"}`` of a file (read in 1 MiB chunks)."""
+    path = Path(path)
+    stat = path.stat()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def feature_key(
+    checkpoint: str | os.PathLike | None,
+    data: Any,
+    split: str,
+    pool: str,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """A hex key naming the features of ``checkpoint`` (None: none, e.g. random init) on ``data``'s ``split``.
+
+    Args:
+        checkpoint: the checkpoint file the encoder was loaded from, or None.
+        data: the data config (a :class:`~mimkit.data.DataConfig` or a dict).
+        split: ``"train"`` / ``"test"``.
+        pool: ``"token"`` / ``"avg"`` (or ``"pixels"``).
+        extra: anything else that changes the features (encoder config, seed, ...).
+    """
+    data_dict = _plain(data)
+    if isinstance(data_dict, dict):
+        data_dict = {k: v for k, v in data_dict.items() if k not in _IRRELEVANT_DATA}
+    record = {
+        "version": CACHE_VERSION,
+        "checkpoint": file_fingerprint(checkpoint) if checkpoint is not None else None,
+        "data": data_dict,
+        "split": split,
+        "pool": pool,
+        "extra": _plain(extra or {}),
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/mimkit/features`` (``~/.cache/mimkit/features``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mimkit" / "features"
+
+
+def cached_features(
+    encoder: nn.Module,
+    dataset,
+    key: str,
+    cache_dir: str | os.PathLike | None,
+    pool: str = "token",
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of every image of ``dataset`` (one pass of :func:`extract_features`), from the cache if there.
+
+    Args:
+        encoder: a frozen encoder with ``forward_features`` / ``pool``.
+        dataset: a labeled or unlabeled :class:`~mimkit.data.ImageDataset` (its own normalisation is used).
+        key: from :func:`feature_key`.
+        cache_dir: where ``features-<key>.pt`` lives; None: no caching.
+
+    Returns:
+        ``features [N, D]`` float32 (not normalised), ``labels [N]`` int64 (-1 where unlabeled).
+    """
+    path = Path(cache_dir) / f"features-{key}.pt" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            if stored["features"].shape[0] == len(dataset):
+                log.info("features from the cache: %s", path)
+                return stored["features"], stored["labels"]
+        except (RuntimeError, KeyError, OSError, EOFError) as err:
+            log.warning("ignoring unreadable feature cache %s (%s)", path, err)
+    dev = torch.device(device)
+    transform = EvalTransform(dataset.img_size, dataset.mean, dataset.std).to(dev)
+    loader = build_loader(dataset, min(batch_size, len(dataset)), shuffle=False, drop_last=False)
+    features, labels = extract_features(encoder, loader, transform, dev, pool=pool, precision=precision)
+    if path is not None:
+        save_atomic({"features": features, "labels": labels, "key": key}, path)
+        log.info("features cached: %s", path)
+    return features, labels

@@ -1,0 +1,287 @@
+"""Label efficiency: fine-tune on 1%, 10% and 100% of the labels, pretrained against random init.
+
+The subsets are drawn per class with a fixed seed (``round(fraction * n_c)`` images of each class ``c``,
+at least one), nested (the 1% subset is inside the 10% one), and written to a JSON file so that other
+runs (another method, another budget) fine-tune on exactly the same images. One call runs
+``{pretrained, random init} x fractions`` through :func:`mimkit.eval.finetune.finetune` and writes a
+markdown table, a CSV and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from mimkit.data.datasets import ImageDataset
+from mimkit.eval.finetune import FinetuneConfig, build_classifier, finetune
+
+log = logging.getLogger("mimkit")
+
+DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
+INITS = ("pretrained", "random init")
+
+
+def check_fraction(fraction: float) -> float:
+    """``fraction`` as a float in (0, 1], else a ValueError naming it."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(
+            f"label fraction {fraction!r} is outside (0, 1]: give e.g. 0.01 for 1% of the labels"
+        )
+    return float(fraction)
+
+
+def per_class_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Indices of ``round(fraction * n_c)`` (at least 1) images of each class ``c``, drawn with ``seed``.
+
+    Each class's images are put in a random order drawn from ``torch.Generator().manual_seed(seed)`` (one
+    permutation per class, classes in increasing order) and the first ones are taken, so for one seed the
+    subset of a smaller fraction is inside that of a larger one. The global RNG is not touched.
+
+    Args:
+        labels: int ``[N]``, every label >= 0.
+        fraction: in (0, 1].
+
+    Returns:
+        int64 ``[M]`` sorted indices into ``labels``.
+    """
+    fraction = check_fraction(fraction)
+    if labels.numel() and int(labels.min()) < 0:
+        raise ValueError("per-class subsets need labeled data; some labels are -1 (unlabeled)")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        order = members[torch.randperm(members.numel(), generator=generator)]
+        count = max(1, math.floor(fraction * members.numel() + 0.5))
+        chosen.append(order[:count])
+    if not chosen:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.cat(chosen).sort().values
+
+
+def holdout_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(fit, holdout)`` sorted indices: ``fraction`` of each class held out (to choose hyper-parameters)."""
+    held = per_class_subset(labels, fraction, seed)
+    keep = torch.ones(labels.shape[0], dtype=torch.bool)
+    keep[held] = False
+    return torch.nonzero(keep).flatten(), held
+
+
+def subset_dataset(dataset: ImageDataset, indices: torch.Tensor) -> ImageDataset:
+    """The images ``indices`` of ``dataset`` as a new dataset (same classes, size and normalisation)."""
+    idx = indices.long()
+    images = dataset.images.index_select(0, idx) if dataset.images is not None else None
+    files = [dataset.files[i] for i in idx.tolist()] if images is None else None
+    return ImageDataset(
+        dataset.labels.index_select(0, idx),
+        dataset.classes,
+        dataset.channels,
+        dataset.img_size,
+        dataset.mean,
+        dataset.std,
+        images=images,
+        files=files,
+        resize_mode=dataset.resize_mode,
+        root=dataset.root,
+        split=dataset.split,
+    )
+
+
+def _labels_digest(labels: torch.Tensor) -> str:
+    return hashlib.sha256(labels.to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+
+
+def label_subsets(
+    labels: torch.Tensor,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    path: str | os.PathLike | None = None,
+) -> dict[float, torch.Tensor]:
+    """Per-class subsets for several fractions, written to (or read back from) a JSON file.
+
+    If ``path`` exists and was written for the same labels and seed, its subsets are used as they are
+    (runs stay comparable even if the drawing code changes); fractions it lacks are added to it.
+
+    Returns:
+        ``{fraction: sorted int64 indices}``.
+    """
+    fractions = [check_fraction(f) for f in fractions]
+    stored: dict[str, Any] = {}
+    digest = _labels_digest(labels)
+    if path is not None and Path(path).is_file():
+        stored = json.loads(Path(path).read_text())
+        if stored.get("labels_sha256") != digest or stored.get("seed") != seed:
+            raise ValueError(
+                f"{path} holds label subsets drawn for other data or another seed "
+                f"(seed {stored.get('seed')!r}, labels {stored.get('labels_sha256')!r}; now seed {seed}, "
+                f"labels {digest}); use another output directory or delete it"
+            )
+    subsets_json = dict(stored.get("subsets", {}))
+    out: dict[float, torch.Tensor] = {}
+    for fraction in fractions:
+        key = repr(fraction)
+        if key not in subsets_json:
+            subsets_json[key] = per_class_subset(labels, fraction, seed).tolist()
+        out[fraction] = torch.tensor(subsets_json[key], dtype=torch.long)
+    if path is not None and subsets_json != stored.get("subsets"):
+        record = {
+            "seed": seed,
+            "num_images": int(labels.shape[0]),
+            "labels_sha256": digest,
+            "rule": "per class: the first round(fraction * n_c) (>= 1) of a seeded permutation (nested)",
+            "counts": {k: len(v) for k, v in subsets_json.items()},
+            "subsets": subsets_json,
+        }
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(record) + "\n")
+    return out
+
+
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:g}%"
+
+
+def run_label_efficiency(
+    encoder_cfg: dict[str, Any],
+    pretrained: nn.Module | None,
+    train_set: ImageDataset,
+    test_set: ImageDataset,
+    out_dir: str | os.PathLike,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    cfg: FinetuneConfig | None = None,
+    epochs: Mapping[float, int] | None = None,
+    seed: int = 0,
+    include_random: bool = True,
+    config: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Fine-tune ``{pretrained, random init} x fractions`` and write the table, CSV and plot.
+
+    Each run lives in ``out_dir/<init>_<fraction>`` and resumes like any training run. Writes
+    ``label_subsets.json``, ``label_efficiency.md``, ``label_efficiency.csv`` and ``label_efficiency.png``.
+
+    Args:
+        encoder_cfg: the encoder config (name + options).
+        pretrained: the loaded pretrained encoder; None runs the random-init row only.
+        train_set, test_set: labeled splits.
+        fractions: label fractions in (0, 1].
+        cfg: the fine-tuning recipe (its ``train.epochs`` unless ``epochs`` gives one per fraction).
+        epochs: optional epochs per fraction (smaller subsets usually want more epochs).
+        seed: subsets and fresh parameters.
+        include_random: also run the random-init row.
+        config: extra entries for the runs' stored config (e.g. the checkpoint it came from).
+
+    Returns:
+        One row per run: ``{"init", "fraction", "labels", "test_top1", "steps", "epochs"}``.
+    """
+    fractions = [check_fraction(f) for f in fractions]
+    if train_set.num_classes == 0 or test_set.num_classes == 0:
+        raise ValueError(f"label efficiency needs labeled data; {train_set.root!r} has no class labels")
+    cfg = cfg or FinetuneConfig()
+    out_dir = Path(out_dir)
+    subsets = label_subsets(train_set.labels, fractions, seed, out_dir / "label_subsets.json")
+    inits = ([] if pretrained is None else ["pretrained"]) + (["random init"] if include_random else [])
+    if not inits:
+        raise ValueError("nothing to run: no pretrained encoder and include_random=False")
+    rows = []
+    for init in inits:
+        for fraction in fractions:
+            run_epochs = (epochs or {}).get(fraction, cfg.train.epochs)
+            run_cfg = replace(cfg, train=replace(cfg.train, epochs=int(run_epochs), seed=seed))
+            train = subset_dataset(train_set, subsets[fraction]) if fraction < 1 else train_set
+            classifier = build_classifier(
+                encoder_cfg,
+                train_set.num_classes,
+                pretrained if init == "pretrained" else None,
+                run_cfg,
+                seed=seed,
+            )
+            name = f"{init.split()[0]}_{_pct(fraction).rstrip('%')}pct"
+            run_config = {
+                "encoder": dict(encoder_cfg, init=init),
+                **(config or {}),
+                "label_fraction": fraction,
+            }
+            log.info(
+                "label efficiency: %s, %s of the labels (%d images), %d epochs",
+                init,
+                _pct(fraction),
+                len(train),
+                run_epochs,
+            )
+            result = finetune(classifier, train, test_set, run_cfg, out_dir / name, config=run_config)
+            rows.append(
+                {
+                    "init": init,
+                    "fraction": fraction,
+                    "labels": len(train),
+                    "test_top1": result["test_top1"],
+                    "steps": result["steps"],
+                    "epochs": result["epochs"],
+                }
+            )
+    write_label_efficiency_report(rows, out_dir)
+    return rows
+
+
+def write_label_efficiency_report(
+    rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike
+) -> dict[str, Path]:
+    """``label_efficiency.md`` (inits x fractions), ``.csv`` (one row per run) and ``.png`` in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fractions = sorted({r["fraction"] for r in rows})
+    inits = list(dict.fromkeys(r["init"] for r in rows))
+    table = {(r["init"], r["fraction"]): r for r in rows}
+
+    csv_path = out_dir / "label_efficiency.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["init", "fraction", "labels", "test_top1", "steps", "epochs"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r[k] for k in writer.fieldnames})
+
+    lines = [
+        "| init | " + " | ".join(f"{_pct(f)} labels" for f in fractions) + " |",
+        "|---|" + "---:|" * len(fractions),
+    ]
+    for init in inits:
+        cells = []
+        for f in fractions:
+            r = table.get((init, f))
+            cells.append(f"{r['test_top1']:.2f} ({r['labels']} img)" if r else "-")
+        lines.append(f"| {init} | " + " | ".join(cells) + " |")
+    md_path = out_dir / "label_efficiency.md"
+    md_path.write_text(
+        "Fine-tuning top-1 accuracy (%) on the test set against the labels used.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.add_subplot()
+    for init in inits:
+        points = [(f * 100, table[(init, f)]["test_top1"]) for f in fractions if (init, f) in table]
+        ax.plot(*zip(*points, strict=True), marker="o", label=init)
+    ax.set_xscale("log")
+    ax.set_xticks([f * 100 for f in fractions], [_pct(f) for f in fractions])
+    ax.set_xlabel("labels used")
+    ax.set_ylabel("test top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    png_path = out_dir / "label_efficiency.png"
+    fig.savefig(png_path, dpi=100)
+    return {"md": md_path, "csv": csv_path, "png": png_path}
