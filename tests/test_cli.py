@@ -94,3 +94,36 @@ def test_checkpoint_of_another_architecture(run_dir, tmp_path, capsys):
                  "--test-limit", "10"]) == 2
     err = capsys.readouterr().err
     assert "cls_token: file (1, 1, 32) vs model (1, 1, 192)" in err
+
+
+@pytest.mark.parametrize(
+    "config, tiny, panels",
+    [
+        ("configs/simmim_vit_fashion_mnist.yaml", ["encoder.embed_dim=32", "encoder.depth=1", "encoder.num_heads=2"],
+         "masked"),
+        ("configs/simmim_swin_fashion_mnist.yaml", ["encoder.embed_dim=16", "encoder.depths=[1,1,1]", "encoder.num_heads=[1,2,4]"], "masked"),
+        ("configs/sit_fashion_mnist.yaml", ["encoder.embed_dim=32", "encoder.depth=1", "encoder.num_heads=2",
+                                            "method.recon_hidden_dim=32", "method.proj_hidden_dim=32",
+                                            "method.proj_dim=16"], "corrupted"),
+        ("configs/gmml_fashion_mnist.yaml", ["encoder.embed_dim=32", "encoder.depth=1", "encoder.num_heads=2",
+                                             "method.recon_hidden_dim=32"], "corrupted"),
+    ],
+    ids=["simmim-vit", "simmim-swin", "sit", "gmml"],
+)
+def test_other_methods_pretrain_and_reconstruct(config, tiny, panels, tmp_path, monkeypatch):
+    common = ["data.limit=64", "train.batch_size=32", "train.epochs=1", "train.progress=false",
+              "train.tensorboard=false", f"output_dir={tmp_path}"]
+    assert main(["pretrain", "--config", config, *tiny, *common]) == 0
+    shown = {}
+    import mimkit.cli
+
+    real = mimkit.cli.save_reconstruction_grid
+
+    def spy(images, outputs, *args, **kwargs):
+        shown.update(outputs)
+        return real(images, outputs, *args, **kwargs)
+
+    monkeypatch.setattr(mimkit.cli, "save_reconstruction_grid", spy)
+    assert main(["reconstruct", str(tmp_path), "--out", str(tmp_path / "r.png"), "--num", "2"]) == 0
+    assert panels in shown and shown["reconstruction"].shape == shown[panels].shape
+    assert (tmp_path / "r.png").stat().st_size > 0
