@@ -12,9 +12,20 @@ from mimkit.cli import main
 FMNIST = "/usr/share/datasets/fashion-mnist"
 pytestmark = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="dataset-fashion-mnist is not installed")
 
-TINY = ["encoder.embed_dim=32", "encoder.depth=2", "encoder.num_heads=2", "method.decoder_dim=16",
-        "method.decoder_depth=1", "method.decoder_heads=2", "data.limit=320", "train.batch_size=64",
-        "train.epochs=2", "train.log_every=1", "train.progress=false", "train.tensorboard=false"]
+TINY = [
+    "encoder.embed_dim=32",
+    "encoder.depth=2",
+    "encoder.num_heads=2",
+    "method.decoder_dim=16",
+    "method.decoder_depth=1",
+    "method.decoder_heads=2",
+    "data.limit=320",
+    "train.batch_size=64",
+    "train.epochs=2",
+    "train.log_every=1",
+    "train.progress=false",
+    "train.tensorboard=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +46,19 @@ def test_pretrain_writes_run_directory(run_dir):
 
 def test_rerun_resumes_and_extends(run_dir, tmp_path):
     # a finished run asked for more epochs continues from its checkpoint instead of starting over
-    assert main(["pretrain", "--config", "configs/mae_fashion_mnist.yaml", f"output_dir={run_dir}", *TINY,
-                 "train.epochs=3"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--config",
+                "configs/mae_fashion_mnist.yaml",
+                f"output_dir={run_dir}",
+                *TINY,
+                "train.epochs=3",
+            ]
+        )
+        == 0
+    )
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps[-5:] == [11, 12, 13, 14, 15] and len(steps) == 15
 
@@ -51,8 +73,23 @@ def test_reconstruct_png(run_dir, tmp_path, capsys):
 
 
 def test_knn_prints_both_encoders(run_dir, capsys):
-    assert main(["knn", str(run_dir), "--compare-random", "--train-limit", "300", "--test-limit", "100",
-                 "--k", "5", "20"]) == 0
+    assert (
+        main(
+            [
+                "knn",
+                str(run_dir),
+                "--compare-random",
+                "--train-limit",
+                "300",
+                "--test-limit",
+                "100",
+                "--k",
+                "5",
+                "20",
+            ]
+        )
+        == 0
+    )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("kNN")]
     assert len(lines) == 2 and "pretrained" in lines[0] and "random init" in lines[1]
     for line in lines:
@@ -81,7 +118,9 @@ def test_export_then_knn_from_encoder_file(run_dir, tmp_path, capsys):
     ],
 )
 def test_bad_input_one_clear_line(argv, message, tmp_path, capsys):
-    argv = argv + ([f"output_dir={tmp_path}", "data.limit=64", "train.batch_size=32"] if argv[0] == "pretrain" else [])
+    argv = argv + (
+        [f"output_dir={tmp_path}", "data.limit=64", "train.batch_size=32"] if argv[0] == "pretrain" else []
+    )
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mimkit: error:") and message in err
@@ -90,8 +129,21 @@ def test_bad_input_one_clear_line(argv, message, tmp_path, capsys):
 
 def test_checkpoint_of_another_architecture(run_dir, tmp_path, capsys):
     # a run's weights into a wider encoder: one error naming the offending keys and shapes
-    assert main(["knn", str(run_dir / "last.pt"), "--encoder", "vit_tiny_patch4_28", "--train-limit", "50",
-                 "--test-limit", "10"]) == 2
+    assert (
+        main(
+            [
+                "knn",
+                str(run_dir / "last.pt"),
+                "--encoder",
+                "vit_tiny_patch4_28",
+                "--train-limit",
+                "50",
+                "--test-limit",
+                "10",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "cls_token: file (1, 1, 32) vs model (1, 1, 192)" in err
 
@@ -99,20 +151,45 @@ def test_checkpoint_of_another_architecture(run_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "config, tiny, panels",
     [
-        ("configs/simmim_vit_fashion_mnist.yaml", ["encoder.embed_dim=32", "encoder.depth=1", "encoder.num_heads=2"],
-         "masked"),
-        ("configs/simmim_swin_fashion_mnist.yaml", ["encoder.embed_dim=16", "encoder.depths=[1,1,1]", "encoder.num_heads=[1,2,4]"], "masked"),
-        ("configs/sit_fashion_mnist.yaml", ["encoder.embed_dim=32", "encoder.depth=1", "encoder.num_heads=2",
-                                            "method.recon_hidden_dim=32", "method.proj_hidden_dim=32",
-                                            "method.proj_dim=16"], "corrupted"),
-        ("configs/gmml_fashion_mnist.yaml", ["encoder.embed_dim=32", "encoder.depth=1", "encoder.num_heads=2",
-                                             "method.recon_hidden_dim=32"], "corrupted"),
+        (
+            "configs/simmim_vit_fashion_mnist.yaml",
+            ["encoder.embed_dim=32", "encoder.depth=1", "encoder.num_heads=2"],
+            "masked",
+        ),
+        (
+            "configs/simmim_swin_fashion_mnist.yaml",
+            ["encoder.embed_dim=16", "encoder.depths=[1,1,1]", "encoder.num_heads=[1,2,4]"],
+            "masked",
+        ),
+        (
+            "configs/sit_fashion_mnist.yaml",
+            [
+                "encoder.embed_dim=32",
+                "encoder.depth=1",
+                "encoder.num_heads=2",
+                "method.recon_hidden_dim=32",
+                "method.proj_hidden_dim=32",
+                "method.proj_dim=16",
+            ],
+            "corrupted",
+        ),
+        (
+            "configs/gmml_fashion_mnist.yaml",
+            ["encoder.embed_dim=32", "encoder.depth=1", "encoder.num_heads=2", "method.recon_hidden_dim=32"],
+            "corrupted",
+        ),
     ],
     ids=["simmim-vit", "simmim-swin", "sit", "gmml"],
 )
 def test_other_methods_pretrain_and_reconstruct(config, tiny, panels, tmp_path, monkeypatch):
-    common = ["data.limit=64", "train.batch_size=32", "train.epochs=1", "train.progress=false",
-              "train.tensorboard=false", f"output_dir={tmp_path}"]
+    common = [
+        "data.limit=64",
+        "train.batch_size=32",
+        "train.epochs=1",
+        "train.progress=false",
+        "train.tensorboard=false",
+        f"output_dir={tmp_path}",
+    ]
     assert main(["pretrain", "--config", config, *tiny, *common]) == 0
     shown = {}
     import mimkit.cli

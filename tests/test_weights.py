@@ -13,7 +13,9 @@ def tiny_encoder(**kw):
 
 
 def tiny_mae(encoder=None):
-    return create_method("mae", encoder=encoder or tiny_encoder(), decoder_dim=8, decoder_depth=1, decoder_heads=2)
+    return create_method(
+        "mae", encoder=encoder or tiny_encoder(), decoder_dim=8, decoder_depth=1, decoder_heads=2
+    )
 
 
 def reference_visualize_state(mae):
@@ -21,9 +23,9 @@ def reference_visualize_state(mae):
     out = {}
     for key, value in mae.state_dict().items():
         if key.startswith("encoder."):
-            out[key[len("encoder."):]] = value
+            out[key[len("encoder.") :]] = value
         else:
-            sub = key[len("decoder."):]
+            sub = key[len("decoder.") :]
             name = "mask_token" if sub == "mask_token" else "decoder_" + sub
             out[name] = value
     return out

@@ -1,9 +1,9 @@
 """``mimkit <subcommand>``: each subcommand is a plain typed function below; ``main`` only parses.
 
-    mimkit pretrain --config configs/mae_fashion_mnist.yaml train.epochs=5 output_dir=runs/mae
-    mimkit reconstruct runs/mae --out recon.png
-    mimkit knn runs/mae --compare-random
-    mimkit export runs/mae encoder.safetensors
+mimkit pretrain --config configs/mae_fashion_mnist.yaml train.epochs=5 output_dir=runs/mae
+mimkit reconstruct runs/mae --out recon.png
+mimkit knn runs/mae --compare-random
+mimkit export runs/mae encoder.safetensors
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from mimkit.data import DataConfig, EvalTransform, build_dataset, build_loader
 from mimkit.engine import NonFiniteLossError, load_config
 from mimkit.engine.checkpoint import seed_everything
 from mimkit.eval import extract_features, knn_accuracy
+from mimkit.eval_cli import add_eval_parsers, run_eval
 from mimkit.models import create_encoder
 from mimkit.pretrain import build_encoder, load_pretrained, pretrain, resolve_checkpoint
 from mimkit.viz import save_reconstruction_grid
@@ -34,7 +35,9 @@ def run_pretrain(config: str | None, overrides: list[str]) -> Path:
     return pretrain(load_config(config, overrides))
 
 
-def _eval_data(cfg_data: DataConfig, stats: dict[str, Any], source: str | None, root: str | None) -> DataConfig:
+def _eval_data(
+    cfg_data: DataConfig, stats: dict[str, Any], source: str | None, root: str | None
+) -> DataConfig:
     """The data of a run for evaluation: same source and size, no augmentation, the run's statistics."""
     changes: dict[str, Any] = {"augment": "none", "limit": None}
     if source:
@@ -42,13 +45,20 @@ def _eval_data(cfg_data: DataConfig, stats: dict[str, Any], source: str | None, 
     if root:
         changes["root"] = root
     if stats:
-        changes.update(img_size=list(stats["img_size"]), channels=stats["channels"],
-                       normalize=[list(stats["mean"]), list(stats["std"])])
+        changes.update(
+            img_size=list(stats["img_size"]),
+            channels=stats["channels"],
+            normalize=[list(stats["mean"]), list(stats["std"])],
+        )
     return dataclasses.replace(cfg_data, **changes)
 
 
 def run_reconstruct(
-    checkpoint: str, out: str = "reconstruction.png", num: int = 8, split: str = "test", seed: int = 0,
+    checkpoint: str,
+    out: str = "reconstruction.png",
+    num: int = 8,
+    split: str = "test",
+    seed: int = 0,
     data_root: str | None = None,
 ) -> Path:
     """Write a PNG grid (original | masked | reconstruction | reconstruction + visible) of ``num`` images."""
@@ -79,8 +89,7 @@ def _encoder_and_data(
         method, cfg, stats = load_pretrained(checkpoint)
         encoder_cfg = {**cfg.encoder, "img_size": tuple(stats["img_size"]), "in_chans": stats["channels"]}
         return method.encoder, encoder_cfg, _eval_data(cfg.data, stats, source, root)
-    data = DataConfig(source=source or "fashion_mnist", augment="none",
-                      **({"root": root} if root else {}))
+    data = DataConfig(source=source or "fashion_mnist", augment="none", **({"root": root} if root else {}))
     sample = build_dataset(data, "test")
     encoder_cfg = {"name": encoder_name, "img_size": tuple(sample.img_size), "in_chans": sample.channels}
     encoder = None
@@ -147,7 +156,9 @@ def run_export(checkpoint: str, out: str, encoder_name: str | None = None) -> Pa
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mimkit", description="Masked image modeling for Vision Transformers.")
+    parser = argparse.ArgumentParser(
+        prog="mimkit", description="Masked image modeling for Vision Transformers."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -175,19 +186,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test-limit", type=int, help="use only the first N test images")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="autocast of the feature pass")
+    p.add_argument(
+        "--precision", choices=["bf16", "fp32"], default="bf16", help="autocast of the feature pass"
+    )
 
     p = sub.add_parser("export", help="write the encoder as .safetensors (standard ViT names)")
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.add_argument("--encoder", dest="encoder_name", help="encoder name, for a plain encoder file")
+
+    add_eval_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         if args.command == "pretrain":
             run_dir = run_pretrain(args.config, args.overrides)
@@ -196,20 +214,35 @@ def main(argv: list[str] | None = None) -> int:
             path = run_reconstruct(args.checkpoint, args.out, args.num, args.split, args.seed, args.data_root)
             print(f"wrote {path}")
         elif args.command == "knn":
-            results = run_knn(args.checkpoint, args.encoder_name, tuple(args.ks), args.pool, args.compare_random,
-                              args.source, args.root, args.train_limit, args.test_limit, args.batch_size,
-                              args.device, precision=args.precision)
+            results = run_knn(
+                args.checkpoint,
+                args.encoder_name,
+                tuple(args.ks),
+                args.pool,
+                args.compare_random,
+                args.source,
+                args.root,
+                args.train_limit,
+                args.test_limit,
+                args.batch_size,
+                args.device,
+                precision=args.precision,
+            )
             for name, accs in results.items():
                 scores = "  ".join(f"k={k}: {acc:.2f}%" for k, acc in accs.items())
                 print(f"kNN top-1 ({args.pool} features) {name:>12}: {scores}")
         elif args.command == "export":
             print(f"wrote {run_export(args.checkpoint, args.out, args.encoder_name)}")
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
+        elif args.command == "eval":
+            return run_eval(args)
+    except (ValueError, FileNotFoundError, ImportError, NonFiniteLossError) as err:
         print(f"mimkit: error: {err}", file=sys.stderr)
         return 2 if not isinstance(err, NonFiniteLossError) else 1
     except KeyboardInterrupt:
-        print("mimkit: interrupted; run the same command again to resume from the last checkpoint",
-              file=sys.stderr)
+        print(
+            "mimkit: interrupted; run the same command again to resume from the last checkpoint",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

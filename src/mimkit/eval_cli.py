@@ -4,7 +4,8 @@ Every protocol takes any encoder checkpoint: a mimkit run directory or checkpoin
 and its encoder taken), or an encoder-only file (reference MAE, timm-style ViT, a mimkit ``.safetensors``
 export) with ``--encoder NAME`` to build the model it fits; ``--encoder NAME`` without a checkpoint is a
 randomly initialised encoder. The frozen protocols (kNN, linear probe, t-SNE) share one feature pass:
-features are cached per checkpoint, data, split and pooling (:mod:`mimkit.eval.cache`).
+features are cached per checkpoint, data, split, pooling and precision (:mod:`mimkit.eval.cache`); the
+feature pass runs under bf16 autocast unless ``--precision fp32``.
 
     mimkit eval knn runs/mae --k 10 20 100 --compare-random
     mimkit eval linear runs/mae --pool token --set epochs=90 "blrs=[0.1, 0.3, 1.0]"
@@ -209,10 +210,11 @@ def _features(
     cache_dir: Path | None,
     batch_size: int,
     device: torch.device,
+    precision: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _, encoder, checkpoint, extra = name_encoder
-    key = feature_key(checkpoint, data_cfg, split, pool, extra)
-    return cached_features(encoder, dataset, key, cache_dir, pool, batch_size, device)
+    key = feature_key(checkpoint, data_cfg, split, pool, {**extra, "precision": precision})
+    return cached_features(encoder, dataset, key, cache_dir, pool, batch_size, device, precision)
 
 
 def load_recipe(cls: type[T], overrides: Sequence[str] = ()) -> T:
@@ -239,6 +241,7 @@ def run_eval_knn(
     cache_dir: str | None = None,
     use_cache: bool = True,
     seed: int = 0,
+    precision: str = "bf16",
 ) -> dict[str, dict[int, float]]:
     """Weighted kNN top-1 (%) for every ``k`` from one feature pass.
 
@@ -257,8 +260,10 @@ def run_eval_knn(
     cache = _cache_dir(loaded, cache_dir, use_cache)
     results = {}
     for entry in _encoders(loaded, compare_random, seed):
-        train_f, train_y = _features(entry, train_set, train_cfg, "train", pool, cache, batch_size, dev)
-        test_f, test_y = _features(entry, test_set, test_cfg, "test", pool, cache, batch_size, dev)
+        train_f, train_y = _features(
+            entry, train_set, train_cfg, "train", pool, cache, batch_size, dev, precision
+        )
+        test_f, test_y = _features(entry, test_set, test_cfg, "test", pool, cache, batch_size, dev, precision)
         results[entry[0]] = knn_accuracy(train_f, train_y, test_f, test_y, ks=tuple(ks))
     return results
 
@@ -279,6 +284,7 @@ def run_eval_linear(
     cache_dir: str | None = None,
     use_cache: bool = True,
     seed: int = 0,
+    precision: str = "bf16",
 ) -> dict[str, dict[str, Any]]:
     """Linear probe (BatchNorm + Linear, LARS, blr chosen on held-out training features).
 
@@ -298,8 +304,10 @@ def run_eval_linear(
     out = _out_dir(loaded, out_dir, "linear")
     results = {}
     for entry in _encoders(loaded, compare_random, seed):
-        train_f, train_y = _features(entry, train_set, train_cfg, "train", pool, cache, batch_size, dev)
-        test_f, test_y = _features(entry, test_set, test_cfg, "test", pool, cache, batch_size, dev)
+        train_f, train_y = _features(
+            entry, train_set, train_cfg, "train", pool, cache, batch_size, dev, precision
+        )
+        test_f, test_y = _features(entry, test_set, test_cfg, "test", pool, cache, batch_size, dev, precision)
         results[entry[0]] = linear_probe(
             train_f, train_y, test_f, test_y, out / f"{_slug(entry[0])}_{pool}", cfg
         )
@@ -405,6 +413,7 @@ def run_eval_tsne(
     pool: str = "token",
     max_points: int | None = 2000,
     perplexity: float = 30.0,
+    max_iter: int = 1000,
     random_init: bool = False,
     source: str | None = None,
     root: str | None = None,
@@ -414,6 +423,7 @@ def run_eval_tsne(
     cache_dir: str | None = None,
     use_cache: bool = True,
     seed: int = 0,
+    precision: str = "bf16",
 ) -> Path:
     """PNG of the t-SNE of test-set features coloured by class (needs scikit-learn)."""
     loaded = load_encoder(checkpoint, encoder_name, source, root)
@@ -431,6 +441,7 @@ def run_eval_tsne(
         _cache_dir(loaded, cache_dir, use_cache),
         batch_size,
         resolve_device(device),
+        precision,
     )
     from mimkit.eval.tsne import save_tsne
 
@@ -442,7 +453,7 @@ def run_eval_tsne(
     title = (
         f"{loaded.encoder_cfg['name']} ({entry[0]}, {pool} features), t-SNE of {len(features)} test images"
     )
-    return save_tsne(features, labels, path, test_set.classes, max_points, perplexity, seed, title)
+    return save_tsne(features, labels, path, test_set.classes, max_points, perplexity, seed, title, max_iter)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -471,6 +482,9 @@ def _common(p: argparse.ArgumentParser, frozen: bool) -> None:
         )
         p.add_argument("--batch-size", type=int, default=512, help="feature-extraction batch size")
         p.add_argument("--device", default="auto")
+        p.add_argument(
+            "--precision", choices=["bf16", "fp32"], default="bf16", help="autocast of the feature pass"
+        )
         p.add_argument("--cache-dir", help="feature cache (default: <run>/eval/feature_cache)")
         p.add_argument(
             "--no-cache", dest="use_cache", action="store_false", help="do not read or write the cache"
@@ -532,6 +546,7 @@ def add_eval_parsers(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--out", "-o", help="PNG path (default: <run>/eval/tsne/tsne_<init>_<pool>.png)")
     p.add_argument("--max-points", type=int, default=2000, help="per-class sample of about this many points")
     p.add_argument("--perplexity", type=float, default=30.0)
+    p.add_argument("--max-iter", type=int, default=1000, help="t-SNE optimisation steps (>= 250)")
     p.add_argument("--random-init", action="store_true", help="plot the encoder at random init instead")
     return parser
 
@@ -556,7 +571,7 @@ def run_eval(args: argparse.Namespace) -> int:
     limits = dict(train_limit=args.train_limit, test_limit=args.test_limit)
     frozen = {
         name: getattr(args, name)
-        for name in ("pool", "batch_size", "device", "cache_dir", "use_cache")
+        for name in ("pool", "batch_size", "device", "precision", "cache_dir", "use_cache")
         if hasattr(args, name)
     }
     if args.protocol == "knn":
@@ -616,6 +631,7 @@ def run_eval(args: argparse.Namespace) -> int:
             out=args.out,
             max_points=args.max_points,
             perplexity=args.perplexity,
+            max_iter=args.max_iter,
             random_init=args.random_init,
             test_limit=args.test_limit,
             **common,

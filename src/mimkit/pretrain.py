@@ -13,7 +13,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from mimkit.data import DataConfig, PretrainAugment, build_dataset, build_loader
+from mimkit.data import DataConfig, build_augment, build_dataset, build_loader
 from mimkit.engine import dist
 from mimkit.engine.checkpoint import last_checkpoint, seed_everything
 from mimkit.engine.config import PretrainConfig, _build, save_config, to_dict
@@ -49,24 +49,67 @@ def pretrain(cfg: PretrainConfig) -> Path:
         raise ValueError(
             f"the dataset has {len(dataset)} images, fewer than train.batch_size={cfg.train.batch_size}"
         )
-    loader = build_loader(dataset, cfg.train.batch_size, shuffle=True, drop_last=True, seed=cfg.train.seed,
-                          num_workers=cfg.data.num_workers, rank=env.rank, world_size=env.world_size)
+    loader = build_loader(
+        dataset,
+        cfg.train.batch_size,
+        shuffle=True,
+        drop_last=True,
+        seed=cfg.train.seed,
+        num_workers=cfg.data.num_workers,
+        rank=env.rank,
+        world_size=env.world_size,
+    )
     method = build_method(cfg, dataset)
-    augment = PretrainAugment(dataset.img_size, dataset.mean, dataset.std, preset=cfg.data.augment,
-                              crop_scale=cfg.data.crop_scale, hflip=cfg.data.hflip).to(env.device)
+    augment = build_augment(cfg.data, dataset).to(env.device)
+    callbacks = []
+    if cfg.online_knn.every:
+        from mimkit.eval.online_knn import OnlineKNN
+
+        knn = cfg.online_knn
+        test_set = build_dataset(cfg.data, "test", train_dataset=dataset)
+        callbacks.append(
+            OnlineKNN(
+                dataset,
+                test_set,
+                every=knn.every,
+                k=knn.k,
+                pool=knn.pool,
+                bank_size=knn.bank_size,
+                query_size=knn.query_size,
+            )
+        )
     run_dir = Path(cfg.output_dir)
     resolved = to_dict(cfg)
-    resolved["data_stats"] = {"mean": list(dataset.mean), "std": list(dataset.std),
-                              "img_size": list(dataset.img_size), "channels": dataset.channels}
+    resolved["data_stats"] = {
+        "mean": list(dataset.mean),
+        "std": list(dataset.std),
+        "img_size": list(dataset.img_size),
+        "channels": dataset.channels,
+    }
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         n_params = sum(p.numel() for p in method.parameters()) / 1e6
-        log.info("pretraining %s on %s (%d images%s) with %s (%.1fM parameters) -> %s",
-                 cfg.method["name"], cfg.data.source, len(dataset),
-                 f", {dataset.skipped} unreadable skipped" if dataset.skipped else "",
-                 cfg.encoder["name"], n_params, run_dir)
-    trainer = Trainer(method, loader, cfg.train, run_dir, batch_transform=augment, env=env, config=resolved)
+        log.info(
+            "pretraining %s on %s (%d images%s) with %s (%.1fM parameters) -> %s",
+            cfg.method["name"],
+            cfg.data.source,
+            len(dataset),
+            f", {dataset.skipped} unreadable skipped" if dataset.skipped else "",
+            cfg.encoder["name"],
+            n_params,
+            run_dir,
+        )
+    trainer = Trainer(
+        method,
+        loader,
+        cfg.train,
+        run_dir,
+        batch_transform=augment,
+        env=env,
+        config=resolved,
+        callbacks=callbacks,
+    )
     trainer.fit()
     return run_dir
 

@@ -97,7 +97,9 @@ def _grid_of(module: nn.Module, key: str) -> tuple[int, int] | None:
     return getattr(owner, "grid_size", None)
 
 
-def load_weights(module: nn.Module, path: str | os.PathLike | dict[str, Any], strict: bool = True) -> dict[str, Any]:
+def load_weights(
+    module: nn.Module, path: str | os.PathLike | dict[str, Any], strict: bool = True
+) -> dict[str, Any]:
     """Load a checkpoint into an encoder or a method, strictly.
 
     Accepts mimkit checkpoints (a method's or an encoder's), reference MAE files ``{'model': ...}``
@@ -156,7 +158,9 @@ def _abbrev(keys: list[str], limit: int = 12) -> list[str]:
     return keys if len(keys) <= limit else keys[:limit] + [f"... {len(keys) - limit} more"]
 
 
-def export_encoder_safetensors(module: nn.Module, path: str | os.PathLike, config: dict | None = None) -> Path:
+def export_encoder_safetensors(
+    module: nn.Module, path: str | os.PathLike, config: dict | None = None
+) -> Path:
     """Write the encoder's weights (standard ViT names) as ``.safetensors``.
 
     ``module`` may be a method (its ``.encoder`` is exported) or an encoder.

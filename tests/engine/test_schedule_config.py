@@ -13,7 +13,9 @@ def test_cosine_lr_hand_values():
     assert cosine_lr(10, base, total, warm) == pytest.approx(1.0)
     assert cosine_lr(60, base, total, warm) == pytest.approx(0.5)  # half-way through the cosine
     assert cosine_lr(110, base, total, warm) == pytest.approx(0.0, abs=1e-12)
-    assert cosine_lr(35, base, total, warm, min_lr=0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert cosine_lr(35, base, total, warm, min_lr=0.1) == pytest.approx(
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))
+    )
 
 
 def test_cosine_momentum_end_points():
@@ -24,7 +26,9 @@ def test_cosine_momentum_end_points():
 
 def test_yaml_and_dotted_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("encoder: {name: vit_tiny_patch4_28, depth: 6}\nmethod: {name: mae}\ntrain: {epochs: 3}\n")
+    path.write_text(
+        "encoder: {name: vit_tiny_patch4_28, depth: 6}\nmethod: {name: mae}\ntrain: {epochs: 3}\n"
+    )
     cfg = load_config(path, ["train.epochs=5", "method.mask_ratio=0.6", "encoder.img_size=[28, 28]"])
     assert isinstance(cfg, PretrainConfig) and isinstance(cfg.train, TrainConfig)
     assert cfg.train.epochs == 5 and cfg.method == {"name": "mae", "mask_ratio": 0.6}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mimkit import create_encoder, create_method
-from mimkit.engine import NonFiniteLossError, Trainer, TrainConfig
+from mimkit.engine import NonFiniteLossError, TrainConfig, Trainer
 from mimkit.engine.checkpoint import save_atomic
 
 
@@ -48,11 +48,25 @@ def augment(images):  # random, so resume must restore the RNG to match
 
 
 def make_trainer(run_dir, images, **cfg):
-    opts = dict(epochs=3, batch_size=8, blr=1e-2, warmup_epochs=1, log_every=2, progress=False,
-                tensorboard=False, precision="fp32")
+    opts = dict(
+        epochs=3,
+        batch_size=8,
+        blr=1e-2,
+        warmup_epochs=1,
+        log_every=2,
+        progress=False,
+        tensorboard=False,
+        precision="fp32",
+    )
     opts.update(cfg)
-    return Trainer(make_model(), TensorLoader(images, 8), TrainConfig(**opts), run_dir, batch_transform=augment,
-                   config={"encoder": {"name": "tiny"}, "method": {"name": "mae"}})
+    return Trainer(
+        make_model(),
+        TensorLoader(images, 8),
+        TrainConfig(**opts),
+        run_dir,
+        batch_transform=augment,
+        config={"encoder": {"name": "tiny"}, "method": {"name": "mae"}},
+    )
 
 
 @pytest.fixture
@@ -72,7 +86,7 @@ def test_resume_is_exact(tmp_path, images):
     second = make_trainer(tmp_path / "b", images)
     second.fit()
     assert second.step == straight.step == 15
-    for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values()):
+    for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 
@@ -84,7 +98,7 @@ def test_resume_with_accumulation_matches(tmp_path, images):
     rest = make_trainer(tmp_path / "b", images, accum_steps=2, epochs=2)
     rest.fit()
     assert rest.step == straight.step == 4  # 5 batches // 2 = 2 steps per epoch
-    for a, b in zip(straight.model.parameters(), rest.model.parameters()):
+    for a, b in zip(straight.model.parameters(), rest.model.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -107,8 +121,10 @@ def test_no_decay_on_biases_norms_and_tokens(images, tmp_path):
             name = names[id(p)]
             no_decay = p.ndim <= 1 or name.endswith(("cls_token", "mask_token", "pos_embed"))
             assert group["weight_decay"] == (0.0 if no_decay else 0.05), name
-    assert all(n not in ("encoder.pos_embed", "decoder.pos_embed") for n in
-               (names[id(p)] for g in trainer.optimizer.param_groups for p in g["params"]))  # fixed, not trained
+    assert all(
+        n not in ("encoder.pos_embed", "decoder.pos_embed")
+        for n in (names[id(p)] for g in trainer.optimizer.param_groups for p in g["params"])
+    )  # fixed, not trained
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, images):
@@ -147,7 +163,12 @@ def test_atomic_save_leaves_old_file_on_failure(tmp_path):
 
 def test_resume_refuses_another_models_run(tmp_path, images):
     make_trainer(tmp_path, images, max_steps=1).fit()
-    other = Trainer(make_model(), TensorLoader(images, 8), TrainConfig(progress=False, tensorboard=False), tmp_path,
-                    config={"encoder": {"name": "other"}, "method": {"name": "mae"}})
+    other = Trainer(
+        make_model(),
+        TensorLoader(images, 8),
+        TrainConfig(progress=False, tensorboard=False),
+        tmp_path,
+        config={"encoder": {"name": "other"}, "method": {"name": "mae"}},
+    )
     with pytest.raises(ValueError, match="another output_dir"):
         other.fit()

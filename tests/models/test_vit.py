@@ -59,9 +59,18 @@ def test_shapes_square_and_non_square():
 
 def test_state_dict_uses_reference_names():
     keys = set(tiny().state_dict())
-    for name in ["patch_embed.proj.weight", "cls_token", "pos_embed", "blocks.0.norm1.weight",
-                 "blocks.0.attn.qkv.weight", "blocks.0.attn.proj.bias", "blocks.1.mlp.fc1.weight",
-                 "blocks.1.mlp.fc2.bias", "blocks.1.norm2.bias", "norm.weight"]:
+    for name in [
+        "patch_embed.proj.weight",
+        "cls_token",
+        "pos_embed",
+        "blocks.0.norm1.weight",
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.attn.proj.bias",
+        "blocks.1.mlp.fc1.weight",
+        "blocks.1.mlp.fc2.bias",
+        "blocks.1.norm2.bias",
+        "norm.weight",
+    ]:
         assert name in keys
     assert tiny().blocks[0].attn.qkv.weight.shape == (48, 16)  # [3D, D]
 

@@ -51,7 +51,9 @@ class TrainConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise ValueError(
+                f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         for name in ("blr", "min_lr", "weight_decay", "warmup_epochs"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
@@ -68,6 +70,25 @@ class TrainConfig:
 
 
 @dataclass
+class OnlineKNNConfig:
+    """kNN accuracy on a labeled subset every ``every`` epochs of pretraining (0: off)."""
+
+    every: int = 0
+    k: int = 20
+    pool: str = "token"
+    bank_size: int | None = 5000
+    query_size: int | None = 1000
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.every, int) or self.every < 0:
+            raise ValueError(f"online_knn.every must be an integer >= 0, got {self.every!r}")
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"online_knn.k must be a positive integer, got {self.k!r}")
+        if self.pool not in ("token", "avg"):
+            raise ValueError(f"online_knn.pool must be 'token' or 'avg', got {self.pool!r}")
+
+
+@dataclass
 class PretrainConfig:
     """A pretraining recipe: encoder, method, data, training, and where the run lives."""
 
@@ -75,13 +96,16 @@ class PretrainConfig:
     method: dict[str, Any] = field(default_factory=lambda: {"name": "mae"})
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    online_knn: OnlineKNNConfig = field(default_factory=OnlineKNNConfig)
     output_dir: str = "runs/pretrain"
 
     def __post_init__(self) -> None:
         for part in ("encoder", "method"):
             value = getattr(self, part)
             if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-                raise ValueError(f"config section {part!r} needs a 'name' (e.g. {part}.name=...), got {value!r}")
+                raise ValueError(
+                    f"config section {part!r} needs a 'name' (e.g. {part}.name=...), got {value!r}"
+                )
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -111,7 +135,11 @@ def _build(cls: type[T], values: dict[str, Any], where: str) -> T:
     return cls(**kwargs)
 
 
-_DATACLASSES: dict[str, type] = {"DataConfig": DataConfig, "TrainConfig": TrainConfig}
+_DATACLASSES: dict[str, type] = {
+    "DataConfig": DataConfig,
+    "TrainConfig": TrainConfig,
+    "OnlineKNNConfig": OnlineKNNConfig,
+}
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -144,7 +172,9 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None, cls: type[T] = PretrainConfig) -> T:
+def load_config(
+    path: str | os.PathLike | None, overrides: list[str] | None = None, cls: type[T] = PretrainConfig
+) -> T:
     """Read a YAML recipe (or start from defaults when ``path`` is None) and apply dotted overrides."""
     values: dict[str, Any] = {}
     if path is not None:

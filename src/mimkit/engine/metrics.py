@@ -27,8 +27,10 @@ class MetricsWriter:
 
                 self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
             except ImportError:
-                log.warning("tensorboard is not installed: metrics go to metrics.jsonl only "
-                            "(pip install 'mimkit[tensorboard]')")
+                log.warning(
+                    "tensorboard is not installed: metrics go to metrics.jsonl only "
+                    "(pip install 'mimkit[tensorboard]')"
+                )
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 
-def cosine_lr(step: float, base_lr: float, total_steps: int, warmup_steps: float, min_lr: float = 0.0) -> float:
+def cosine_lr(
+    step: float, base_lr: float, total_steps: int, warmup_steps: float, min_lr: float = 0.0
+) -> float:
     """lr at optimizer step ``step`` (0-based): ``base * step / warmup`` during warm-up, then
     ``min + (base - min) * (1 + cos(pi * t)) / 2`` with ``t`` going 0 -> 1 over the remaining steps."""
     if step < warmup_steps:

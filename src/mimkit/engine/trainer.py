@@ -69,6 +69,8 @@ class Trainer:
         config: the resolved config, stored in every checkpoint.
         layer_scale: per-parameter lr multiplier (layer-wise lr decay).
         callbacks: objects with ``on_epoch_end(epoch, model) -> metrics`` (e.g. online kNN).
+        build_optimizer: ``(param_groups, lr) -> Optimizer``; default AdamW with ``cfg.betas`` (the linear
+            probe passes LARS).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Trainer:
         config: dict[str, Any] | None = None,
         layer_scale: Callable[[str], float] | None = None,
         callbacks: Iterable[Callback] = (),
+        build_optimizer: Callable[[list[dict], float], torch.optim.Optimizer] | None = None,
     ):
         self.env = env or dist.DistEnv(device=dist.resolve_device(cfg.device))
         self.cfg = cfg
@@ -97,16 +100,19 @@ class Trainer:
         self.steps_per_epoch = self.micro_per_epoch // cfg.accum_steps
         if self.steps_per_epoch < 1:
             raise ValueError(
-                f"an epoch has {self.micro_per_epoch} batches, fewer than train.accum_steps={cfg.accum_steps}; "
+                f"an epoch has {self.micro_per_epoch} batches, fewer than "
+                f"train.accum_steps={cfg.accum_steps}; "
                 "use a smaller batch_size or accum_steps, or more data"
             )
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = cfg.warmup_epochs * self.steps_per_epoch
         self.effective_batch = cfg.batch_size * cfg.accum_steps * self.env.world_size
         self.base_lr = cfg.lr if cfg.lr is not None else cfg.blr * self.effective_batch / 256
-        self.optimizer = build_adamw(
-            param_groups(self.model, cfg.weight_decay, layer_scale), self.base_lr, tuple(cfg.betas)
-        )
+        groups = param_groups(self.model, cfg.weight_decay, layer_scale)
+        if build_optimizer is None:
+            self.optimizer = build_adamw(groups, self.base_lr, tuple(cfg.betas))
+        else:
+            self.optimizer = build_optimizer(groups, self.base_lr)
         self.step = 0  # optimizer steps done
         self.epoch = 0
         self.micro_in_epoch = 0  # micro-batches of the current epoch already consumed
@@ -258,12 +264,18 @@ class Trainer:
         self._check_finite(sums)  # the one host sync: only every log_every steps
         elapsed = max(time.perf_counter() - t_log, 1e-9)
         values = {k: float(v) / max(count, 1) for k, v in sums.items()}
-        values.update(lr=lr, epoch=self.epoch + self.micro_in_epoch / self.micro_per_epoch,
-                      images_per_s=images_seen / elapsed)
+        values.update(
+            lr=lr,
+            epoch=self.epoch + self.micro_in_epoch / self.micro_per_epoch,
+            images_per_s=images_seen / elapsed,
+        )
         self.metrics.write(self.step, values)
         if progress is not None:
-            progress.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}",
-                                 img_s=f"{values['images_per_s']:.0f}")
+            progress.set_postfix(
+                loss=f"{values.get('loss', float('nan')):.4f}",
+                lr=f"{lr:.2e}",
+                img_s=f"{values['images_per_s']:.0f}",
+            )
         return values
 
     def _end_epoch(self) -> dict[str, float]:

@@ -452,7 +452,8 @@ def finetune(
         train_set, test_set: labeled :class:`~mimkit.data.ImageDataset` splits (uint8 images).
         cfg: the recipe.
         run_dir: where the run lives.
-        config: stored in the checkpoints; its ``encoder`` / ``method`` entries must match on resume.
+        config: stored in the checkpoints; its ``encoder`` entry (and the ``method`` entry written here)
+            must match for a run to resume.
 
     Returns:
         ``{"test_top1": %, "steps", "epochs", "train_images", "test_images", "trainable_params"}``.
@@ -490,13 +491,10 @@ def finetune(
         cfg.randaug_m,
         cfg.reprob,
     ).to(env.device)
-    run_config = _plain(
-        {
-            "method": {"name": "finetune", "train_blocks": cfg.train_blocks},
-            "finetune": asdict(cfg),
-            **(config or {}),
-        }
-    )
+    # "encoder" and "method" must match for the trainer to resume a run: the number of training images
+    # keeps a run of one label fraction from resuming another's.
+    method = {"name": "finetune", "train_blocks": cfg.train_blocks, "train_images": len(train_set)}
+    run_config = _plain({"finetune": asdict(cfg), **(config or {}), "method": method})
     trainer = Trainer(
         classifier,
         loader,

@@ -176,7 +176,8 @@ def run_label_efficiency(
         train_set, test_set: labeled splits.
         fractions: label fractions in (0, 1].
         cfg: the fine-tuning recipe (its ``train.epochs`` unless ``epochs`` gives one per fraction).
-        epochs: optional epochs per fraction (smaller subsets usually want more epochs).
+        epochs: optional epochs per fraction (smaller subsets usually want more epochs); the warm-up keeps
+            the share of the schedule it has in ``cfg``.
         seed: subsets and fresh parameters.
         include_random: also run the random-init row.
         config: extra entries for the runs' stored config (e.g. the checkpoint it came from).
@@ -196,8 +197,11 @@ def run_label_efficiency(
     rows = []
     for init in inits:
         for fraction in fractions:
-            run_epochs = (epochs or {}).get(fraction, cfg.train.epochs)
-            run_cfg = replace(cfg, train=replace(cfg.train, epochs=int(run_epochs), seed=seed))
+            run_epochs = int((epochs or {}).get(fraction, cfg.train.epochs))
+            warmup = cfg.train.warmup_epochs * run_epochs / cfg.train.epochs  # the same share of the schedule
+            run_cfg = replace(
+                cfg, train=replace(cfg.train, epochs=run_epochs, warmup_epochs=warmup, seed=seed)
+            )
             train = subset_dataset(train_set, subsets[fraction]) if fraction < 1 else train_set
             classifier = build_classifier(
                 encoder_cfg,

@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from mimkit.data.loader import build_loader
 from mimkit.engine.config import TrainConfig
 from mimkit.engine.lars import LARS
-from mimkit.engine.optim import param_groups
 from mimkit.engine.trainer import Trainer
 from mimkit.eval.label_efficiency import holdout_split
 
@@ -54,7 +53,7 @@ class LinearProbeConfig:
         log_every, progress, tensorboard: the trainer's bookkeeping.
     """
 
-    blrs: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3, 1.0, 3.0])
+    blrs: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
     epochs: int = 90
     warmup_epochs: float = 10.0
     batch_size: int = 256
@@ -199,13 +198,12 @@ def train_heads(
         "method": {"name": "linear_probe", "blrs": [float(b) for b in blrs]},
         "probe": asdict(cfg),
     }
-    trainer = Trainer(probe, loader, train_cfg, run_dir, config=config, layer_scale=scales.__getitem__)
-    # The trainer builds AdamW; the probe needs LARS over the same groups (lr_scale = each head's blr).
-    trainer.optimizer = LARS(
-        param_groups(trainer.model, cfg.weight_decay, scales.__getitem__),
-        lr=trainer.base_lr,
-        momentum=cfg.momentum,
-        trust_coefficient=cfg.trust_coefficient,
+
+    def lars(groups: list[dict], lr: float) -> LARS:  # per-head lr through each group's lr_scale (its blr)
+        return LARS(groups, lr=lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
+
+    trainer = Trainer(
+        probe, loader, train_cfg, run_dir, config=config, layer_scale=scales.__getitem__, build_optimizer=lars
     )
     trainer.fit()
     return probe
@@ -250,6 +248,8 @@ def linear_probe(
     held = probe.accuracy(train_features[held_idx], train_labels[held_idx])
     best = int(torch.argmax(held))  # the first of equals: the smallest blr among the best
     best_blr = float(cfg.blrs[best])
+    if len(cfg.blrs) > 1 and best_blr in (min(cfg.blrs), max(cfg.blrs)):
+        log.warning("linear probe: the best blr %g is at the edge of the sweep %s", best_blr, cfg.blrs)
     result: dict[str, Any] = {
         "best_blr": best_blr,
         "lr": best_blr * min(cfg.batch_size, train_features.shape[0]) / 256,

@@ -17,7 +17,7 @@ from mimkit.eval.label_efficiency import per_class_subset
 
 
 def tsne_embedding(
-    features: torch.Tensor, perplexity: float = 30.0, seed: int = 0, pca_dims: int = 50
+    features: torch.Tensor, perplexity: float = 30.0, seed: int = 0, pca_dims: int = 50, max_iter: int = 1000
 ) -> torch.Tensor:
     """2-D t-SNE of L2-normalised ``features [N, D]`` (PCA to ``pca_dims`` first when D is larger).
 
@@ -41,7 +41,7 @@ def tsne_embedding(
     if x.shape[1] > pca_dims and n > pca_dims:
         x = PCA(n_components=pca_dims, random_state=seed).fit_transform(x)
     perplexity = min(perplexity, (n - 1) / 3)  # scikit-learn needs perplexity < n
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, max_iter=max_iter)
     return torch.from_numpy(tsne.fit_transform(x)).float()
 
 
@@ -54,6 +54,7 @@ def save_tsne(
     perplexity: float = 30.0,
     seed: int = 0,
     title: str | None = None,
+    max_iter: int = 1000,
 ) -> Path:
     """Write a PNG scatter of the t-SNE of ``features [N, D]``, coloured by ``labels [N]``.
 
@@ -62,6 +63,7 @@ def save_tsne(
         max_points: plot a per-class sample of about this many points (None: all of them).
         perplexity, seed: t-SNE settings.
         title: figure title.
+        max_iter: t-SNE optimisation steps (scikit-learn's minimum is 250).
 
     Raises:
         ImportError: scikit-learn is not installed.
@@ -72,7 +74,7 @@ def save_tsne(
     if max_points is not None and features.shape[0] > max_points:
         keep = per_class_subset(labels, max_points / features.shape[0], seed)
         features, labels = features[keep], labels[keep]
-    points = tsne_embedding(features, perplexity, seed).numpy()
+    points = tsne_embedding(features, perplexity, seed, max_iter=max_iter).numpy()
 
     from matplotlib import colormaps
     from matplotlib.figure import Figure

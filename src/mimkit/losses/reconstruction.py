@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def normalize_patches(target: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def normalize_patches(
+    target: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MAE's ``norm_pix`` target: each patch ``(t - mean) / sqrt(var + eps)``, unbiased variance.
 
     Args:

@@ -16,14 +16,17 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.reshape(n, (h // p) * (w // p), p * p * c)
 
 
-def unpatchify(patches: torch.Tensor, patch_size: int, grid_size: tuple[int, int], channels: int) -> torch.Tensor:
+def unpatchify(
+    patches: torch.Tensor, patch_size: int, grid_size: tuple[int, int], channels: int
+) -> torch.Tensor:
     """Inverse of :func:`patchify`: ``[N, L, p*p*C] -> [N, C, gh*p, gw*p]``."""
     n, length, dim = patches.shape
     p = patch_size
     gh, gw = grid_size
     if length != gh * gw or dim != p * p * channels:
         raise ValueError(
-            f"patches of shape {tuple(patches.shape)} do not fit a {gh}x{gw} grid of {p}x{p}x{channels} patches"
+            f"patches of shape {tuple(patches.shape)} do not fit a {gh}x{gw} grid "
+            f"of {p}x{p}x{channels} patches"
         )
     x = patches.reshape(n, gh, gw, p, p, channels)
     x = torch.einsum("nhwpqc->nchpwq", x)

@@ -38,8 +38,19 @@ for _name, _defaults in _VIT_SIZES.items():
 
 
 _ENCODER_OPTIONS = {
-    "img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
-    "drop_path_rate", "global_pool", "num_classes", "fc_norm", "fused_attn",
+    "img_size",
+    "patch_size",
+    "in_chans",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "qkv_bias",
+    "drop_path_rate",
+    "global_pool",
+    "num_classes",
+    "fc_norm",
+    "fused_attn",
 }
 
 

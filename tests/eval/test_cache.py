@@ -1,0 +1,68 @@
+"""Feature cache: keys follow checkpoint content, data, split and pooling; a hit skips the extraction."""
+
+import os
+
+import pytest
+import torch
+
+import mimkit.eval.cache as cache
+from mimkit.data import DataConfig
+from mimkit.data.datasets import ImageDataset
+from mimkit.eval.cache import cached_features, feature_key
+from mimkit.models import create_encoder
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    path = tmp_path / "enc.pt"
+    torch.save({"model": {"w": torch.ones(3)}}, path)
+    return path
+
+
+def test_key_changes_with_what_changes_the_features(ckpt):
+    data = DataConfig(limit=100)
+    base = feature_key(ckpt, data, "train", "token")
+    assert base == feature_key(
+        ckpt, DataConfig(limit=100, num_workers=3), "train", "token"
+    )  # irrelevant field
+    others = {
+        feature_key(ckpt, data, "test", "token"),
+        feature_key(ckpt, data, "train", "avg"),
+        feature_key(ckpt, DataConfig(limit=200), "train", "token"),
+        feature_key(ckpt, data, "train", "token", extra={"seed": 1}),
+        feature_key(None, data, "train", "token"),
+    }
+    assert base not in others and len(others) == 5
+    torch.save({"model": {"w": torch.zeros(3)}}, ckpt)  # rewritten in place, same size
+    assert feature_key(ckpt, data, "train", "token") != base
+
+
+def test_same_size_and_mtime_but_other_bytes_still_differs(ckpt):
+    data = DataConfig()
+    before = feature_key(ckpt, data, "train", "token")
+    stat = os.stat(ckpt)
+    raw = bytearray(ckpt.read_bytes())
+    raw[-1] ^= 1
+    ckpt.write_bytes(bytes(raw))
+    os.utime(ckpt, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert feature_key(ckpt, data, "train", "token") != before
+
+
+def test_second_call_loads_from_the_cache(tmp_path, monkeypatch):
+    encoder = create_encoder(
+        "vit_tiny_patch4_28", img_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2
+    )
+    images = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8)
+    data = ImageDataset(torch.arange(10) % 2, ["a", "b"], 1, (8, 8), (0.5,), (0.2,), images=images)
+    f1, y1 = cached_features(encoder, data, "k1", tmp_path, pool="avg", device="cpu")
+    assert f1.shape == (10, 16) and y1.tolist() == (torch.arange(10) % 2).tolist()
+    assert (tmp_path / "features-k1.pt").is_file()
+
+    def boom(*args, **kwargs):
+        raise AssertionError("extracted again")
+
+    monkeypatch.setattr(cache, "extract_features", boom)
+    f2, y2 = cached_features(encoder, data, "k1", tmp_path, pool="avg", device="cpu")
+    assert torch.equal(f1, f2) and torch.equal(y1, y2)
+    with pytest.raises(AssertionError, match="extracted again"):
+        cached_features(encoder, data, "k2", tmp_path, pool="avg", device="cpu")

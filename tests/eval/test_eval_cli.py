@@ -1,0 +1,196 @@
+"""``mimkit eval ...`` end to end on a few hundred Fashion-MNIST images, and its one-line errors."""
+
+import argparse
+import math
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from mimkit.cli import main
+from mimkit.data import load_idx
+from mimkit.eval_cli import add_eval_parsers, load_encoder, run_eval, run_eval_knn
+from mimkit.models import create_encoder
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+pytestmark = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="dataset-fashion-mnist is not installed")
+
+TINY = [
+    "encoder.embed_dim=32",
+    "encoder.depth=2",
+    "encoder.num_heads=2",
+    "method.decoder_dim=16",
+    "method.decoder_depth=1",
+    "method.decoder_heads=2",
+    "data.limit=256",
+    "train.batch_size=64",
+    "train.epochs=1",
+    "train.progress=false",
+    "train.tensorboard=false",
+]
+LIMITS = ["--train-limit", "300", "--test-limit", "100"]
+
+
+def eval_main(argv):
+    parser = argparse.ArgumentParser(prog="mimkit")
+    add_eval_parsers(parser.add_subparsers(dest="command", required=True))
+    return run_eval(parser.parse_args(["eval", *argv]))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["pretrain", "--config", "configs/mae_fashion_mnist.yaml", f"output_dir={out}", *TINY]) == 0
+    return out
+
+
+def test_knn_several_k_shares_cached_features(run_dir, capsys):
+    assert eval_main(["knn", str(run_dir), "--k", "1", "20", "--compare-random", *LIMITS]) == 0
+    out = capsys.readouterr().out
+    assert "pretrained" in out and "random init" in out and "k=20:" in out
+    cached = list((run_dir / "eval" / "feature_cache").glob("features-*.pt"))
+    assert len(cached) == 4  # {pretrained, random} x {train, test}
+    stamps = {p: p.stat().st_mtime_ns for p in cached}
+    results = run_eval_knn(str(run_dir), ks=(5,), compare_random=True, train_limit=300, test_limit=100)
+    assert {p: p.stat().st_mtime_ns for p in cached} == stamps  # read, not rewritten
+    assert all(0 <= acc[5] <= 100 for acc in results.values())
+
+
+def test_linear_probe(run_dir, tmp_path, capsys):
+    assert (
+        eval_main(
+            [
+                "linear",
+                str(run_dir),
+                "--out",
+                str(tmp_path),
+                *LIMITS,
+                "--set",
+                "epochs=2",
+                "warmup_epochs=0",
+                "batch_size=64",
+                "blrs=[0.1, 1.0]",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "linear probe (token features)" in out and "chosen on 30 held-out" in out
+    assert (tmp_path / "pretrained_token" / "linear_probe.json").is_file()
+
+
+def test_partial_finetune_on_a_label_fraction(run_dir, tmp_path, capsys):
+    assert (
+        eval_main(
+            [
+                "finetune",
+                str(run_dir),
+                "--out",
+                str(tmp_path),
+                "--train-blocks",
+                "1",
+                "--label-fraction",
+                "0.5",
+                *LIMITS,
+                "--set",
+                "train.epochs=1",
+                "train.batch_size=32",
+                "train.progress=false",
+                "train.tensorboard=false",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    counts = torch.bincount(load_idx(FMNIST, "train")[1][:300])
+    expected = sum(max(1, math.floor(0.5 * int(n) + 0.5)) for n in counts)  # round(n_c / 2) per class
+    assert "last 1 block(s)" in out and f"50% of the labels = {expected} images" in out
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["config"]["method"] == {"name": "finetune", "train_blocks": 1, "train_images": expected}
+    assert (tmp_path / "label_subsets.json").is_file()
+
+
+def test_tsne_png(run_dir, tmp_path):
+    pytest.importorskip("sklearn")
+    assert (
+        eval_main(
+            [
+                "tsne",
+                str(run_dir),
+                "--out",
+                str(tmp_path / "t.png"),
+                "--test-limit",
+                "60",
+                "--max-iter",
+                "250",
+            ]
+        )
+        == 0
+    )
+    with Image.open(tmp_path / "t.png") as img:
+        assert img.format == "PNG"
+
+
+def test_reference_format_encoder_file_with_name(tmp_path, capsys):
+    # a timm / reference-MAE style file: {"model": encoder state dict}, standard names, built from --encoder
+    torch.manual_seed(0)
+    encoder = create_encoder("vit_tiny_patch4_28")
+    path = tmp_path / "mae_pretrain_vit_tiny.pth"
+    torch.save({"model": encoder.state_dict()}, path)
+    loaded = load_encoder(str(path), "vit_tiny_patch4_28")
+    assert loaded.run_dir is None and loaded.checkpoint == path
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(loaded.encoder.state_dict()[name], value), name
+    assert (
+        eval_main(
+            [
+                "knn",
+                str(path),
+                "--encoder",
+                "vit_tiny_patch4_28",
+                "--k",
+                "5",
+                "--train-limit",
+                "50",
+                "--test-limit",
+                "20",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
+    assert "k=5:" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- bad input: one line each
+
+
+def test_checkpoint_without_encoder(tmp_path):
+    path = tmp_path / "head_only.pt"
+    torch.save({"model": {"head.weight": torch.zeros(10, 4)}}, path)
+    with pytest.raises(ValueError, match=f"{path} holds no encoder") as err:
+        run_eval_knn(str(path), encoder_name="vit_tiny_patch4_28")
+    assert "\n" not in str(err.value)
+
+
+def test_dataset_without_labels(run_dir, tmp_path):
+    folder = tmp_path / "flat"
+    (folder / "test").mkdir(parents=True)
+    for split in ("", "test/"):
+        for i in range(30):
+            Image.new("L", (28, 28), color=i * 8).save(folder / f"{split}img{i}.png")
+    with pytest.raises(ValueError, match=f"needs labeled data.*{folder}") as err:
+        run_eval_knn(str(run_dir), source="folder", root=str(folder))
+    assert "\n" not in str(err.value)
+
+
+def test_label_fraction_outside_unit_interval(run_dir):
+    with pytest.raises(ValueError, match="label fraction 1.5 is outside"):
+        eval_main(["finetune", str(run_dir), "--label-fraction", "1.5"])
+
+
+def test_k_larger_than_bank(run_dir):
+    with pytest.raises(ValueError, match=r"k=500 is outside \[1, 300\]"):
+        run_eval_knn(str(run_dir), ks=(20, 500), train_limit=300, test_limit=100)

@@ -1,0 +1,110 @@
+"""Per-class label subsets (exact counts, seeded, nested, written down) and the label-efficiency report."""
+
+import csv
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from mimkit.data.datasets import ImageDataset
+from mimkit.engine.config import TrainConfig
+from mimkit.eval.finetune import FinetuneConfig
+from mimkit.eval.label_efficiency import label_subsets, per_class_subset, run_label_efficiency, subset_dataset
+from mimkit.models import create_encoder
+
+LABELS = torch.tensor([0] * 200 + [1] * 100 + [2] * 30)[
+    torch.randperm(330, generator=torch.Generator().manual_seed(5))
+]
+
+
+@pytest.mark.parametrize(
+    "fraction, counts", [(0.1, [20, 10, 3]), (0.01, [2, 1, 1]), (0.5, [100, 50, 15]), (1.0, [200, 100, 30])]
+)
+def test_exact_per_class_counts(fraction, counts):
+    # round(fraction * n_c), at least one image per class
+    idx = per_class_subset(LABELS, fraction, seed=0)
+    assert torch.bincount(LABELS[idx], minlength=3).tolist() == counts
+    assert len(set(idx.tolist())) == len(idx)
+
+
+def test_seeded_reproducible_and_nested():
+    a = per_class_subset(LABELS, 0.1, seed=7)
+    assert torch.equal(a, per_class_subset(LABELS, 0.1, seed=7))
+    assert not torch.equal(a, per_class_subset(LABELS, 0.1, seed=8))
+    small = set(per_class_subset(LABELS, 0.02, seed=7).tolist())
+    assert small <= set(a.tolist())  # the 2% subset is inside the 10% one
+    state = torch.get_rng_state()
+    per_class_subset(LABELS, 0.1, seed=7)
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is not touched
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.5, -0.1])
+def test_fraction_outside_unit_interval_named(fraction):
+    with pytest.raises(ValueError, match=f"label fraction {fraction!r} is outside"):
+        per_class_subset(LABELS, fraction)
+
+
+def test_subsets_written_and_read_back(tmp_path):
+    path = tmp_path / "subsets.json"
+    first = label_subsets(LABELS, [0.01, 0.1], seed=3, path=path)
+    record = json.loads(path.read_text())
+    assert record["seed"] == 3 and record["counts"] == {"0.01": 4, "0.1": 33}
+    assert record["subsets"]["0.1"] == first[0.1].tolist()
+    again = label_subsets(LABELS, [0.1, 0.5], seed=3, path=path)  # reuses 0.1, adds 0.5
+    assert torch.equal(again[0.1], first[0.1]) and "0.5" in json.loads(path.read_text())["subsets"]
+    with pytest.raises(ValueError, match="another seed"):
+        label_subsets(LABELS, [0.1], seed=4, path=path)
+
+
+def test_subset_dataset_keeps_metadata():
+    images = torch.arange(330, dtype=torch.uint8).view(330, 1, 1, 1).expand(330, 1, 2, 2).contiguous()
+    data = ImageDataset(LABELS, ["a", "b", "c"], 1, (2, 2), (0.5,), (0.2,), images=images)
+    sub = subset_dataset(data, torch.tensor([3, 10]))
+    assert len(sub) == 2 and sub.classes == data.classes and sub.mean == data.mean
+    assert sub.images[:, 0, 0, 0].tolist() == [3, 10] and sub.labels.tolist() == LABELS[[3, 10]].tolist()
+
+
+def test_pretrained_and_random_rows_written(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 2
+    images = (torch.rand(40, 1, 8, 8, generator=g) * 100).to(torch.uint8)
+    images[labels == 1, :, :4] += 120
+    train = ImageDataset(labels, ["a", "b"], 1, (8, 8), (0.3,), (0.2,), images=images)
+    test = ImageDataset(labels[:16], ["a", "b"], 1, (8, 8), (0.3,), (0.2,), images=images[:16])
+    enc_cfg = {
+        "name": "vit_tiny_patch4_28",
+        "img_size": [8, 8],
+        "patch_size": 4,
+        "embed_dim": 16,
+        "depth": 1,
+        "num_heads": 2,
+    }
+    encoder = create_encoder(**enc_cfg)
+    cfg = FinetuneConfig(
+        train=TrainConfig(
+            epochs=1,
+            batch_size=8,
+            warmup_epochs=0,
+            progress=False,
+            tensorboard=False,
+            precision="fp32",
+            device="cpu",
+        )
+    )
+    rows = run_label_efficiency(enc_cfg, encoder, train, test, tmp_path, [0.25, 1.0], cfg, epochs={0.25: 2})
+    assert [(r["init"], r["fraction"], r["labels"]) for r in rows] == [
+        ("pretrained", 0.25, 10),
+        ("pretrained", 1.0, 40),
+        ("random init", 0.25, 10),
+        ("random init", 1.0, 40),
+    ]
+    assert [r["epochs"] for r in rows] == [2, 1, 2, 1]
+    assert all(0 <= r["test_top1"] <= 100 for r in rows)
+    with open(tmp_path / "label_efficiency.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    table = (tmp_path / "label_efficiency.md").read_text()
+    assert "| pretrained |" in table and "| random init |" in table and "25% labels" in table
+    with Image.open(tmp_path / "label_efficiency.png") as img:
+        assert img.size[0] > 100
+    assert json.loads((tmp_path / "label_subsets.json").read_text())["counts"] == {"0.25": 10, "1.0": 40}
