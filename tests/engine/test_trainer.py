@@ -86,7 +86,8 @@ def test_resume_is_exact(tmp_path, images):
     second = make_trainer(tmp_path / "b", images)
     second.fit()
     assert second.step == straight.step == 15
-    for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values(), strict=True):
+    pairs = zip(straight.model.state_dict().items(), second.model.state_dict().values(), strict=True)
+    for (name, a), b in pairs:
         assert torch.equal(a, b), name
 
 
