@@ -9,21 +9,17 @@ mimkit export runs/mae encoder.safetensors
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from mimkit.data import DataConfig, EvalTransform, build_dataset, build_loader
+from mimkit.data import EvalTransform, build_dataset
 from mimkit.engine import NonFiniteLossError, load_config
-from mimkit.engine.checkpoint import seed_everything
-from mimkit.eval import extract_features, knn_accuracy
-from mimkit.eval_cli import add_eval_parsers, run_eval
+from mimkit.eval_cli import add_eval_parsers, eval_data_config, run_eval, run_eval_knn
 from mimkit.models import create_encoder
-from mimkit.pretrain import build_encoder, load_pretrained, pretrain, resolve_checkpoint
+from mimkit.pretrain import load_pretrained, pretrain, resolve_checkpoint
 from mimkit.viz import save_reconstruction_grid
 from mimkit.weights import export_encoder_safetensors, load_weights
 
@@ -33,24 +29,6 @@ log = logging.getLogger("mimkit")
 def run_pretrain(config: str | None, overrides: list[str]) -> Path:
     """Pretrain from a YAML recipe plus ``key.sub=value`` overrides; returns the run directory."""
     return pretrain(load_config(config, overrides))
-
-
-def _eval_data(
-    cfg_data: DataConfig, stats: dict[str, Any], source: str | None, root: str | None
-) -> DataConfig:
-    """The data of a run for evaluation: same source and size, no augmentation, the run's statistics."""
-    changes: dict[str, Any] = {"augment": "none", "limit": None}
-    if source:
-        changes["source"] = source
-    if root:
-        changes["root"] = root
-    if stats:
-        changes.update(
-            img_size=list(stats["img_size"]),
-            channels=stats["channels"],
-            normalize=[list(stats["mean"]), list(stats["std"])],
-        )
-    return dataclasses.replace(cfg_data, **changes)
 
 
 def run_reconstruct(
@@ -65,7 +43,7 @@ def run_reconstruct(
     method, cfg, stats = load_pretrained(checkpoint)
     if not hasattr(method, "reconstruct"):
         raise ValueError(f"method {cfg.method['name']!r} cannot show reconstructions")
-    data = build_dataset(_eval_data(cfg.data, stats, None, data_root), split)
+    data = build_dataset(eval_data_config(cfg.data, stats, None, data_root), split)
     if num < 1 or num > len(data):
         raise ValueError(f"--num must be in [1, {len(data)}], got {num}")
     transform = EvalTransform(data.img_size, data.mean, data.std)
@@ -77,72 +55,6 @@ def run_reconstruct(
     torch.set_rng_state(generator_state)
     title = f"{cfg.method['name']} {cfg.encoder['name']}  ({Path(resolve_checkpoint(checkpoint)).name})"
     return save_reconstruction_grid(images, outputs, out, data.mean, data.std, title=title)
-
-
-def _encoder_and_data(
-    checkpoint: str | None, encoder_name: str | None, source: str | None, root: str | None
-) -> tuple[torch.nn.Module | None, dict[str, Any], DataConfig]:
-    """(encoder or None, encoder config, data config) for a mimkit run or a plain encoder file."""
-    if encoder_name is None:
-        if checkpoint is None:
-            raise ValueError("give a checkpoint (or run directory), or --encoder NAME for a random encoder")
-        method, cfg, stats = load_pretrained(checkpoint)
-        encoder_cfg = {**cfg.encoder, "img_size": tuple(stats["img_size"]), "in_chans": stats["channels"]}
-        return method.encoder, encoder_cfg, _eval_data(cfg.data, stats, source, root)
-    data = DataConfig(source=source or "fashion_mnist", augment="none", **({"root": root} if root else {}))
-    sample = build_dataset(data, "test")
-    encoder_cfg = {"name": encoder_name, "img_size": tuple(sample.img_size), "in_chans": sample.channels}
-    encoder = None
-    if checkpoint is not None:
-        encoder = build_encoder(encoder_cfg)
-        load_weights(encoder, resolve_checkpoint(checkpoint))
-    return encoder, encoder_cfg, data
-
-
-def run_knn(
-    checkpoint: str | None = None,
-    encoder_name: str | None = None,
-    ks: tuple[int, ...] = (20,),
-    pool: str = "token",
-    compare_random: bool = False,
-    source: str | None = None,
-    root: str | None = None,
-    train_limit: int | None = None,
-    test_limit: int | None = None,
-    batch_size: int = 512,
-    device: str = "auto",
-    seed: int = 0,
-    precision: str = "bf16",
-) -> dict[str, dict[int, float]]:
-    """kNN top-1 accuracy (%) of frozen encoders on a labeled dataset's test split.
-
-    Returns:
-        ``{"pretrained": {k: acc}, "random init": {k: acc}}`` (each entry only when asked for).
-    """
-    from mimkit.engine.dist import resolve_device
-
-    dev = resolve_device(device)
-    encoder, encoder_cfg, data = _encoder_and_data(checkpoint, encoder_name, source, root)
-    train_set = build_dataset(dataclasses.replace(data, limit=train_limit), "train")
-    test_set = build_dataset(dataclasses.replace(data, limit=test_limit), "test")
-    if train_set.num_classes == 0 or test_set.num_classes == 0:
-        raise ValueError(f"kNN needs labeled data; {data.root!r} has no class labels")
-    transform = EvalTransform(train_set.img_size, train_set.mean, train_set.std).to(dev)
-    encoders: dict[str, torch.nn.Module] = {}
-    if encoder is not None:
-        encoders["pretrained"] = encoder
-    if compare_random or encoder is None:
-        seed_everything(seed)
-        encoders["random init"] = build_encoder(encoder_cfg)
-    results = {}
-    for name, model in encoders.items():
-        banks = []
-        for dataset in (train_set, test_set):
-            loader = build_loader(dataset, batch_size, shuffle=False, drop_last=False)
-            banks.append(extract_features(model, loader, transform, dev, pool=pool, precision=precision))
-        (train_f, train_y), (test_f, test_y) = banks
-        results[name] = knn_accuracy(train_f, train_y, test_f, test_y, ks=ks)
-    return results
 
 
 def run_export(checkpoint: str, out: str, encoder_name: str | None = None) -> Path:
@@ -214,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             path = run_reconstruct(args.checkpoint, args.out, args.num, args.split, args.seed, args.data_root)
             print(f"wrote {path}")
         elif args.command == "knn":
-            results = run_knn(
+            results = run_eval_knn(
                 args.checkpoint,
                 args.encoder_name,
                 tuple(args.ks),

@@ -114,7 +114,7 @@ def load_encoder(
         if stats:
             encoder_cfg.update(img_size=list(stats["img_size"]), in_chans=stats["channels"])
         return LoadedEncoder(
-            method.encoder, encoder_cfg, _eval_data(cfg.data, stats, source, root), path, path.parent
+            method.encoder, encoder_cfg, eval_data_config(cfg.data, stats, source, root), path, path.parent
         )
     data = DataConfig(source=source or "fashion_mnist", augment="none", **({"root": root} if root else {}))
     sample = build_dataset(dataclasses.replace(data, limit=1), "train")
@@ -126,7 +126,7 @@ def load_encoder(
     return LoadedEncoder(encoder, encoder_cfg, data, path, None)
 
 
-def _eval_data(
+def eval_data_config(
     cfg_data: DataConfig, stats: dict[str, Any], source: str | None, root: str | None
 ) -> DataConfig:
     """A run's data for evaluation: same source and size, no augmentation, the run's normalisation."""
