@@ -52,9 +52,12 @@ class MAEDecoder(nn.Module):
         x = self.embed(latent)  # [N, 1 + K, Dd]
         n, length = ids_restore.shape
         mask_tokens = self.mask_token.to(x.dtype).expand(n, length - (x.shape[1] - 1), -1)
-        x_ = torch.cat([x[:, 1:], mask_tokens], dim=1)  # [N, L, Dd], shuffled order
-        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # unshuffle
-        x = torch.cat([x[:, :1], x_], dim=1) + self.pos_embed
+        x = torch.cat([x, mask_tokens], dim=1)  # [N, 1 + L, Dd]: class token, then the L tokens shuffled
+        # Unshuffle with one row selection that keeps the class token in front (slot 0, patch i from
+        # 1 + ids_restore[i]); index_select of whole rows is much cheaper on CPU than gather.
+        index = torch.cat([ids_restore.new_zeros(n, 1), ids_restore + 1], dim=1)  # [N, 1 + L]
+        index = index + torch.arange(n, device=index.device).unsqueeze(1) * (length + 1)  # rows of [N*(1+L)]
+        x = x.flatten(0, 1).index_select(0, index.flatten()).view(n, length + 1, -1) + self.pos_embed
         for block in self.blocks:
             x = block(x)
         return self.pred(self.norm(x))[:, 1:]  # drop the class token

@@ -74,13 +74,22 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         n, length, dim = x.shape
-        qkv = self.qkv(x).reshape(n, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # [N, heads, L, head_dim] each
+        qkv = self.qkv(x).view(n, length, 3, self.num_heads, self.head_dim)
         fused = use_fused_attention(x) if self.fused == "auto" else self.fused
         if fused:
+            # Strided views are fine for SDPA; unbinding the "3" axis in place (not after a permute)
+            # lets the backward write the qkv gradient in one pass.
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [N, heads, L, head_dim] each
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # [N, heads, L, L]
+            # One copy to [3, N, heads, L, head_dim] so that every product below reads contiguous memory
+            # (cheaper on CPU than letting each matmul copy its own strided operand).
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)  # [N, heads, L, head_dim] each
+            # The scale goes on the smaller of q [N, heads, L, head_dim] and the scores [N, heads, L, L].
+            if length < self.head_dim:
+                attn = (q @ k.transpose(-2, -1)) * self.scale  # [N, heads, L, L]
+            else:
+                attn = (q * self.scale) @ k.transpose(-2, -1)
             if attn_mask is not None:
                 if attn_mask.dtype == torch.bool:
                     attn = attn.masked_fill(~attn_mask, float("-inf"))

@@ -1,0 +1,449 @@
+"""MAE training-step throughput: mimkit against Hugging Face transformers' ViTMAEForPreTraining.
+
+The Fashion-MNIST recipe shape: ViT-Tiny encoder (width 192, depth 12, 3 heads, patch 4 on 28x28 grey),
+decoder 128 wide x 4 blocks (4 heads), mask ratio 0.75, norm_pix_loss, batch 256. A step is what a
+trainer does per batch: forward (under bf16 autocast or in fp32), backward, AdamW step (the same fused
+AdamW and parameter groups for both sides), gradients set to None. Data loading is not timed (one fixed
+random batch per side; a new random mask every step).
+
+Each (side, precision) pair runs in its own worker process, so its peak RSS is its own. The parent runs
+the workers one at a time, in a rotating order, round after round, so that noise from other work on a
+shared machine hits every side alike; a row's rate is the batch over the median of all its timed steps.
+
+    python benchmarks/mae_throughput.py                          # both sides, fp32 and bf16, batch 256
+    python benchmarks/mae_throughput.py --no-peer --precision bf16 --rounds 2
+    python benchmarks/mae_throughput.py --quiet-wait 120 --json out.json
+
+Results, and the machine they were measured on: benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from typing import Any
+
+PRECISIONS = ("fp32", "bf16")
+
+# The recipe shape, shared by both sides.
+SHAPE = dict(
+    img_size=28,
+    patch_size=4,
+    in_chans=1,
+    embed_dim=192,
+    depth=12,
+    num_heads=3,
+    mlp_ratio=4,
+    decoder_dim=128,
+    decoder_depth=4,
+    decoder_heads=4,
+    mask_ratio=0.75,
+    norm_pix_loss=True,
+)
+
+
+def build_mimkit():
+    """mimkit's MAE on ``create_encoder("vit_tiny_patch4_28")``; returns (model, images -> loss)."""
+    from mimkit.methods import create_method
+    from mimkit.models import create_encoder
+
+    model = create_method(
+        "mae",
+        encoder=create_encoder("vit_tiny_patch4_28"),
+        decoder_dim=SHAPE["decoder_dim"],
+        decoder_depth=SHAPE["decoder_depth"],
+        decoder_heads=SHAPE["decoder_heads"],
+        mask_ratio=SHAPE["mask_ratio"],
+        norm_pix_loss=SHAPE["norm_pix_loss"],
+    )
+
+    def loss_fn(images):
+        return model.training_step((images, None))["loss"]
+
+    return model, loss_fn
+
+
+def build_transformers(attn_implementation: str):
+    """transformers' ViTMAEForPreTraining with the same architecture; returns (model, images -> loss)."""
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    d, dd = SHAPE["embed_dim"], SHAPE["decoder_dim"]
+    config = ViTMAEConfig(
+        image_size=SHAPE["img_size"],
+        patch_size=SHAPE["patch_size"],
+        num_channels=SHAPE["in_chans"],
+        hidden_size=d,
+        num_hidden_layers=SHAPE["depth"],
+        num_attention_heads=SHAPE["num_heads"],
+        intermediate_size=d * SHAPE["mlp_ratio"],
+        decoder_hidden_size=dd,
+        decoder_num_hidden_layers=SHAPE["decoder_depth"],
+        decoder_num_attention_heads=SHAPE["decoder_heads"],
+        decoder_intermediate_size=dd * SHAPE["mlp_ratio"],
+        mask_ratio=SHAPE["mask_ratio"],
+        norm_pix_loss=SHAPE["norm_pix_loss"],
+        qkv_bias=True,  # the reference's qkv bias
+        layer_norm_eps=1e-6,  # the reference's eps (transformers' default is 1e-12)
+        hidden_act="gelu",  # exact (erf) GELU, as nn.GELU()
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    config._attn_implementation = attn_implementation
+    model = ViTMAEForPreTraining(config)
+
+    def loss_fn(images):
+        return model(pixel_values=images).loss
+
+    return model, loss_fn
+
+
+def param_groups(model) -> list[dict[str, Any]]:
+    """The same rule for both sides: no weight decay on 1-D parameters (biases, norms)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model, kind: str):
+    import torch
+
+    impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[kind]
+    return torch.optim.AdamW(param_groups(model), lr=1.5e-4, betas=(0.9, 0.95), **impl)
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of giving it back to the OS.
+
+    By default glibc returns large freed blocks (``munmap``, heap trimming), so every training step
+    page-faults its activations in again: ~50k faults per step for this shape, 10-15% of the step on
+    the 2-core VM of benchmarks/README.md. Returns False where this is not glibc.
+    """
+    import ctypes
+
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(libc.mallopt(m_mmap_threshold, 1 << 25))
+    except (OSError, AttributeError):
+        return False
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def worker(side: str, precision: str, args: dict[str, Any], conn) -> None:
+    """One (side, precision) in its own process: build, then run timed segments on request."""
+    if args["keep_freed_memory"]:
+        keep_freed_memory()
+    import torch
+
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    torch.manual_seed(0)
+    try:
+        model, loss_fn = build_mimkit() if side == "mimkit" else build_transformers(args["peer_attn"])
+        model.train()
+        opt = make_optimizer(model, args["optimizer"])
+    except Exception as err:  # report, do not leave the parent waiting
+        conn.send({"error": f"{type(err).__name__}: {err}"})
+        return
+    images = torch.randn(args["batch"], SHAPE["in_chans"], SHAPE["img_size"], SHAPE["img_size"])
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+
+    def step() -> None:
+        with autocast():
+            loss = loss_fn(images)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    conn.send(
+        {
+            "params": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "threads": torch.get_num_threads(),
+        }
+    )
+    while (msg := conn.recv()) is not None:
+        cpu0 = _cpu_seconds()
+        for _ in range(msg["warmup"]):
+            step()
+        times = []
+        for _ in range(msg["steps"]):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        conn.send({"times": times, "cpu_s": _cpu_seconds() - cpu0, "peak_rss_mb": _peak_rss_mb()})
+
+
+def _machine_busy() -> tuple[float, float] | None:
+    """(busy, total) CPU time of the whole machine from /proc/stat, in clock ticks."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:9]]  # user .. steal (guest is in user)
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def wait_until_quiet(max_s: float, threshold: float = 0.1) -> bool:
+    """Wait (up to ``max_s``) until the machine is less than ``threshold`` busy over 2 s."""
+    deadline = time.monotonic() + max_s
+    while time.monotonic() < deadline:
+        a = _machine_busy()
+        time.sleep(2.0)
+        b = _machine_busy()
+        if a is None or b is None or (b[0] - a[0]) / max(b[1] - a[1], 1.0) < threshold:
+            return True
+    return False
+
+
+def peer_available() -> str | None:
+    """None if transformers' ViTMAE imports, else the reason."""
+    try:
+        from transformers import ViTMAEConfig, ViTMAEForPreTraining  # noqa: F401
+    except Exception as err:  # ImportError, or a broken install
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per side per round (default 3)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before a side's first round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; the sides alternate within each")
+    parser.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16")
+    parser.add_argument(
+        "--peer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time transformers' ViTMAEForPreTraining (default on; skipped if not installed)",
+    )
+    parser.add_argument(
+        "--peer-attn",
+        default="sdpa",
+        choices=("sdpa", "eager"),
+        help="transformers' attention implementation (default sdpa, transformers' own default)",
+    )
+    parser.add_argument(
+        "--optimizer",
+        default="fused",
+        choices=("fused", "foreach", "for-loop"),
+        help="AdamW implementation, the same for both sides (default fused, as mimkit's trainer)",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc mallopt in both sides' processes: keep freed memory instead of page-faulting it in "
+        "again every step",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        help="before each round wait up to this many seconds for the machine to be idle (shared machines)",
+    )
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args(argv)
+    args.precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    if not args.precisions or any(p not in PRECISIONS for p in args.precisions):
+        parser.error(f"--precision {args.precision!r}: use a comma list of {', '.join(PRECISIONS)}")
+    for name in ("batch", "steps", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Start the workers, run the rounds, return the results (rows, ratio, notes)."""
+    sides, peer_note = ["mimkit"], None
+    if args.peer:
+        reason = peer_available()
+        if reason is None:
+            sides.append("transformers")
+        else:
+            peer_note = f"transformers is not installed or broken ({reason}): timing mimkit only, no ratio"
+            print(f"NOTE: {peer_note}", file=sys.stderr)
+
+    wargs = {
+        "batch": args.batch,
+        "threads": args.threads,
+        "optimizer": args.optimizer,
+        "peer_attn": args.peer_attn,
+        "keep_freed_memory": args.keep_freed_memory,
+    }
+    configs = [(s, p) for s in sides for p in args.precisions]
+    ctx = mp.get_context("spawn")
+    workers, info = {}, {}
+    try:
+        for cfg in configs:
+            parent_conn, child_conn = ctx.Pipe()
+            proc = ctx.Process(target=worker, args=(*cfg, wargs, child_conn), daemon=True)
+            proc.start()
+            workers[cfg] = (proc, parent_conn)
+        for cfg, (_, conn) in workers.items():
+            info[cfg] = conn.recv()
+            if "error" in info[cfg]:
+                raise RuntimeError(f"building {cfg[0]} failed: {info[cfg]['error']}")
+        params = {
+            s: (info[(s, args.precisions[0])]["params"], info[(s, args.precisions[0])]["trainable"])
+            for s in sides
+        }
+        if len(set(params.values())) > 1:
+            print(f"WARNING: the sides' parameter counts differ: {params}", file=sys.stderr)
+
+        results = {
+            cfg: {"times": [], "round_rates": [], "other_load": [], "peak_rss_mb": 0.0} for cfg in configs
+        }
+        ncpu = os.cpu_count() or 1
+        quiet_rounds = 0
+        for r in range(args.rounds):
+            if args.quiet_wait > 0:
+                quiet_rounds += wait_until_quiet(args.quiet_wait)
+            shift = r % len(configs)
+            for cfg in configs[shift:] + configs[:shift]:
+                _, conn = workers[cfg]
+                s0, t0 = _machine_busy(), time.perf_counter()
+                conn.send({"warmup": args.warmup if r == 0 else 1, "steps": args.steps})
+                msg = conn.recv()
+                s1, wall = _machine_busy(), time.perf_counter() - t0
+                res = results[cfg]
+                res["times"] += msg["times"]
+                res["round_rates"].append(args.batch / statistics.median(msg["times"]))
+                res["peak_rss_mb"] = max(res["peak_rss_mb"], msg["peak_rss_mb"])
+                if s0 and s1 and s1[1] > s0[1]:  # the machine's CPU time not spent by this worker
+                    busy = (s1[0] - s0[0]) / (s1[1] - s0[1]) * wall * ncpu
+                    res["other_load"].append(max(0.0, busy - msg["cpu_s"]) / (wall * ncpu))
+                rate = res["round_rates"][-1]
+                print(
+                    f"round {r + 1}/{args.rounds} {cfg[0]:>12s} {cfg[1]}: {rate:6.1f} img/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    finally:
+        for proc, conn in workers.values():
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            proc.join(timeout=30)
+
+    rows = []
+    for (side, prec), res in results.items():
+        med = statistics.median(res["times"])
+        rows.append(
+            {
+                "side": side,
+                "precision": prec,
+                "img_per_s": args.batch / med,
+                "ms_per_step": med * 1e3,
+                "img_per_s_rounds": [round(v, 1) for v in res["round_rates"]],
+                "peak_rss_mb": res["peak_rss_mb"],
+                "steps_timed": len(res["times"]),
+                "other_load": statistics.mean(res["other_load"]) if res["other_load"] else None,
+            }
+        )
+    best = {s: max((r for r in rows if r["side"] == s), key=lambda r: r["img_per_s"]) for s in sides}
+    ratio = best["mimkit"]["img_per_s"] / best["transformers"]["img_per_s"] if len(sides) == 2 else None
+    return {
+        "rows": rows,
+        "best": {s: b["precision"] for s, b in best.items()},
+        "ratio": ratio,
+        "params": params,
+        "threads": info[configs[0]]["threads"],
+        "quiet_rounds": quiet_rounds if args.quiet_wait > 0 else None,
+        "peer_note": peer_note,
+    }
+
+
+def print_report(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    import torch
+
+    extras = ", glibc keeps freed memory" if args.keep_freed_memory else ""
+    print(
+        f"\nMAE training step, batch {args.batch}, {out['threads']} threads, torch {torch.__version__}, "
+        f"AdamW {args.optimizer}{extras}; median of {args.rounds} rounds x {args.steps} steps per row\n"
+    )
+    print("| side | precision | img/s | ms/step | rounds (img/s) | peak RSS (MB) | other load |")
+    print("|---|---|---:|---:|---|---:|---:|")
+    for row in out["rows"]:
+        load = "n/a" if row["other_load"] is None else f"{100 * row['other_load']:.0f}%"
+        mark = " (best)" if out["best"].get(row["side"]) == row["precision"] else ""
+        rounds = "-".join(f"{v:.0f}" for v in (min(row["img_per_s_rounds"]), max(row["img_per_s_rounds"])))
+        print(
+            f"| {row['side']} | {row['precision']}{mark} | {row['img_per_s']:.1f} | {row['ms_per_step']:.0f} "
+            f"| {rounds} | {row['peak_rss_mb']:.0f} | {load} |"
+        )
+    if out["ratio"] is not None:
+        print(
+            f"\nratio, mimkit best ({out['best']['mimkit']}) / transformers best "
+            f"({out['best']['transformers']}): {out['ratio']:.2f}x"
+        )
+    elif out["peer_note"]:
+        print(f"\n{out['peer_note']}")
+    print(f"parameters (all, trainable): {out['params']}")
+    print("other load: share of the machine's CPU time used by other processes while a row ran")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        out = run(args)
+    except RuntimeError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 1
+    print_report(args, out)
+    if args.json:
+        import torch
+
+        machine = {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+        }
+        try:
+            import transformers
+
+            machine["transformers"] = transformers.__version__
+        except ImportError:
+            pass
+        record = {
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": machine,
+            "args": {k: v for k, v in vars(args).items() if k != "precisions"},
+            "shape": SHAPE,
+            **out,
+        }
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,823 @@
+"""Fashion-MNIST quality benchmark: pretrain MAE for a fixed wall-clock budget, then run the whole suite.
+
+Rows (one per encoder): mimkit MAE pretrained; the same encoder at random init; transformers'
+ViTMAEForPreTraining with the same architecture, recipe, budget and evaluation (the peer); raw pixels.
+Columns: kNN (k=20, and other k), linear probe, fine-tuning with 1%, 10% and 100% of the labels.
+
+    python benchmarks/quality_fashion_mnist.py --minutes 60 --out runs/quality_fmnist
+    python benchmarks/quality_fashion_mnist.py --minutes 60 --set encoder.embed_dim=128 encoder.depth=6
+    # a smoke run of the whole pipeline in a few minutes:
+    python benchmarks/quality_fashion_mnist.py --minutes 0.3 --finetune-minutes 0.1 --train-limit 2000 \
+        --test-limit 500 --linear-epochs 3 --out /tmp/quality_smoke
+
+How the budget is spent:
+- Pretraining: a few calibration steps measure seconds per step; the schedule (epochs, warm-up) is sized
+  to fill ``--minutes`` of training time, and the run goes epoch by epoch (each epoch a resumed trainer)
+  and stops early if the clock runs out anyway. Online kNN after every ``--curve-every`` epochs (on a
+  fixed 10,000 / 2,000 image sample) gives the curve of accuracy against pretraining time; its time is
+  not counted in the budget.
+- Fine-tuning: seconds per step are calibrated the same way; 100% of the labels get
+  ``--finetune-minutes`` of steps, 10% a third of that, 1% a tenth (warm-up 5% of each schedule).
+- kNN and the linear probe use cached features (one extraction pass per encoder, split and pooling).
+
+Writes ``results.md`` (every number, the budgets used, the curve), ``results.csv``, ``curve.csv``,
+``curve.png``, the t-SNE plots and every run directory under ``--out``. Re-running the same command
+resumes the runs from their checkpoints instead of starting over (pretraining budgets are then not
+re-measured: delete ``--out`` for a fresh measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from mimkit.data import PretrainAugment, build_dataset, build_loader
+from mimkit.data.transforms import EvalTransform
+from mimkit.engine import dist
+from mimkit.engine.config import PretrainConfig, load_config, save_config, to_dict
+from mimkit.engine.trainer import Trainer
+from mimkit.eval.cache import cached_features, feature_key
+from mimkit.eval.finetune import FinetuneConfig, build_classifier, finetune
+from mimkit.eval.knn import knn_accuracy
+from mimkit.eval.label_efficiency import run_label_efficiency, subset_dataset
+from mimkit.eval.linear import LinearProbeConfig, linear_probe
+from mimkit.eval.online_knn import OnlineKNN
+from mimkit.pretrain import build_encoder, build_method
+from mimkit.weights import export_encoder_safetensors
+
+log = logging.getLogger("mimkit.bench")
+
+FRACTIONS = (0.01, 0.1, 1.0)
+STEP_SHARE = {1.0: 1.0, 0.1: 1 / 3, 0.01: 1 / 10}  # fine-tuning steps per fraction, relative to 100%
+KS = (10, 20, 100, 200)
+TARGETS = {"knn": 75.0, "linear": 82.0, "ft_100": 92.0, "ft_1_gain": 5.0}
+
+
+# ----------------------------------------------------------------------------- clocks and calibration
+
+
+class TrainClock:
+    """Wall-clock time since ``start()``, minus the time spent in evaluations (``pause()`` blocks)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.excluded = 0.0
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0 - self.excluded
+
+
+class CurveKNN:
+    """Trainer callback: online kNN of ``encoder_of(model)`` against training time (eval time excluded)."""
+
+    def __init__(self, knn: OnlineKNN, clock: TrainClock, encoder_of: Callable[[nn.Module], nn.Module]):
+        self.knn, self.clock, self.encoder_of = knn, clock, encoder_of
+        self.points: list[dict[str, float]] = []
+
+    def measure(self, epoch: int, model: nn.Module) -> float:
+        seconds = self.clock.seconds()
+        t = time.perf_counter()
+        accuracy = self.knn(self.encoder_of(model))
+        self.clock.excluded += time.perf_counter() - t
+        self.points.append({"epoch": epoch, "train_seconds": seconds, "knn_top1": accuracy})
+        log.info("online kNN after epoch %d (%.0f s of training): %.2f%%", epoch, seconds, accuracy)
+        return accuracy
+
+    def on_epoch_end(self, epoch: int, model: nn.Module) -> dict[str, float] | None:
+        if epoch % self.knn.every:
+            return None
+        return {"knn_top1": self.measure(epoch, model)}
+
+
+def seconds_per_step(
+    fit_until: Callable[[Path, int], Any], scratch: Path, first: int = 2, last: int = 12
+) -> float:
+    """Seconds per optimizer step, from the time ``last - first`` resumed steps take in a scratch run."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    fit_until(scratch, first)  # warm up: imports, allocations, the first checkpoint
+    t = time.perf_counter()
+    fit_until(scratch, last)
+    seconds = (time.perf_counter() - t) / (last - first)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return seconds
+
+
+# ----------------------------------------------------------------------------- the peer (transformers)
+
+
+class PeerMAE(nn.Module):
+    """transformers' ViTMAEForPreTraining behind the trainer's ``training_step`` interface."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def training_step(self, batch):
+        return {"loss": self.model(pixel_values=batch[0]).loss}
+
+
+def build_peer(cfg: PretrainConfig, in_chans: int, img_size: tuple[int, int], seed: int) -> PeerMAE:
+    """The peer with the mimkit recipe's shape. Its own init is re-run where transformers skips it."""
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    enc = build_encoder({**cfg.encoder, "img_size": img_size, "in_chans": in_chans})
+    method = cfg.method
+    dd = method.get("decoder_dim", 512)
+    mlp = getattr(enc.blocks[0].mlp.fc1, "out_features", 4 * enc.embed_dim) / enc.embed_dim
+    hf_cfg = ViTMAEConfig(
+        image_size=img_size[0], patch_size=enc.patch_size, num_channels=in_chans, hidden_size=enc.embed_dim,
+        num_hidden_layers=enc.depth, num_attention_heads=enc.num_heads,
+        intermediate_size=int(enc.embed_dim * mlp),
+        decoder_hidden_size=dd, decoder_num_hidden_layers=method.get("decoder_depth", 8),
+        decoder_num_attention_heads=method.get("decoder_heads", 16), decoder_intermediate_size=int(dd * mlp),
+        mask_ratio=method.get("mask_ratio", 0.75), norm_pix_loss=method.get("norm_pix_loss", False),
+        qkv_bias=True, layer_norm_eps=1e-6, hidden_act="gelu", hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ViTMAEForPreTraining(hf_cfg)
+        # transformers 5.x leaves the sin-cos position embeddings, cls and mask tokens at zero after
+        # construction (ViTMAEEmbeddings.initialize_weights returns early): run its own init again.
+        emb = model.vit.embeddings
+        if float(emb.position_embeddings.abs().sum()) == 0.0:
+            emb.patch_embeddings.projection._is_hf_initialized = False
+            emb.initialize_weights()
+            model.decoder.initialize_weights(emb.patch_embeddings.num_patches)
+            log.warning(
+                "transformers left ViTMAE's position embeddings at zero; re-ran its initialize_weights"
+            )
+    return PeerMAE(model)
+
+
+def _first(state: dict[str, torch.Tensor], *names: str) -> torch.Tensor:
+    for name in names:
+        if name in state:
+            return state[name]
+    raise KeyError(f"none of {names} in the transformers state dict")
+
+
+def peer_encoder(peer: PeerMAE, encoder_cfg: dict[str, Any]) -> nn.Module:
+    """The peer's encoder as a mimkit ViT (standard names; q, k, v fused into qkv). Checked to agree."""
+    hf = peer.model.vit
+    s = {k: v.detach().cpu() for k, v in hf.state_dict().items()}
+    enc = build_encoder(encoder_cfg)
+    out = {
+        "cls_token": s["embeddings.cls_token"], "pos_embed": s["embeddings.position_embeddings"],
+        "patch_embed.proj.weight": s["embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": s["embeddings.patch_embeddings.projection.bias"],
+        "norm.weight": s["layernorm.weight"], "norm.bias": s["layernorm.bias"],
+    }  # fmt: skip
+    for i in range(enc.depth):
+        p = f"layers.{i}." if f"layers.{i}.layernorm_before.weight" in s else f"encoder.layer.{i}."
+        for kind in ("weight", "bias"):
+            q = _first(s, p + f"attention.q_proj.{kind}", p + f"attention.attention.query.{kind}")
+            k = _first(s, p + f"attention.k_proj.{kind}", p + f"attention.attention.key.{kind}")
+            v = _first(s, p + f"attention.v_proj.{kind}", p + f"attention.attention.value.{kind}")
+            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([q, k, v])
+            out[f"blocks.{i}.attn.proj.{kind}"] = _first(
+                s, p + f"attention.o_proj.{kind}", p + f"attention.output.dense.{kind}"
+            )
+            out[f"blocks.{i}.mlp.fc1.{kind}"] = _first(
+                s, p + f"mlp.fc1.{kind}", p + f"intermediate.dense.{kind}"
+            )
+            out[f"blocks.{i}.mlp.fc2.{kind}"] = _first(s, p + f"mlp.fc2.{kind}", p + f"output.dense.{kind}")
+            out[f"blocks.{i}.norm1.{kind}"] = s[p + f"layernorm_before.{kind}"]
+            out[f"blocks.{i}.norm2.{kind}"] = s[p + f"layernorm_after.{kind}"]
+    enc.load_state_dict(out, strict=True)
+    _check_peer(peer, enc)
+    return enc
+
+
+@torch.no_grad()
+def _check_peer(peer: PeerMAE, enc: nn.Module) -> None:
+    """The converted encoder's class token must match the peer's with nothing masked."""
+    model = peer.model
+    device = next(model.parameters()).device
+    x = torch.randn(2, enc.in_chans, *enc.img_size, generator=torch.Generator().manual_seed(0)).to(device)
+    ratio, was_training = model.config.mask_ratio, model.training
+    model.config.mask_ratio = 0.0
+    model.eval()
+    try:
+        theirs = model.vit(pixel_values=x).last_hidden_state[:, 0].float().cpu()
+    finally:
+        model.config.mask_ratio = ratio
+        model.train(was_training)
+    ours = enc.eval().forward_features(x.cpu())[:, 0]
+    if not torch.allclose(theirs, ours, atol=1e-4, rtol=1e-3):
+        raise RuntimeError(f"peer conversion mismatch: max |diff| {float((theirs - ours).abs().max()):.2e}")
+
+
+# ----------------------------------------------------------------------------- pretraining for a budget
+
+
+def pretrain_for_budget(
+    name: str,
+    make_model: Callable[[], nn.Module],
+    cfg: PretrainConfig,
+    dataset,
+    test_set,
+    run_dir: Path,
+    minutes: float,
+    encoder_of: Callable[[nn.Module], nn.Module],
+    args: argparse.Namespace,
+    config: dict[str, Any],
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Pretrain ``make_model()`` for ``minutes`` of training time; returns the model and the budget used."""
+    env = dist.setup(cfg.train.device)
+    augment = PretrainAugment(
+        dataset.img_size,
+        dataset.mean,
+        dataset.std,
+        preset=cfg.data.augment,
+        crop_scale=cfg.data.crop_scale,
+        hflip=cfg.data.hflip,
+        ratio=cfg.data.crop_ratio,
+    ).to(env.device)
+    loader = build_loader(dataset, cfg.train.batch_size, shuffle=True, drop_last=True, seed=cfg.train.seed)
+    steps_per_epoch = len(loader) // cfg.train.accum_steps
+    budget_file = run_dir / "budget.json"
+    if budget_file.is_file():  # a resumed benchmark keeps its schedule
+        budget = json.loads(budget_file.read_text())
+        log.info("%s: resuming the measured schedule %s", name, budget)
+    else:
+
+        def fit_until(scratch: Path, steps: int) -> None:
+            train = dataclasses.replace(
+                cfg.train, epochs=10**6, max_steps=steps, progress=False, tensorboard=False, log_every=10**6
+            )
+            Trainer(make_model(), loader, train, scratch, batch_transform=augment, env=env).fit()
+
+        sps = seconds_per_step(fit_until, run_dir.parent / f".calibrate_{name}")
+        epochs = max(1, int(minutes * 60 / (sps * steps_per_epoch)))
+        budget = {
+            "minutes": minutes,
+            "seconds_per_step": sps,
+            "steps_per_epoch": steps_per_epoch,
+            "epochs": epochs,
+            "warmup_epochs": min(cfg.train.warmup_epochs, epochs / 4),
+        }
+        run_dir.mkdir(parents=True, exist_ok=True)
+        budget_file.write_text(json.dumps(budget, indent=2) + "\n")
+        log.info(
+            "%s: %.3f s/step x %d steps/epoch -> %d epochs in %.1f min",
+            name,
+            sps,
+            steps_per_epoch,
+            epochs,
+            minutes,
+        )
+    train_cfg = dataclasses.replace(
+        cfg.train, epochs=budget["epochs"], warmup_epochs=budget["warmup_epochs"], max_steps=None
+    )
+    knn = OnlineKNN(
+        dataset,
+        test_set,
+        every=args.curve_every,
+        k=20,
+        pool=args.pools[0],
+        bank_size=min(10_000, len(dataset)),
+        query_size=min(2_000, len(test_set)),
+    )
+    clock = TrainClock()
+    curve = CurveKNN(knn, clock, encoder_of)
+    model = make_model().to(env.device)
+    curve_file = run_dir / "curve.json"
+    if curve_file.is_file():
+        curve.points = json.loads(curve_file.read_text())
+    elif not (run_dir / "last.pt").is_file():
+        curve.measure(0, model)
+        clock = curve.clock = TrainClock()  # the first evaluation is not training time
+    done_before = curve.points[-1]["train_seconds"] if curve.points else 0.0
+    stopped_early = False
+    for epoch in range(1, budget["epochs"] + 1):
+        trainer = Trainer(
+            model,
+            loader,
+            dataclasses.replace(train_cfg, max_steps=epoch * steps_per_epoch),
+            run_dir,
+            batch_transform=augment,
+            env=env,
+            config=config,
+            callbacks=[curve],
+        )
+        trainer.fit()
+        curve_file.write_text(json.dumps(curve.points) + "\n")
+        if done_before + clock.seconds() > minutes * 60 * 1.05 and epoch < budget["epochs"]:
+            stopped_early = True
+            log.warning(
+                "%s: the %.1f-minute budget ran out after epoch %d of %d",
+                name,
+                minutes,
+                epoch,
+                budget["epochs"],
+            )
+            break
+    used = done_before + clock.seconds()
+    result = {
+        **budget,
+        "train_seconds": used,
+        "epochs_done": trainer.epoch,
+        "steps": trainer.step,
+        "images_per_s": trainer.step * cfg.train.batch_size * cfg.train.accum_steps / max(used, 1e-9),
+        "stopped_early": stopped_early,
+        "curve": curve.points,
+    }
+    return model, result
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def pixel_features(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw pixels (normalised) as features: ``[N, C * H * W]``."""
+    transform = EvalTransform(dataset.img_size, dataset.mean, dataset.std)
+    feats = [transform(dataset.images[i : i + 4096]).flatten(1) for i in range(0, len(dataset), 4096)]
+    return torch.cat(feats), dataset.labels.clone()
+
+
+def frozen_protocols(
+    name: str,
+    encoder: nn.Module | None,
+    checkpoint: Path | None,
+    extra: dict[str, Any],
+    train_set,
+    test_set,
+    data_cfgs: tuple[Any, Any],
+    args: argparse.Namespace,
+    out: Path,
+) -> dict[str, Any]:
+    """kNN for every k and the linear probe, for every pooling (pixels: once), from cached features."""
+    device = dist.resolve_device(args.device)
+    results: dict[str, Any] = {}
+    for pool in ["pixels"] if encoder is None else args.pools:
+        t = time.perf_counter()
+        if encoder is None:
+            (train_f, train_y), (test_f, test_y) = pixel_features(train_set), pixel_features(test_set)
+        else:
+            feats = []
+            for data, data_cfg, split in (
+                (train_set, data_cfgs[0], "train"),
+                (test_set, data_cfgs[1], "test"),
+            ):
+                key = feature_key(checkpoint, data_cfg, split, pool, extra)
+                feats.append(cached_features(encoder, data, key, out / "feature_cache", pool, 512, device))
+            (train_f, train_y), (test_f, test_y) = feats
+        ks = tuple(k for k in KS if k <= len(train_f))
+        knn = knn_accuracy(train_f, train_y, test_f, test_y, ks=ks)
+        t_knn = time.perf_counter() - t
+        probe_cfg = LinearProbeConfig(
+            epochs=args.linear_epochs, warmup_epochs=min(10, args.linear_epochs / 9), device=args.device
+        )
+        lin = linear_probe(
+            train_f, train_y, test_f, test_y, out / "linear" / f"{_slug(name)}_{pool}", probe_cfg
+        )
+        results[pool] = {
+            "knn": knn,
+            "linear": lin,
+            "seconds_knn": t_knn,
+            "seconds_linear": time.perf_counter() - t - t_knn,
+        }
+        log.info("%s (%s): kNN %s, linear %.2f%%", name, pool, knn, lin["test_top1"])
+    return results
+
+
+def finetune_epochs(encoder_cfg, pretrained, train_set, test_set, ft_cfg: FinetuneConfig, args, out: Path):
+    """Epochs per label fraction that fill the fine-tuning budget (calibrated seconds per step)."""
+    scratch = out / ".calibrate_finetune"
+    tiny_test = subset_dataset(test_set, torch.arange(min(8, len(test_set))))
+
+    def fit_until(run: Path, steps: int) -> None:
+        train = dataclasses.replace(
+            ft_cfg.train, epochs=10**6, max_steps=steps, progress=False, tensorboard=False, log_every=10**6
+        )
+        clf = build_classifier(encoder_cfg, train_set.num_classes, pretrained, ft_cfg)
+        finetune(clf, train_set, tiny_test, dataclasses.replace(ft_cfg, train=train), run)
+
+    sps = seconds_per_step(fit_until, scratch)
+    total_steps = args.finetune_minutes * 60 / sps
+    epochs = {}
+    for fraction in FRACTIONS:
+        n = max(1, round(fraction * len(train_set)))
+        batch = min(ft_cfg.train.batch_size, n)
+        epochs[fraction] = max(1, round(total_steps * STEP_SHARE[fraction] / max(1, n // batch)))
+    log.info("fine-tuning: %.3f s/step -> epochs per fraction %s", sps, epochs)
+    return epochs, sps
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def write_report(
+    out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], curves: dict[str, list]
+) -> None:
+    pool = meta["pools"][0]
+    with open(out / "results.csv", "w", newline="") as f:
+        fields = ["encoder", "pool", "knn_k20", "linear", "ft_1pct", "ft_10pct", "ft_100pct"]
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            for p, frozen in r["frozen"].items():
+                writer.writerow(
+                    {
+                        "encoder": r["name"],
+                        "pool": p,
+                        "knn_k20": frozen["knn"].get(20),
+                        "linear": frozen["linear"]["test_top1"],
+                        **{f"ft_{_pct(fr)}pct": r["finetune"].get(fr) for fr in FRACTIONS},
+                    }
+                )
+    with open(out / "curve.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["encoder", "epoch", "train_seconds", "knn_top1"])
+        for name, points in curves.items():
+            for p in points:
+                writer.writerow([name, p["epoch"], f"{p['train_seconds']:.1f}", f"{p['knn_top1']:.2f}"])
+    _plot_curve(out / "curve.png", curves)
+
+    lines = [
+        f"# Fashion-MNIST quality benchmark ({meta['date']})",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Machine: {meta['machine']}; torch {meta['torch']}; transformers {meta.get('transformers', '-')}.",
+        "",
+        "## Results (test set, top-1 %)",
+        "",
+        f"kNN: k=20, cosine, exp(sim/0.07) votes; linear probe: BatchNorm + Linear, LARS, blr chosen on "
+        f"10% of the training set; features: `{pool}` pooling. Fine-tuning: global average pool + fc_norm "
+        "+ head, layer decay, MixUp/CutMix, RandAugment, random erasing.",
+        "",
+        "| encoder | kNN | linear probe | fine-tune 1% | fine-tune 10% | fine-tune 100% |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        frozen = r["frozen"].get(pool) or r["frozen"].get("pixels")
+        lines.append(
+            f"| {r['name']} | {_fmt(frozen['knn'].get(20))} | {_fmt(frozen['linear']['test_top1'])} | "
+            + " | ".join(_fmt(r["finetune"].get(f)) for f in FRACTIONS)
+            + " |"
+        )
+    lines += ["", "## Targets", ""]
+    mae = rows[0]
+    frozen = mae["frozen"][pool]
+    peer = next((r for r in rows if r["name"].startswith("transformers")), None)
+    rand = next(r for r in rows if r["name"] == "random init")
+    checks = [
+        ("MAE kNN (k=20) >= 75%", frozen["knn"].get(20), TARGETS["knn"]),
+        ("MAE linear probe >= 82%", frozen["linear"]["test_top1"], TARGETS["linear"]),
+        ("full fine-tuning (100% labels) >= 92.0%", mae["finetune"].get(1.0), TARGETS["ft_100"]),
+    ]
+    for what, value, target in checks:
+        ok = value is not None and value >= target
+        lines.append(f"- {what}: {_fmt(value)} -> {'met' if ok else 'not met'}")
+    gain = None
+    if mae["finetune"].get(0.01) is not None and rand["finetune"].get(0.01) is not None:
+        gain = mae["finetune"][0.01] - rand["finetune"][0.01]
+    lines.append(
+        f"- 1% labels, pretrained - random init >= 5 points: {_fmt(gain)} -> "
+        f"{'met' if gain is not None and gain >= TARGETS['ft_1_gain'] else 'not met'}"
+    )
+    if peer is not None:
+        pf = peer["frozen"][pool]
+        ahead = (
+            frozen["knn"].get(20, 0) > pf["knn"].get(20, 0)
+            and frozen["linear"]["test_top1"] > pf["linear"]["test_top1"]
+        )
+        lines.append(f"- mimkit ahead of the peer on kNN and linear probe: {'yes' if ahead else 'no'}")
+
+    lines += ["", "## Budgets used", ""]
+    for name, b in meta["pretrain"].items():
+        lines.append(
+            f"- {name} pretraining: {b['train_seconds'] / 60:.1f} min of training "
+            f"(budget {b['minutes']:g} min), {b['epochs_done']} of {b['epochs']} planned epochs, "
+            f"{b['steps']} steps, {b['seconds_per_step']:.3f} s/step calibrated, "
+            f"{b['images_per_s']:.0f} images/s{'; stopped early by the clock' if b['stopped_early'] else ''}"
+        )
+    ft = meta.get("finetune")
+    if ft:
+        lines.append(
+            f"- fine-tuning: {meta['finetune_minutes']:g} min of steps for 100% of the labels "
+            f"({ft['seconds_per_step']:.3f} s/step calibrated), 1/3 for 10%, 1/10 for 1%; epochs "
+            + ", ".join(f"{_pct(f)}%: {e}" for f, e in ft["epochs"].items())
+        )
+    for name, seconds in meta["eval_seconds"].items():
+        lines.append(f"- evaluation time, {name}: {seconds / 60:.1f} min")
+
+    lines += ["", "## Every number", ""]
+    for r in rows:
+        for p, fr in r["frozen"].items():
+            knn = ", ".join(f"k={k}: {v:.2f}" for k, v in fr["knn"].items())
+            lin = fr["linear"]
+            held = ", ".join(f"{b:g}: {a:.2f}" for b, a in lin["holdout_top1"].items())
+            lines.append(
+                f"- {r['name']} ({p}): kNN {knn}; linear {lin['test_top1']:.2f} "
+                f"(blr {lin['best_blr']:g}; held-out top-1 by blr: {held})"
+            )
+    lines += [
+        "",
+        "## kNN (k=20) against pretraining time",
+        "",
+        "![curve](curve.png)",
+        "",
+        "| encoder | epoch | training minutes | kNN top-1 |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, points in curves.items():
+        for p in points:
+            lines.append(f"| {name} | {p['epoch']} | {p['train_seconds'] / 60:.2f} | {p['knn_top1']:.2f} |")
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in meta["notes"]]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:g}"
+
+
+def _plot_curve(path: Path, curves: dict[str, list]) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 3.5))
+    ax = fig.add_subplot()
+    for name, points in curves.items():
+        if points:
+            ax.plot(
+                [p["train_seconds"] / 60 for p in points],
+                [p["knn_top1"] for p in points],
+                marker="o",
+                label=name,
+            )
+    ax.set_xlabel("pretraining time (min)")
+    ax.set_ylabel("online kNN top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--minutes", type=float, default=60.0, help="pretraining budget (training time) per model"
+    )
+    parser.add_argument(
+        "--finetune-minutes", type=float, default=30.0, help="fine-tuning budget, 100%% labels"
+    )
+    parser.add_argument("--out", default="runs/quality_fmnist")
+    parser.add_argument("--config", default="configs/mae_fashion_mnist.yaml")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of the pretraining recipe, e.g. encoder.depth=6",
+    )
+    parser.add_argument(
+        "--pools",
+        nargs="+",
+        choices=["token", "avg"],
+        default=["token", "avg"],
+        help="feature pooling for kNN / linear; the first is the table's",
+    )
+    parser.add_argument("--linear-epochs", type=int, default=90)
+    parser.add_argument("--curve-every", type=int, default=1, help="epochs between online kNN points")
+    parser.add_argument("--train-limit", type=int, help="first N training images only (smoke runs)")
+    parser.add_argument("--test-limit", type=int, help="first N test images only (smoke runs)")
+    parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip transformers' ViTMAE")
+    parser.add_argument("--no-finetune", dest="finetune", action="store_false", help="skip fine-tuning")
+    parser.add_argument("--tsne-points", type=int, default=2000)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(
+        args.config,
+        [
+            *args.overrides,
+            f"output_dir={out / 'mimkit'}",
+            f"train.device={args.device}",
+            "train.progress=false",
+        ],
+    )
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, limit=args.train_limit))
+    train_set = build_dataset(cfg.data, "train")
+    eval_data = dataclasses.replace(
+        cfg.data,
+        augment="none",
+        crop_scale=None,
+        crop_ratio=None,
+        normalize=[list(train_set.mean), list(train_set.std)],
+    )
+    test_cfg = dataclasses.replace(eval_data, limit=args.test_limit)
+    test_set = build_dataset(test_cfg, "test", train_dataset=train_set)
+    train_eval_cfg = eval_data
+    encoder_cfg = {**cfg.encoder, "img_size": list(train_set.img_size), "in_chans": train_set.channels}
+    notes = [
+        "Linear probe: the fast path on cached features (no crop / flip augmentation), all blrs "
+        f"{LinearProbeConfig().blrs} trained at once, {args.linear_epochs} epochs, then the chosen one "
+        "re-trained on the whole training set.",
+        "Random init: the same encoder config, weights drawn with seed 0.",
+        "Raw pixels: the normalised 784 pixel values as features (kNN and the same linear probe).",
+    ]
+    if args.train_limit or args.test_limit:
+        notes.append(
+            f"SMOKE RUN: only the first {args.train_limit} training / {args.test_limit} test images."
+        )
+
+    seed = cfg.train.seed
+    resolved = to_dict(cfg)
+    resolved["data_stats"] = {
+        "mean": list(train_set.mean),
+        "std": list(train_set.std),
+        "img_size": list(train_set.img_size),
+        "channels": train_set.channels,
+    }
+    run_mimkit = out / "mimkit"
+    run_mimkit.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_mimkit / "config.yaml")
+
+    def make_mimkit() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_method(cfg, train_set)
+
+    meta: dict[str, Any] = {
+        "pretrain": {},
+        "eval_seconds": {},
+        "notes": notes,
+        "pools": args.pools,
+        "finetune_minutes": args.finetune_minutes,
+    }
+    mae, meta["pretrain"]["mimkit MAE"] = pretrain_for_budget(
+        "mimkit",
+        make_mimkit,
+        cfg,
+        train_set,
+        test_set,
+        run_mimkit,
+        args.minutes,
+        lambda m: m.encoder,
+        args,
+        resolved,
+    )
+    curves = {"mimkit MAE": meta["pretrain"]["mimkit MAE"]["curve"]}
+
+    encoders: list[tuple[str, nn.Module | None, Path | None, dict[str, Any]]] = [
+        ("mimkit MAE", mae.encoder.cpu(), run_mimkit / "last.pt", {"encoder": encoder_cfg}),
+    ]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random_encoder = build_encoder(encoder_cfg)
+    encoders.append(
+        ("random init", random_encoder, None, {"encoder": encoder_cfg, "init": "random", "seed": seed})
+    )
+
+    peer_version = None
+    if args.peer:
+        try:
+            import transformers
+
+            peer_version = transformers.__version__
+        except ImportError:
+            notes.append(
+                "The peer row is missing: transformers is not installed (pip install 'mimkit[bench]')."
+            )
+    if peer_version is not None:
+        run_peer = out / "transformers"
+        peer_config = {"encoder": cfg.encoder, "method": {"name": "transformers-vitmae", **cfg.method}}
+
+        def make_peer() -> nn.Module:
+            return build_peer(cfg, train_set.channels, tuple(train_set.img_size), seed)
+
+        peer, meta["pretrain"]["transformers ViTMAE (peer)"] = pretrain_for_budget(
+            "transformers",
+            make_peer,
+            cfg,
+            train_set,
+            test_set,
+            run_peer,
+            args.minutes,
+            lambda m: peer_encoder(m, encoder_cfg),
+            args,
+            peer_config,
+        )
+        curves["transformers ViTMAE (peer)"] = meta["pretrain"]["transformers ViTMAE (peer)"]["curve"]
+        peer_enc = peer_encoder(peer.cpu(), encoder_cfg)
+        peer_file = export_encoder_safetensors(
+            peer_enc, run_peer / "encoder.safetensors", config={"encoder": encoder_cfg}
+        )
+        encoders.append(("transformers ViTMAE (peer)", peer_enc, peer_file, {"encoder": encoder_cfg}))
+        notes.append(
+            f"Peer: transformers {peer_version} ViTMAEForPreTraining with the same encoder / decoder "
+            "shape, mask ratio and norm_pix_loss, trained by mimkit's trainer with the same data, "
+            "augmentation, optimizer, schedule and budget; its encoder converted to mimkit names (checked "
+            "to give the same class token) for the same evaluation."
+        )
+    encoders.append(("raw pixels", None, None, {}))
+
+    rows = []
+    # MAE's schedule shape: 5 warm-up epochs of 100 (run_label_efficiency keeps that share for every length)
+    ft_train = dataclasses.replace(
+        FinetuneConfig().train, epochs=100, warmup_epochs=5, device=args.device, progress=False
+    )
+    ft_cfg = FinetuneConfig(train=ft_train)
+    random_ft: dict[float, float] = {}
+    for name, encoder, checkpoint, extra in encoders:
+        t = time.perf_counter()
+        frozen = frozen_protocols(
+            name, encoder, checkpoint, extra, train_set, test_set, (train_eval_cfg, test_cfg), args, out
+        )
+        meta["eval_seconds"][f"{name}, kNN + linear"] = time.perf_counter() - t
+        row = {"name": name, "frozen": frozen, "finetune": {}}
+        if args.finetune and encoder is not None and name != "random init":
+            t = time.perf_counter()
+            if "finetune" not in meta:
+                epochs, sps = finetune_epochs(encoder_cfg, encoder, train_set, test_set, ft_cfg, args, out)
+                meta["finetune"] = {"epochs": epochs, "seconds_per_step": sps}
+            ft_rows = run_label_efficiency(
+                encoder_cfg,
+                encoder,
+                train_set,
+                test_set,
+                out / "finetune" / _slug(name),
+                FRACTIONS,
+                ft_cfg,
+                meta["finetune"]["epochs"],
+                seed,
+                include_random=name == "mimkit MAE",
+            )
+            for r in ft_rows:
+                (row["finetune"] if r["init"] == "pretrained" else random_ft)[r["fraction"]] = r["test_top1"]
+            meta["eval_seconds"][f"{name}, fine-tuning"] = time.perf_counter() - t
+        rows.append(row)
+    next(r for r in rows if r["name"] == "random init")["finetune"] = random_ft
+
+    from mimkit.eval.tsne import save_tsne
+
+    device = dist.resolve_device(args.device)
+    for name, encoder, checkpoint, extra in encoders:
+        if encoder is None:
+            continue
+        key = feature_key(checkpoint, test_cfg, "test", args.pools[0], extra)
+        feats, labels = cached_features(
+            encoder, test_set, key, out / "feature_cache", args.pools[0], 512, device
+        )
+        try:
+            save_tsne(
+                feats,
+                labels,
+                out / f"tsne_{_slug(name)}.png",
+                test_set.classes,
+                args.tsne_points,
+                title=f"{name}: t-SNE of {args.pools[0]} features",
+            )
+        except ImportError as err:
+            notes.append(f"No t-SNE plots: {err}")
+            break
+
+    meta.update(
+        date=datetime.datetime.now().isoformat(timespec="minutes"),
+        command=" ".join([os.path.basename(sys.executable), *sys.argv]),
+        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
+        torch=torch.__version__,
+        transformers=peer_version or "-",
+    )
+    write_report(out, rows, meta, curves)
+    (out / "results.json").write_text(json.dumps({"rows": rows, "meta": meta}, indent=2, default=str) + "\n")
+    print(f"wrote {out / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
