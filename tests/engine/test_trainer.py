@@ -173,3 +173,30 @@ def test_resume_refuses_another_models_run(tmp_path, images):
     )
     with pytest.raises(ValueError, match="another output_dir"):
         other.fit()
+
+
+def test_progress_in_a_log_file_is_one_line_per_log_interval(tmp_path, images, caplog, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    trainer = make_trainer(tmp_path, images, epochs=2, log_every=4, progress=True)  # 5 steps per epoch
+    with caplog.at_level("INFO", logger="mimkit"):
+        trainer.fit()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    # a line at steps 4 and 8 (log_every) and at the last step, 10; nothing per step
+    assert [line.split()[1] for line in lines] == ["4/10", "8/10", "10/10"]
+    assert all("loss=" in line and "lr=" in line and "img_s=" in line and " eta " in line for line in lines)
+    assert lines[-1].endswith("eta 0:00")
+
+
+def test_log_progress_eta_is_the_remaining_steps_at_the_measured_pace(caplog, monkeypatch):
+    from mimkit.engine import metrics
+
+    clock = iter([100.0, 130.0])  # created at t=100, 10 steps done by t=130: 3 s/step, 90 steps left
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+    progress = metrics.LogProgress(total=120, initial=20)
+    progress.update(10)
+    with caplog.at_level("INFO", logger="mimkit"):
+        progress.set_postfix(loss="0.5")
+    assert caplog.records[-1].getMessage() == "step 30/120 loss=0.5 eta 4:30"
+    assert metrics.format_seconds(3725) == "1:02:05" and metrics.format_seconds(float("nan")) == "?"

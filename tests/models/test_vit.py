@@ -75,6 +75,21 @@ def test_state_dict_uses_reference_names():
     assert tiny().blocks[0].attn.qkv.weight.shape == (48, 16)  # [3D, D]
 
 
+def test_fc_norm_classifier_has_the_mae_finetune_layout():
+    # MAE's fine-tuned checkpoints: fc_norm + head, no final per-token norm; forward = head(fc_norm(mean)).
+    torch.manual_seed(0)
+    clf = tiny(fc_norm=True, global_pool="avg", num_classes=3).eval()
+    keys = set(clf.state_dict())
+    assert {"fc_norm.weight", "fc_norm.bias", "head.weight"} <= keys
+    assert not any(k.startswith("norm.") for k in keys)
+    x = torch.randn(2, 1, 8, 8)
+    tokens = clf.patch_embed(x) + clf.pos_embed[:, 1:]
+    h = torch.cat([(clf.cls_token + clf.pos_embed[:, :1]).expand(2, -1, -1), tokens], dim=1)
+    for block in clf.blocks:
+        h = block(h)
+    torch.testing.assert_close(clf(x), clf.head(clf.fc_norm(h[:, 1:].mean(1))))
+
+
 def test_ids_keep_drops_tokens_and_keeps_their_position():
     torch.manual_seed(0)
     enc = tiny(depth=0)  # no blocks: output = norm(tokens), so positions can be checked directly

@@ -1,10 +1,11 @@
-"""Metrics written by the main process: JSON lines (``metrics.jsonl``) and TensorBoard events."""
+"""Metrics written by the main process: JSON lines (``metrics.jsonl``), TensorBoard events, progress lines."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +48,37 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class LogProgress:
+    """Progress as plain log lines, for logs that are files or pipes (where a tqdm bar is a ``\\r`` per step).
+
+    The same three calls the trainer makes on a tqdm bar: ``update(n)``, ``set_postfix(**values)`` (once per
+    log interval: it writes the line) and ``close()``.
+    """
+
+    def __init__(self, total: int, initial: int = 0):
+        self.total, self.n = total, initial
+        self._start_n, self._t0 = initial, time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix(self, **values: Any) -> None:
+        done = self.n - self._start_n
+        elapsed = time.perf_counter() - self._t0
+        eta = elapsed / done * (self.total - self.n) if done else float("nan")
+        fields = " ".join(f"{k}={v}" for k, v in values.items())
+        log.info("step %d/%d %s eta %s", self.n, self.total, fields, format_seconds(eta))
+
+    def close(self) -> None:
+        pass
+
+
+def format_seconds(seconds: float) -> str:
+    """``3725.0 -> '1:02:05'``; ``'?'`` when unknown."""
+    if seconds != seconds or seconds == float("inf"):
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

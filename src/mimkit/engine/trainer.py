@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch.nn as nn
 from mimkit.engine import checkpoint as ckpt
 from mimkit.engine import dist
 from mimkit.engine.config import TrainConfig
-from mimkit.engine.metrics import MetricsWriter
+from mimkit.engine.metrics import LogProgress, MetricsWriter
 from mimkit.engine.optim import build_adamw, param_groups
 from mimkit.engine.schedule import cosine_lr
 
@@ -290,6 +291,8 @@ class Trainer:
     def _progress(self, stop_at: int):
         if not (self.cfg.progress and self.env.is_main):
             return None
+        if not sys.stderr.isatty():  # a log file or a pipe: one line per log interval, not a bar
+            return LogProgress(stop_at, self.step)
         from tqdm.auto import tqdm
 
         return tqdm(total=stop_at, initial=self.step, desc="train", unit="step", dynamic_ncols=True)

@@ -2,7 +2,9 @@
 
 The classifier is the encoder itself built with ``global_pool="avg"``, ``fc_norm`` and a ``head``
 (``[N, C, H, W] -> pool of patch tokens -> fc_norm -> head -> [N, classes]``), loaded with the pretrained
-weights; only ``fc_norm`` and ``head`` start fresh (head weights ~ N(0, 2e-5), truncated). It trains with:
+weights; only ``fc_norm`` and ``head`` start fresh (head weights ~ N(0, 2e-5), truncated). A ViT's final
+per-token ``norm`` gives way to ``fc_norm`` (as MAE's fine-tuning model), so the pretrained ``norm`` is
+not used. It trains with:
 
 - layer-wise lr decay: parameter at depth ``layer_id`` gets ``lr * decay ** (num_layers - layer_id)``,
   ``num_layers = depth + 1`` (patch embedding / tokens at 0, block ``i`` at ``i + 1``, norms and head at
@@ -371,7 +373,8 @@ def build_classifier(
     The encoder is rebuilt with ``num_classes``, ``fc_norm=True``, ``global_pool="avg"`` and the drop-path
     rate of ``cfg``, at ``cfg.img_size`` if given. The pretrained weights go in through
     :func:`mimkit.load_weights` (position embeddings resampled if the patch grid changed); every key must
-    match except ``fc_norm.*`` / ``head.*``, which start fresh (head ~ truncated N(0, 2e-5), bias 0).
+    match except ``fc_norm.*`` / ``head.*``, which start fresh (head ~ truncated N(0, 2e-5), bias 0), and
+    a ViT's ``norm.*``, which the classifier replaces by ``fc_norm``.
 
     Args:
         encoder_cfg: ``{"name": ..., **options}`` as in a run's config (img_size / in_chans included).
@@ -417,8 +420,11 @@ def load_pretrained_encoder(target: nn.Module, pretrained: nn.Module) -> list[st
         ValueError: naming any key of ``pretrained`` that ``target`` lacks, or of ``target`` (other than
             fc_norm / head) that ``pretrained`` lacks.
     """
-    state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith(_FRESH)}
     expected = target.state_dict()
+    # A ViT classifier pools through fc_norm instead of the final per-token norm (MAE's fine-tuning
+    # model): the pretrained norm.* has no place in it and is left out, as the reference does.
+    dropped = ("norm.",) if not any(k.startswith("norm.") for k in expected) else ()
+    state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith(_FRESH + dropped)}
     unexpected = sorted(k for k in state if k not in expected)
     missing = sorted(k for k in expected if k not in state and not k.startswith(_FRESH))
     if unexpected or missing:

@@ -27,7 +27,8 @@ class VisionTransformer(nn.Module):
         drop_path_rate: stochastic depth, rising linearly to this value over the blocks.
         global_pool: ``"token"`` (class token) or ``"avg"`` (mean of patch tokens) for :meth:`pool`.
         num_classes: 0 for no classification head.
-        fc_norm: a LayerNorm after pooling (used by fine-tuning with ``global_pool="avg"``).
+        fc_norm: a LayerNorm after pooling, in place of the final per-token ``norm`` (which becomes an
+            identity, as in the MAE fine-tuning reference and timm): fine-tuning with ``global_pool="avg"``.
         fused_attn: ``True``: ``scaled_dot_product_attention``; ``False``: the plain-math path;
             ``"auto"``: see :func:`mimkit.models.layers.use_fused_attention`.
     """
@@ -80,7 +81,9 @@ class VisionTransformer(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path=r, fused_attn=fused_attn)
             for r in rates
         )
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        # MAE's fine-tuning model (and timm's ViT) drops the per-token norm when it pools through fc_norm:
+        # its checkpoints then have fc_norm.* but no norm.*.
+        self.norm = nn.Identity() if fc_norm else nn.LayerNorm(embed_dim, eps=1e-6)
         self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if fc_norm else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
