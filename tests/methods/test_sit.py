@@ -146,6 +146,8 @@ def test_gmml_preset_is_reconstruction_only():
     method.on_train_step_end(1, 10)  # a no-op without a teacher
     with pytest.raises(ValueError, match="contrastive=True"):
         create_method("gmml", encoder=_encoder(), contrastive=True)
+    with pytest.raises(ValueError, match=r"momentum=0\.99, proj_dim=8|proj_dim=8, momentum=0\.99"):
+        create_method("gmml", encoder=_encoder(), momentum=0.99, proj_dim=8)
 
 
 def test_reconstruct_for_pictures():
@@ -217,6 +219,10 @@ def test_bad_inputs():
         create_method("sit", encoder=_encoder(), align=3)
     with pytest.raises(ValueError, match="unknown_option"):
         create_method("sit", encoder=_encoder(), unknown_option=1)
+    swin = create_encoder("swin_tiny_patch2_window4_32", embed_dim=8, depths=(1, 1), num_heads=(1, 1))
+    for name in ("sit", "gmml"):  # no class token: refused when built, not at the first step
+        with pytest.raises(ValueError, match="class token.*SwinTransformer"):
+            create_method(name, encoder=swin)
     method = _sit()
     with pytest.raises(ValueError, match="replace.*1 image"):
         method.training_step((torch.randn(1, 1, 16, 16), None))

@@ -110,7 +110,9 @@ class SiT(nn.Module):
         augment_options: dict[str, Any] | None = None,
     ):
         super().__init__()
-        needed = ("forward_encoder", "patch_size", "grid_size", "img_size", "in_chans", "embed_dim")
+        needed = (
+            "forward_encoder", "cls_token", "patch_size", "grid_size", "img_size", "in_chans", "embed_dim",
+        )  # fmt: skip
         if not all(hasattr(encoder, a) for a in needed):
             raise ValueError(
                 f"SiT needs a ViT encoder with a class token ({', '.join(needed)}), "
@@ -292,12 +294,24 @@ class SiT(nn.Module):
         }
 
 
+# SiT options that only act on the contrastive part (alpha weighs the reconstruction against it).
+_CONTRASTIVE_OPTIONS = (
+    "contrastive", "alpha", "temperature", "proj_hidden_dim", "proj_dim", "proj_layers", "momentum",
+)  # fmt: skip
+
+
 @METHODS.register("gmml")
 def gmml(encoder: nn.Module, **kwargs: Any) -> SiT:
-    """GMML preset: reconstruction only (no teacher, no contrastive loss), L1 on corrupted pixels."""
-    if "contrastive" in kwargs:
+    """GMML preset: reconstruction only (no teacher, no contrastive loss), L1 on corrupted pixels.
+
+    Options of the contrastive part (teacher, projector, loss weighting) are refused rather than ignored.
+    """
+    unused = [k for k in _CONTRASTIVE_OPTIONS if k in kwargs]
+    if unused:
+        given = ", ".join(f"{k}={kwargs[k]!r}" for k in unused)
         raise ValueError(
-            f"the gmml preset has no contrastive part; got contrastive={kwargs['contrastive']!r}"
+            f"the gmml preset has no contrastive part (no teacher, no projector, the loss is the "
+            f"reconstruction alone); remove {given}, or use method 'sit'"
         )
     kwargs.setdefault("recon_loss", "masked")
     return SiT(encoder, contrastive=False, **kwargs)
