@@ -22,14 +22,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import multiprocessing as mp
 import os
 import platform
 import statistics
 import sys
-import time
 from contextlib import nullcontext
 from typing import Any
+
+from _timing import keep_freed_memory, run_rounds, serve_steps  # benchmarks/_timing.py
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -121,38 +121,9 @@ def make_optimizer(model, kind: str):
     return torch.optim.AdamW(param_groups(model), lr=1.5e-4, betas=(0.9, 0.95), **impl)
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse instead of giving it back to the OS.
-
-    By default glibc returns large freed blocks (``munmap``, heap trimming), so every training step
-    page-faults its activations in again: ~50k faults per step for this shape, 10-15% of the step on
-    the 2-core VM of benchmarks/README.md. Returns False where this is not glibc.
-    """
-    import ctypes
-
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(libc.mallopt(m_mmap_threshold, 1 << 25))
-    except (OSError, AttributeError):
-        return False
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
-def _cpu_seconds() -> float:
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def worker(side: str, precision: str, args: dict[str, Any], conn) -> None:
+def worker(key: tuple[str, str], args: dict[str, Any], conn) -> None:
     """One (side, precision) in its own process: build, then run timed segments on request."""
+    side, precision = key
     if args["keep_freed_memory"]:
         keep_freed_memory()
     import torch
@@ -184,39 +155,7 @@ def worker(side: str, precision: str, args: dict[str, Any], conn) -> None:
             "threads": torch.get_num_threads(),
         }
     )
-    while (msg := conn.recv()) is not None:
-        cpu0 = _cpu_seconds()
-        for _ in range(msg["warmup"]):
-            step()
-        times = []
-        for _ in range(msg["steps"]):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-        conn.send({"times": times, "cpu_s": _cpu_seconds() - cpu0, "peak_rss_mb": _peak_rss_mb()})
-
-
-def _machine_busy() -> tuple[float, float] | None:
-    """(busy, total) CPU time of the whole machine from /proc/stat, in clock ticks."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [float(v) for v in f.readline().split()[1:9]]  # user .. steal (guest is in user)
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def wait_until_quiet(max_s: float, threshold: float = 0.1) -> bool:
-    """Wait (up to ``max_s``) until the machine is less than ``threshold`` busy over 2 s."""
-    deadline = time.monotonic() + max_s
-    while time.monotonic() < deadline:
-        a = _machine_busy()
-        time.sleep(2.0)
-        b = _machine_busy()
-        if a is None or b is None or (b[0] - a[0]) / max(b[1] - a[1], 1.0) < threshold:
-            return True
-    return False
+    serve_steps(conn, step)
 
 
 def peer_available() -> str | None:
@@ -298,60 +237,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "keep_freed_memory": args.keep_freed_memory,
     }
     configs = [(s, p) for s in sides for p in args.precisions]
-    ctx = mp.get_context("spawn")
-    workers, info = {}, {}
-    try:
-        for cfg in configs:
-            parent_conn, child_conn = ctx.Pipe()
-            proc = ctx.Process(target=worker, args=(*cfg, wargs, child_conn), daemon=True)
-            proc.start()
-            workers[cfg] = (proc, parent_conn)
-        for cfg, (_, conn) in workers.items():
-            info[cfg] = conn.recv()
-            if "error" in info[cfg]:
-                raise RuntimeError(f"building {cfg[0]} failed: {info[cfg]['error']}")
-        params = {
-            s: (info[(s, args.precisions[0])]["params"], info[(s, args.precisions[0])]["trainable"])
-            for s in sides
-        }
-        if len(set(params.values())) > 1:
-            print(f"WARNING: the sides' parameter counts differ: {params}", file=sys.stderr)
 
-        results = {
-            cfg: {"times": [], "round_rates": [], "other_load": [], "peak_rss_mb": 0.0} for cfg in configs
-        }
-        ncpu = os.cpu_count() or 1
-        quiet_rounds = 0
-        for r in range(args.rounds):
-            if args.quiet_wait > 0:
-                quiet_rounds += wait_until_quiet(args.quiet_wait)
-            shift = r % len(configs)
-            for cfg in configs[shift:] + configs[:shift]:
-                _, conn = workers[cfg]
-                s0, t0 = _machine_busy(), time.perf_counter()
-                conn.send({"warmup": args.warmup if r == 0 else 1, "steps": args.steps})
-                msg = conn.recv()
-                s1, wall = _machine_busy(), time.perf_counter() - t0
-                res = results[cfg]
-                res["times"] += msg["times"]
-                res["round_rates"].append(args.batch / statistics.median(msg["times"]))
-                res["peak_rss_mb"] = max(res["peak_rss_mb"], msg["peak_rss_mb"])
-                if s0 and s1 and s1[1] > s0[1]:  # the machine's CPU time not spent by this worker
-                    busy = (s1[0] - s0[0]) / (s1[1] - s0[1]) * wall * ncpu
-                    res["other_load"].append(max(0.0, busy - msg["cpu_s"]) / (wall * ncpu))
-                rate = res["round_rates"][-1]
-                print(
-                    f"round {r + 1}/{args.rounds} {cfg[0]:>12s} {cfg[1]}: {rate:6.1f} img/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    finally:
-        for proc, conn in workers.values():
-            try:
-                conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-            proc.join(timeout=30)
+    def report(r: int, cfg: tuple[str, str], times: list[float]) -> None:
+        rate = args.batch / statistics.median(times)
+        print(
+            f"round {r + 1}/{args.rounds} {cfg[0]:>12s} {cfg[1]}: {rate:6.1f} img/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    timed = run_rounds(
+        configs, worker, wargs, args.rounds, args.steps, args.warmup, args.quiet_wait, progress=report
+    )
+    info, results = timed["info"], timed["results"]
+    params = {
+        s: (info[(s, args.precisions[0])]["params"], info[(s, args.precisions[0])]["trainable"])
+        for s in sides
+    }
+    if len(set(params.values())) > 1:
+        print(f"WARNING: the sides' parameter counts differ: {params}", file=sys.stderr)
 
     rows = []
     for (side, prec), res in results.items():
@@ -362,7 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "precision": prec,
                 "img_per_s": args.batch / med,
                 "ms_per_step": med * 1e3,
-                "img_per_s_rounds": [round(v, 1) for v in res["round_rates"]],
+                "img_per_s_rounds": [round(args.batch / m, 1) for m in res["round_medians"]],
                 "peak_rss_mb": res["peak_rss_mb"],
                 "steps_timed": len(res["times"]),
                 "other_load": statistics.mean(res["other_load"]) if res["other_load"] else None,
@@ -376,7 +280,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ratio": ratio,
         "params": params,
         "threads": info[configs[0]]["threads"],
-        "quiet_rounds": quiet_rounds if args.quiet_wait > 0 else None,
+        "quiet_rounds": timed["quiet_rounds"],
         "peer_note": peer_note,
     }
 

@@ -1,0 +1,208 @@
+"""Timing helpers shared by the benchmarks: timed steps in worker processes, run in interleaved rounds.
+
+Each configuration to time (a side, a method, a precision ...) lives in its own worker process, so its
+allocator state and peak RSS are its own. The parent asks the workers for a few timed steps one at a time,
+in a rotating order, round after round, so that load from other processes on a shared machine hits every
+configuration alike. Also: how busy the whole machine is (``/proc/stat``), waiting for it to be quiet, and
+glibc's setting to keep freed memory.
+
+Worker side::
+
+    def worker(key, args, conn):
+        ...build the model; on failure: conn.send({"error": "..."}); return
+        conn.send({...anything the parent should know...})
+        serve_steps(conn, step)            # answers the parent's requests until it says stop
+
+Parent side: ``run_rounds(keys, worker, args, rounds=5, steps=3, warmup=3)``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of giving it back to the OS.
+
+    By default glibc returns large freed blocks (``munmap``, heap trimming), so every training step
+    page-faults its activations in again: ~50k faults per step for the Fashion-MNIST MAE shape, 10-15% of
+    the step on the 2-core VM of benchmarks/README.md. Returns False where this is not glibc.
+    """
+    import ctypes
+
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(libc.mallopt(m_mmap_threshold, 1 << 25))
+    except (OSError, AttributeError):
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, in seconds."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def machine_busy() -> tuple[float, float] | None:
+    """(busy, total) CPU time of the whole machine from /proc/stat, in clock ticks; None if unreadable."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:9]]  # user .. steal (guest is in user)
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def wait_until_quiet(max_s: float, threshold: float = 0.1) -> bool:
+    """Wait (up to ``max_s`` seconds) until the machine is less than ``threshold`` busy over 2 s."""
+    deadline = time.monotonic() + max_s
+    while time.monotonic() < deadline:
+        a = machine_busy()
+        time.sleep(2.0)
+        b = machine_busy()
+        if a is None or b is None or (b[0] - a[0]) / max(b[1] - a[1], 1.0) < threshold:
+            return True
+    return False
+
+
+def serve_steps(conn, step: Callable[[], None], sync: Callable[[], None] | None = None) -> None:
+    """Worker side: answer ``{"warmup": W, "steps": S}`` requests until the parent sends ``None``.
+
+    Each request runs ``W`` untimed then ``S`` timed calls of ``step`` and sends back ``times`` (seconds
+    per step), ``cpu_s`` (this process's CPU time over the request) and ``peak_rss_mb``. ``sync`` (e.g.
+    ``torch.cuda.synchronize``) is called after each step so that the time covers the device's work.
+    """
+    sync = sync or (lambda: None)
+    while (msg := conn.recv()) is not None:
+        cpu0 = cpu_seconds()
+        for _ in range(msg["warmup"]):
+            step()
+        sync()
+        times = []
+        for _ in range(msg["steps"]):
+            t0 = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - t0)
+        conn.send({"times": times, "cpu_s": cpu_seconds() - cpu0, "peak_rss_mb": peak_rss_mb()})
+
+
+def run_rounds(
+    keys: Sequence[Hashable],
+    worker: Callable[..., None],
+    worker_args: Any,
+    rounds: int,
+    steps: int,
+    warmup: int,
+    quiet_wait: float = 0.0,
+    skip_failed: bool = False,
+    progress: Callable[[int, Hashable, list[float]], None] | None = None,
+) -> dict[str, Any]:
+    """Start ``worker(key, worker_args, conn)`` for every key (spawned processes), time them in rounds.
+
+    Round ``r`` visits the keys starting from ``r % len(keys)``; each visit runs ``warmup`` untimed
+    steps in the first round (1 in later ones, since the other workers ran in between) and ``steps``
+    timed steps.
+
+    Args:
+        keys: one per worker; picklable, passed to ``worker``.
+        worker: a module-level function (it is pickled by name) that sends one info dict (or
+            ``{"error": message}``) then calls :func:`serve_steps`.
+        worker_args: picklable, passed to every worker.
+        quiet_wait: before each round, wait up to this many seconds for the machine to be idle.
+        skip_failed: drop the keys whose worker reported an error (default: raise ``RuntimeError``).
+        progress: called after each visit with ``(round index, key, times)``.
+
+    Returns:
+        ``info`` (key -> the worker's info dict; failed ones hold ``"error"``), ``results`` (key ->
+        ``times`` (all timed steps, seconds), ``round_medians`` (seconds), ``other_load`` (per visit, the
+        share of the machine's CPU time used by other processes), ``peak_rss_mb``), ``quiet_rounds``
+        (rounds that started on an idle machine, or None without ``quiet_wait``).
+    """
+    ctx = mp.get_context("spawn")
+    workers: dict[Hashable, tuple[Any, Any]] = {}
+    info: dict[Hashable, dict[str, Any]] = {}
+    try:
+        for key in keys:
+            parent_conn, child_conn = ctx.Pipe()
+            proc = ctx.Process(target=worker, args=(key, worker_args, child_conn), daemon=True)
+            proc.start()
+            workers[key] = (proc, parent_conn)
+        for key, (_, conn) in list(workers.items()):
+            try:
+                info[key] = conn.recv()
+            except EOFError:  # it died before reporting; its traceback is on stderr
+                info[key] = {"error": "the worker process exited before reporting"}
+            if "error" in info[key]:
+                if not skip_failed:
+                    raise RuntimeError(f"building {key} failed: {info[key]['error']}")
+                workers.pop(key)[0].join(timeout=30)
+        live = [k for k in keys if k in workers]
+        results = {k: {"times": [], "round_medians": [], "other_load": [], "peak_rss_mb": 0.0} for k in live}
+        ncpu = os.cpu_count() or 1
+        quiet_rounds = 0
+        for r in range(rounds if live else 0):
+            if quiet_wait > 0:
+                quiet_rounds += wait_until_quiet(quiet_wait)
+            shift = r % len(live)
+            for key in live[shift:] + live[:shift]:
+                _, conn = workers[key]
+                s0, t0 = machine_busy(), time.perf_counter()
+                conn.send({"warmup": warmup if r == 0 else 1, "steps": steps})
+                msg = conn.recv()
+                s1, wall = machine_busy(), time.perf_counter() - t0
+                res = results[key]
+                res["times"] += msg["times"]
+                res["round_medians"].append(statistics.median(msg["times"]))
+                res["peak_rss_mb"] = max(res["peak_rss_mb"], msg["peak_rss_mb"])
+                if s0 and s1 and s1[1] > s0[1]:  # the machine's CPU time not spent by this worker
+                    busy = (s1[0] - s0[0]) / (s1[1] - s0[1]) * wall * ncpu
+                    res["other_load"].append(max(0.0, busy - msg["cpu_s"]) / (wall * ncpu))
+                if progress is not None:
+                    progress(r, key, msg["times"])
+    finally:
+        for proc, conn in workers.values():
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            proc.join(timeout=30)
+    return {"info": info, "results": results, "quiet_rounds": quiet_rounds if quiet_wait > 0 else None}
+
+
+def machine_info() -> dict[str, Any]:
+    """Platform, processor, CPU count, Python and (if importable) torch versions, for a results file."""
+    import platform
+
+    machine: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+    }
+    try:
+        import torch
+
+        machine["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            machine["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return machine

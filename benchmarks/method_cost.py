@@ -1,0 +1,429 @@
+"""Cost per image of a training step of each pretraining method (MAE, SimMIM, SiT, GMML) on one encoder.
+
+The question (issue "SimMIM on ViT and on Swin"): how much cheaper is an MAE step than a SimMIM step of the
+same encoder? The MAE paper reports 2.8-4.1x in wall-clock time: MAE's encoder sees only the visible
+25% of the tokens, SimMIM's sees all of them (masked ones replaced by a mask token).
+
+Every method is built with mimkit's own factory, ``create_method(name, encoder=...)``, with the method
+options of its Fashion-MNIST recipe (``configs/{mae,simmim_vit,sit,gmml}_fashion_mnist.yaml``) and the
+optimiser settings of the recipe's ``train`` section (betas, weight decay, gradient clipping), but the
+SAME encoder, input size, batch, device and precision for all, so that only the method differs.
+
+A timed step is exactly the trainer's step: ``Trainer._micro_step`` (``method.training_step((images,
+labels))`` under the trainer's autocast, through the trainer's wrapper, then backward) and
+``Trainer._optimizer_step`` (lr schedule, gradient clipping as in the recipe, fused AdamW, gradients set to
+None, then the method's ``on_train_step_end`` hook: SiT's EMA teacher update). The benchmark drives a real
+:class:`~mimkit.engine.trainer.Trainer` rather than re-writing these steps so that it times what
+``mimkit pretrain`` runs. The batch is a fixed random normalised batch on the device: data loading and
+the data pipeline's augmentation (MAE's and SimMIM's crops and flips, run by the trainer's
+``batch_transform``) are not timed, but SiT's and GMML's own view augmentation (``TwoViewAugment``), which
+runs inside ``training_step``, is part of their cost, as are SiT's two views per image and its teacher's
+forward pass. "Per image" means per image of the batch (SiT's 2 views of an image count as one image).
+
+SimMIM's mask cell: the recipe's 8 px cell (2x2 tokens at 32x32) does not tile a 28x28 image (a 7x7 grid
+of 4 px patches, 7 being prime), so at 28x28 the cell falls back to the largest one that tiles the image
+and is no larger than the recipe's, 4 px (one token); the note under the table says so. The encoder sees
+every token whatever the cell, so the cost does not depend on it. ``--encoder vit_tiny_patch4_32`` runs
+the comparison at 32x32 with the recipe's 8 px cell (the SimMIM-ViT recipe's own shape).
+
+How it measures (shared with mae_throughput.py, see benchmarks/_timing.py): each method runs in its own
+worker process (own allocator state and peak RSS); the parent asks the workers for ``--steps`` timed steps
+one at a time, in a rotating order, round after round, so that load from other processes hits every
+method alike. A row's time is the median of all its timed steps. Before timing, one extra step per method
+counts the tokens entering the encoders' first block and the step's FLOPs (``FlopCounterMode``).
+
+    python benchmarks/method_cost.py                                 # 28x28 grey, batch 256, bf16
+    python benchmarks/method_cost.py --encoder vit_tiny_patch4_32    # at 32x32 (SimMIM's 8 px cells)
+    python benchmarks/method_cost.py --precision fp32 --methods mae,simmim --out runs/method_cost
+    python benchmarks/method_cost.py --steps 2 --rounds 1 --warmup 1 # smoke test
+
+Results, and the machine they were measured on: benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from _timing import keep_freed_memory, machine_info, run_rounds, serve_steps  # benchmarks/_timing.py
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+# method -> the Fashion-MNIST recipe whose method options and optimiser settings it runs with
+RECIPES = {
+    "mae": "mae_fashion_mnist.yaml",
+    "simmim": "simmim_vit_fashion_mnist.yaml",
+    "sit": "sit_fashion_mnist.yaml",
+    "gmml": "gmml_fashion_mnist.yaml",
+}
+PRECISIONS = ("bf16", "fp32")
+
+
+def fit_mask_cell(wanted: int, grid_size: tuple[int, int], patch_size: int) -> tuple[int, str | None]:
+    """SimMIM's ``mask_patch_size``: ``wanted`` if its cells tile the token grid, else the largest cell
+    (in pixels) that does and is no larger than ``wanted`` (the smallest that tiles if none is).
+
+    Returns:
+        ``(mask_patch_size, note)``; the note says what changed and why (None if nothing did).
+    """
+    gh, gw = grid_size
+    valid = [s * patch_size for s in range(1, min(gh, gw) + 1) if gh % s == 0 and gw % s == 0]
+    if wanted in valid:
+        return wanted, None
+    smaller = [v for v in valid if v <= wanted]
+    cell = max(smaller) if smaller else min(valid)
+    image = f"{gh * patch_size}x{gw * patch_size}"
+    return cell, (
+        f"simmim: mask_patch_size {wanted} (recipe) does not tile the {image} image ({gh}x{gw} patches of "
+        f"{patch_size} px; cells that do: {valid}), using {cell}; the encoder sees every token either way"
+    )
+
+
+def build(method: str, args: dict[str, Any]):
+    """The method (with its recipe's options around the forced encoder) and its recipe's TrainConfig.
+
+    Returns:
+        ``(model, train_config, info)``; info holds the recipe file, the method options and notes.
+    """
+    from mimkit import create_encoder, create_method
+    from mimkit.engine.config import load_config
+
+    recipe = CONFIGS / RECIPES[method]
+    cfg = load_config(recipe)
+    if cfg.method["name"] != method:
+        raise ValueError(f"{recipe} is a {cfg.method['name']!r} recipe, not {method!r}")
+    encoder_options: dict[str, Any] = {"in_chans": args["in_chans"]}
+    if args["img_size"]:
+        encoder_options["img_size"] = args["img_size"]
+    encoder = create_encoder(args["encoder"], **encoder_options)
+    options = {k: v for k, v in cfg.method.items() if k != "name"}
+    notes = []
+    if "mask_patch_size" in options:
+        options["mask_patch_size"], note = fit_mask_cell(
+            options["mask_patch_size"], tuple(encoder.grid_size), encoder.patch_size
+        )
+        notes += [note] if note else []
+    model = create_method(method, encoder=encoder, **options)
+    train = dataclasses.replace(
+        cfg.train,
+        batch_size=args["batch"],
+        precision=args["precision"],
+        device=args["device"],
+        resume=False,
+        progress=False,
+        tensorboard=False,
+    )
+    info = {"recipe": f"configs/{recipe.name}", "options": options, "notes": notes}
+    return model, train, info
+
+
+class _NoBatches:
+    """The loader interface the Trainer is built with; the timed steps feed it their own fixed batch."""
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self) -> int:
+        return 1
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def set_start_batch(self, index: int) -> None:
+        pass
+
+
+def _first_block(encoder):
+    """The first transformer block of a ViT (``blocks``) or a Swin (``layers[0].blocks``)."""
+    if hasattr(encoder, "blocks"):
+        return encoder.blocks[0]
+    return encoder.layers[0].blocks[0]
+
+
+def count_step(model, step, batch: int) -> dict[str, float]:
+    """Run one step while counting FLOPs and the tokens entering every encoder's first block.
+
+    Returns:
+        ``tokens_per_img`` (tokens through encoders with gradients: the trained student), ``frozen_tokens_
+        per_img`` (without: SiT's EMA teacher), ``gflop_per_img`` (forward + backward, matrix products and
+        attention as counted by ``torch.utils.flop_counter``), all per image of the batch.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tokens = {True: 0, False: 0}
+
+    def count(_module, inputs) -> None:
+        x = inputs[0]  # [N, T, D]
+        tokens[torch.is_grad_enabled()] += x.shape[0] * x.shape[1]
+
+    encoders = [m for m in model.modules() if hasattr(m, "forward_encoder")]
+    hooks = [_first_block(m).register_forward_pre_hook(count) for m in encoders]
+    flops = FlopCounterMode(display=False)
+    try:
+        with flops:
+            step()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {
+        "tokens_per_img": tokens[True] / batch,
+        "frozen_tokens_per_img": tokens[False] / batch,
+        "gflop_per_img": flops.get_total_flops() / batch / 1e9,
+    }
+
+
+def worker(method: str, args: dict[str, Any], conn) -> None:
+    """One method in its own process: build it and a Trainer, count one step, then time steps on request."""
+    if args["keep_freed_memory"]:
+        keep_freed_memory()
+    import tempfile
+
+    import torch
+
+    from mimkit.engine.dist import DistEnv, resolve_device
+    from mimkit.engine.trainer import Trainer
+
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="method_cost_") as run_dir:
+        try:
+            model, train_cfg, info = build(method, args)
+            env = DistEnv(device=resolve_device(args["device"]))
+            trainer = Trainer(model, _NoBatches(), train_cfg, run_dir, env=env)
+        except Exception as err:  # report, do not leave the parent waiting
+            conn.send({"error": f"{type(err).__name__}: {err}"})
+            return
+        device = env.device
+        encoder = model.encoder
+        h, w = encoder.img_size
+        images = torch.randn(args["batch"], encoder.in_chans, h, w, device=device)  # normalised pixels
+        labels = torch.zeros(args["batch"], dtype=torch.long, device=device)
+        model.train()
+
+        def step() -> None:  # what Trainer.fit does per batch (accum_steps 1), less logging
+            trainer._micro_step(images, labels)
+            trainer._optimizer_step()
+
+        sync = torch.cuda.synchronize if device.type == "cuda" else None
+        try:
+            counts = count_step(model, step, args["batch"])
+        except Exception as err:
+            conn.send({"error": f"{type(err).__name__} in the first step: {err}"})
+            return
+        conn.send(
+            {
+                **info,
+                **counts,
+                "img_size": [h, w],
+                "params": sum(p.numel() for p in model.parameters()),
+                "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "encoder_params": sum(p.numel() for p in encoder.parameters()),
+                "threads": torch.get_num_threads(),
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "torch": torch.__version__,
+            }
+        )
+        serve_steps(conn, step, sync)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--encoder",
+        default="vit_tiny_patch4_28",
+        help="encoder name, the same for every method (default vit_tiny_patch4_28; vit_tiny_patch4_32 for "
+        "32x32)",
+    )
+    parser.add_argument("--img-size", type=int, default=0, help="input side (default: the encoder's own)")
+    parser.add_argument("--in-chans", type=int, default=1, help="input channels (default 1, grey)")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument(
+        "--methods", default=",".join(RECIPES), help=f"comma list of {', '.join(RECIPES)} (default all)"
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    parser.add_argument("--precision", default="bf16", choices=PRECISIONS, help="bf16 autocast or fp32")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per method per round (default 3)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before a method's first round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; the methods alternate within each")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc mallopt in every worker: keep freed memory instead of page-faulting it in every step",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        help="before each round wait up to this many seconds for the machine to be idle (shared machines)",
+    )
+    parser.add_argument(
+        "--out", default=None, help="directory to write method_cost.json and method_cost.md into"
+    )
+    args = parser.parse_args(argv)
+    args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.method_list if m not in RECIPES]
+    if not args.method_list or unknown:
+        parser.error(f"--methods {args.methods!r}: use a comma list of {', '.join(RECIPES)}")
+    if len(set(args.method_list)) != len(args.method_list):
+        parser.error(f"--methods {args.methods!r} names a method twice")
+    for name in ("batch", "steps", "rounds", "in_chans"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0 or args.img_size < 0:
+        parser.error("--warmup and --img-size must be >= 0")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Start one worker per method, run the rounds, return the rows (one per method) and notes."""
+    wargs = {
+        k: getattr(args, k)
+        for k in (
+            "encoder",
+            "img_size",
+            "in_chans",
+            "batch",
+            "device",
+            "precision",
+            "threads",
+            "keep_freed_memory",
+        )
+    }
+
+    def report(r: int, method: str, times: list[float]) -> None:
+        rate = args.batch / statistics.median(times)
+        print(f"round {r + 1}/{args.rounds} {method:>7s}: {rate:7.1f} img/s", file=sys.stderr, flush=True)
+
+    timed = run_rounds(
+        args.method_list,
+        worker,
+        wargs,
+        args.rounds,
+        args.steps,
+        args.warmup,
+        args.quiet_wait,
+        skip_failed=True,
+        progress=report,
+    )
+    info, results = timed["info"], timed["results"]
+    notes = [f"{m}: not run, {i['error']}" for m, i in info.items() if "error" in i]
+    rows = []
+    for method, res in results.items():
+        med = statistics.median(res["times"])
+        i = info[method]
+        notes += i["notes"]
+        rows.append(
+            {
+                "method": method,
+                "recipe": i["recipe"],
+                "options": i["options"],
+                "s_per_step": med,
+                "img_per_s": args.batch / med,
+                "ms_per_img": med * 1e3 / args.batch,
+                "img_per_s_rounds": [round(args.batch / m, 1) for m in res["round_medians"]],
+                "gflop_per_img": i["gflop_per_img"],
+                "tokens_per_img": i["tokens_per_img"],
+                "frozen_tokens_per_img": i["frozen_tokens_per_img"],
+                "params": i["params"],
+                "trainable": i["trainable"],
+                "peak_rss_mb": res["peak_rss_mb"],
+                "steps_timed": len(res["times"]),
+                "other_load": statistics.mean(res["other_load"]) if res["other_load"] else None,
+            }
+        )
+    mae = next((r for r in rows if r["method"] == "mae"), None)
+    for row in rows:
+        row["cost_vs_mae"] = row["ms_per_img"] / mae["ms_per_img"] if mae else None
+    first = next((i for i in info.values() if "error" not in i), {})
+    return {
+        "rows": rows,
+        "notes": notes,
+        "img_size": first.get("img_size"),
+        "encoder_params": first.get("encoder_params"),
+        "threads": first.get("threads"),
+        "device": first.get("device"),
+        "torch": first.get("torch"),
+        "quiet_rounds": timed["quiet_rounds"],
+    }
+
+
+def _tokens(row: dict[str, Any]) -> str:
+    text = f"{row['tokens_per_img']:g}"
+    return text + (f" + {row['frozen_tokens_per_img']:g} (teacher)" if row["frozen_tokens_per_img"] else "")
+
+
+def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
+    """The markdown report: a header line, the table, and what the columns mean."""
+    if not out["rows"]:
+        return "No method ran.\n\n" + "\n".join(f"- {n}" for n in out["notes"]) + "\n"
+    h, w = out["img_size"]
+    lines = [
+        f"Training step per method: encoder `{args.encoder}` ({out['encoder_params'] / 1e6:.2f}M parameters) "
+        f"on {h}x{w}x{args.in_chans}, batch {args.batch}, {args.precision}, device {out['device']} "
+        f"({out['threads']} threads), torch {out['torch']}; median of {args.rounds} rounds x {args.steps} "
+        "steps per method.",
+        "",
+        "| method | ms/step | img/s | ms/img | cost vs MAE | GFLOP/img | encoder tokens/img | params "
+        "(trainable) | rounds (img/s) | peak RSS (MB) | other load |",
+        "|---|---:|---:|---:|---:|---:|---|---|---|---:|---:|",
+    ]
+    for row in out["rows"]:
+        ratio = "n/a" if row["cost_vs_mae"] is None else f"{row['cost_vs_mae']:.2f}x"
+        load = "n/a" if row["other_load"] is None else f"{100 * row['other_load']:.0f}%"
+        rates = row["img_per_s_rounds"]
+        lines.append(
+            f"| {row['method']} | {row['s_per_step'] * 1e3:.0f} | {row['img_per_s']:.1f} "
+            f"| {row['ms_per_img']:.2f} | {ratio} | {row['gflop_per_img']:.3f} | {_tokens(row)} "
+            f"| {row['params'] / 1e6:.2f}M ({row['trainable'] / 1e6:.2f}M) "
+            f"| {min(rates):.0f}-{max(rates):.0f} | {row['peak_rss_mb']:.0f} | {load} |"
+        )
+    lines += [
+        "",
+        "- A step: `training_step` under the trainer's autocast, backward, gradient clipping (recipe), "
+        "fused AdamW, `on_train_step_end` (SiT's EMA teacher), through mimkit's Trainer. A fixed random "
+        "batch: data loading and the pipeline's augmentation are not timed; SiT's / GMML's own view "
+        "augmentation runs inside `training_step` and is timed. Per image = per image of the batch (SiT: "
+        "2 views each).",
+        "- cost vs MAE: ms/img over MAE's ms/img (how many times MAE's cost). GFLOP/img: forward + backward "
+        "matrix products and attention (`torch.utils.flop_counter`). Encoder tokens/img: tokens entering the "
+        "first block of the trained encoder (class token included; MAE: visible only), plus the frozen "
+        "teacher's.",
+        "- other load: share of the machine's CPU time used by other processes while a method ran.",
+    ]
+    for row in out["rows"]:
+        options = ", ".join(f"{k}={v}" for k, v in row["options"].items())
+        lines.append(f"- {row['method']}: {row['recipe']} ({options})")
+    lines += [f"- NOTE {n}" for n in out["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = run(args)
+    text = render(args, out)
+    print("\n" + text)
+    if args.out:
+        folder = Path(args.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": machine_info(),
+            "args": {k: v for k, v in vars(args).items() if k != "method_list"},
+            **out,
+        }
+        (folder / "method_cost.json").write_text(json.dumps(record, indent=2) + "\n")
+        (folder / "method_cost.md").write_text(text)
+        print(f"wrote {folder / 'method_cost.json'} and {folder / 'method_cost.md'}", file=sys.stderr)
+    return 0 if out["rows"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
