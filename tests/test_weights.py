@@ -114,3 +114,56 @@ def test_safetensors_export_round_trip(tmp_path):
     load_weights(enc, path)
     torch.testing.assert_close(enc.norm.weight, mae.encoder.norm.weight)
     torch.testing.assert_close(enc.patch_embed.proj.weight, mae.encoder.patch_embed.proj.weight)
+
+
+def _swin(window=4, **kw):
+    opts = dict(img_size=16, embed_dim=8, depths=(2, 1), num_heads=(1, 2), window_size=window)
+    return create_encoder("swin_tiny_patch2_window4_32", **{**opts, **kw})
+
+
+def _simmim_reference_file(tmp_path):
+    """What SimMIM's reference saves for a Swin: the mask token inside the encoder, the index and
+    attention-mask buffers in the state dict, the one-conv decoder as ``decoder.0``."""
+    torch.manual_seed(0)
+    method = create_method("simmim", encoder=_swin(), mask_patch_size=4)
+    state = {("encoder.mask_token" if k == "mask_token" else k): v for k, v in method.state_dict().items()}
+    for name, buf in method.named_buffers():  # mimkit keeps these out of its state dict
+        if name.endswith(("relative_position_index", "attn_mask")):
+            state[name] = buf
+    assert any(k.endswith("attn_mask") for k in state) and any(k.endswith("position_index") for k in state)
+    path = tmp_path / "simmim_swin_reference.pth"
+    torch.save({"model": state, "epoch": 99}, path)
+    return method, path
+
+
+def test_reference_simmim_swin_file_into_simmim_and_into_swin(tmp_path):
+    method, path = _simmim_reference_file(tmp_path)
+    torch.manual_seed(1)
+    fresh = create_method("simmim", encoder=_swin(), mask_patch_size=4)
+    load_weights(fresh, path)
+    for key, value in method.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    encoder = _swin()
+    load_weights(encoder, path)  # the encoder part only: no mask token, no decoder
+    for key, value in method.encoder.state_dict().items():
+        assert torch.equal(encoder.state_dict()[key], value), key
+
+
+def test_swin_bias_table_resampled_for_another_window(tmp_path):
+    method, path = _simmim_reference_file(tmp_path)
+    key = "layers.0.blocks.0.attn.relative_position_bias_table"  # window 4: [7 * 7, 1 head]
+    wide = _swin(window=8)  # 16 / 2 = 8x8 grid: one window of 8, table [15 * 15, 1]
+    with torch.no_grad():  # a function of dx only (the column), so that the axes cannot be swapped
+        method.encoder.state_dict()[key].copy_(torch.arange(7.0).repeat(7).reshape(49, 1) ** 2)
+    torch.save({"model": method.state_dict()}, path)
+    load_weights(wide, path)
+    resized = wide.state_dict()[key].reshape(15, 15)
+    assert torch.allclose(resized, resized[:1].expand(15, 15))  # still a function of the column only
+    assert (resized[0, 1:] > resized[0, :-1]).all()  # and still increasing along it
+    # align_corners=False: new index 7 sits exactly on old index 3 ((7 + 0.5) * 7 / 15 - 0.5 = 3)
+    random_table = torch.randn(49, 1)
+    with torch.no_grad():
+        method.encoder.state_dict()[key].copy_(random_table)
+    torch.save({"model": method.state_dict()}, path)
+    load_weights(wide, path)
+    assert wide.state_dict()[key].reshape(15, 15)[7, 7] == pytest.approx(float(random_table[3 * 7 + 3]))

@@ -1,19 +1,22 @@
-"""Loading and exporting weights: mimkit checkpoints, reference MAE files, timm-style ViT files.
+"""Loading and exporting weights: mimkit checkpoints, reference MAE and SimMIM files, timm-style files.
 
 Files are read with ``torch.load(weights_only=True)``: a checkpoint cannot run code. Loading is strict:
 every missing, unexpected or mis-shaped key is named in one ``ValueError``. Position embeddings whose
-patch grid differs from the target's are resampled bicubically.
+patch grid differs from the target's are resampled bicubically, and so are Swin relative-position bias
+tables whose window differs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from mimkit.models.pos_embed import resample_pos_embed
 
@@ -62,6 +65,11 @@ def extract_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     return tensors
 
 
+# Buffers that reference Swin checkpoints (SimMIM's, timm < 0.9) save but that follow from the
+# architecture: mimkit recomputes them and does not save them.
+_DERIVED_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
+
+
 def _is_reference_decoder_key(key: str) -> bool:
     return any(key.startswith(prefix) for prefix in _REFERENCE_DECODER_PREFIXES)
 
@@ -69,8 +77,17 @@ def _is_reference_decoder_key(key: str) -> bool:
 def _to_target_names(state: dict[str, torch.Tensor], target: nn.Module) -> dict[str, torch.Tensor]:
     """Rename a file's keys to the target module's naming scheme."""
     target_keys = target.state_dict().keys()
+    state = {
+        k: v for k, v in state.items() if k in target_keys or k.rsplit(".", 1)[-1] not in _DERIVED_BUFFERS
+    }
     wants_method = any(k.startswith("encoder.") for k in target_keys)
     has_method = any(k.startswith("encoder.") for k in state)
+    if "encoder.mask_token" in state and "encoder.mask_token" not in target_keys:
+        # SimMIM's reference keeps the mask token in the encoder; mimkit's SimMIM holds it (the encoder
+        # alone has no use for it).
+        token = state.pop("encoder.mask_token")
+        if "mask_token" in target_keys:
+            state["mask_token"] = token
     if wants_method and not has_method:  # reference MAE file into a mimkit method
         renamed = {}
         for key, value in state.items():
@@ -103,9 +120,11 @@ def load_weights(
     """Load a checkpoint into an encoder or a method, strictly.
 
     Accepts mimkit checkpoints (a method's or an encoder's), reference MAE files ``{'model': ...}``
-    (encoder-only ones into an encoder, 'visualize' ones with the decoder into an MAE), timm-style ViT
-    state dicts and ``.safetensors`` exports. Position embeddings are resampled (bicubic) to the
-    target's patch grid.
+    (encoder-only ones into an encoder, 'visualize' ones with the decoder into an MAE), reference SimMIM
+    Swin files (``encoder.*``, ``encoder.mask_token``, ``decoder.0.*``: into a SimMIM, or their encoder
+    into a Swin), timm-style ViT / Swin state dicts and ``.safetensors`` exports. Position embeddings are
+    resampled (bicubic) to the target's patch grid, Swin bias tables to the target's window; the index
+    and attention-mask buffers that reference Swin files carry are recomputed, not read.
 
     Args:
         module: the encoder or method to fill.
@@ -128,6 +147,11 @@ def load_weights(
     for key, value in list(state.items()):
         if key not in expected or expected[key].shape == value.shape:
             continue
+        if key.endswith("relative_position_bias_table") and value.ndim == 2:
+            resized = _resample_bias_table(value, expected[key].shape)
+            if resized is not None:
+                state[key] = resized
+                continue
         target_grid = _grid_of(module, key)
         if key.endswith("pos_embed") and value.ndim == 3 and target_grid is not None:
             n_new = expected[key].shape[1]
@@ -152,6 +176,21 @@ def load_weights(
         raise ValueError("\n  ".join(lines))
     module.load_state_dict(state, strict=strict)
     return ckpt
+
+
+def _resample_bias_table(table: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+    """A Swin relative-position bias table ``[(2w - 1)^2, heads]`` resampled (bicubic) to another window.
+
+    As SimMIM does when fine-tuning with a larger window than pretraining (192 px window 6 -> 224 px
+    window 7). Returns None when the two tables are not both square grids with the same heads.
+    """
+    (n_old, heads), (n_new, heads_new) = table.shape, shape
+    side_old, side_new = math.isqrt(n_old), math.isqrt(n_new)
+    if heads != heads_new or side_old**2 != n_old or side_new**2 != n_new:
+        return None
+    grid = table.float().T.reshape(1, heads, side_old, side_old)
+    grid = F.interpolate(grid, size=(side_new, side_new), mode="bicubic", align_corners=False)
+    return grid.reshape(heads, n_new).T.contiguous().to(table.dtype)
 
 
 def _abbrev(keys: list[str], limit: int = 12) -> list[str]:
