@@ -256,6 +256,9 @@ def test_swin_encoder_goes_through_the_same_classifier(tmp_path):
         n.startswith(("encoder.layers.1.blocks.", "encoder.norm.", "encoder.fc_norm.", "encoder.head."))
         for n in trainable
     )
+    # SimMIM's Swin classifier: the pretrained final norm kept, no fc_norm (that is MAE's ViT recipe)
+    assert isinstance(clf.encoder.fc_norm, torch.nn.Identity)
+    assert torch.equal(clf.encoder.norm.weight, pre.norm.weight)
     assert clf.layer_scale("encoder.patch_embed.proj.weight") == pytest.approx(0.5**4)
     assert clf.layer_scale("encoder.layers.1.blocks.0.attn.qkv.weight") == pytest.approx(0.5**2)
     result = finetune(clf, dataset(16), dataset(8, seed=1), cfg, tmp_path)

@@ -1,10 +1,10 @@
 """Full and partial fine-tuning of a pretrained encoder, through the one trainer (as MAE, He et al., 2021).
 
-The classifier is the encoder itself built with ``global_pool="avg"``, ``fc_norm`` and a ``head``
-(``[N, C, H, W] -> pool of patch tokens -> fc_norm -> head -> [N, classes]``), loaded with the pretrained
-weights; only ``fc_norm`` and ``head`` start fresh (head weights ~ N(0, 2e-5), truncated). A ViT's final
-per-token ``norm`` gives way to ``fc_norm`` (as MAE's fine-tuning model), so the pretrained ``norm`` is
-not used. It trains with:
+The classifier is the encoder itself built with its family's ``CLASSIFIER_OPTIONS`` and a ``head``: a ViT
+as MAE's fine-tuning model (``[N, C, H, W] -> mean of the patch tokens -> fc_norm -> head``, the final
+per-token ``norm`` replaced by ``fc_norm``, so the pretrained ``norm`` is not used), a Swin as SimMIM's
+(final ``norm`` -> mean of the tokens -> head). It is loaded with the pretrained weights; only ``fc_norm``
+and ``head`` start fresh (head weights ~ N(0, 2e-5), truncated). It trains with:
 
 - layer-wise lr decay: parameter at depth ``layer_id`` gets ``lr * decay ** (num_layers - layer_id)``,
   ``num_layers = depth + 1`` (patch embedding / tokens at 0, block ``i`` at ``i + 1``, norms and head at
@@ -270,7 +270,7 @@ class FinetuneAugment(nn.Module):
 
 
 class Classifier(nn.Module):
-    """An encoder built with ``global_pool="avg"``, ``fc_norm`` and a ``head``, with a ``training_step``.
+    """An encoder built with its ``CLASSIFIER_OPTIONS`` and a ``head``, with a ``training_step``.
 
     Args:
         encoder: a mimkit encoder whose ``forward`` gives logits ``[N, classes]`` and which has
@@ -370,7 +370,7 @@ def build_classifier(
 ) -> Classifier:
     """A :class:`Classifier` from an encoder config, loaded with ``pretrained``'s weights (None: random init).
 
-    The encoder is rebuilt with ``num_classes``, ``fc_norm=True``, ``global_pool="avg"`` and the drop-path
+    The encoder is rebuilt with ``num_classes``, its class's ``CLASSIFIER_OPTIONS`` and the drop-path
     rate of ``cfg``, at ``cfg.img_size`` if given. The pretrained weights go in through
     :func:`mimkit.load_weights` (position embeddings resampled if the patch grid changed); every key must
     match except ``fc_norm.*`` / ``head.*``, which start fresh (head ~ truncated N(0, 2e-5), bias 0), and
@@ -387,13 +387,14 @@ def build_classifier(
     Raises:
         ValueError: ``pretrained`` has keys the classifier lacks, or lacks some it needs.
     """
-    from mimkit.models import create_encoder
+    from mimkit.models import create_encoder, encoder_class
 
     cfg = cfg or FinetuneConfig()
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     options = {k: v for k, v in encoder_cfg.items() if k != "name"}
-    options.update(num_classes=num_classes, fc_norm=True, global_pool="avg", drop_path_rate=cfg.drop_path)
+    options.update(encoder_class(encoder_cfg["name"]).CLASSIFIER_OPTIONS)
+    options.update(num_classes=num_classes, drop_path_rate=cfg.drop_path)
     if cfg.img_size is not None:
         options["img_size"] = size_pair(cfg.img_size, "img_size")
     with torch.random.fork_rng(devices=[], enabled=seed is not None):

@@ -30,6 +30,7 @@ def _vit_factory(defaults: dict[str, Any]):
         kwargs = {"patch_size": 16, "img_size": 224, "in_chans": 3, **defaults, **overrides}
         return VisionTransformer(**kwargs)
 
+    factory.encoder_class = VisionTransformer
     return factory
 
 
@@ -76,3 +77,8 @@ def create_encoder(name: str, **overrides: Any) -> nn.Module:
 
 def list_encoders() -> list[str]:
     return ENCODERS.names()
+
+
+def encoder_class(name: str) -> type[nn.Module]:
+    """The class a named encoder is built as (``VisionTransformer``, ``SwinTransformer``)."""
+    return ENCODERS.get(name).encoder_class

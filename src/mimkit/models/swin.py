@@ -42,7 +42,7 @@ Small-image sizes (28x28 grey images such as Fashion-MNIST):
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -327,6 +327,9 @@ def _init_weights(module: nn.Module) -> None:
 class SwinTransformer(nn.Module):
     """Hierarchical encoder with shifted-window attention; no class token.
 
+    ``CLASSIFIER_OPTIONS``: how fine-tuning builds the classifier (SimMIM's Swin: final per-token norm,
+    mean of the tokens, head; no ``fc_norm``).
+
     Args:
         img_size: input ``H`` (square) or ``(H, W)``; multiples of ``patch_size * 2 ** (len(depths) - 1)``.
         patch_size: patch side in pixels (4 in the paper).
@@ -347,6 +350,8 @@ class SwinTransformer(nn.Module):
         patch_size, in_chans, embed_dim, img_size, grid_size (the patch-embedding grid), num_features
         (final width), out_stride (total downsampling), depth (total blocks), num_prefix_tokens (0).
     """
+
+    CLASSIFIER_OPTIONS: ClassVar[dict[str, Any]] = {"global_pool": "avg"}
 
     def __init__(
         self,
@@ -552,6 +557,7 @@ def _swin_factory(defaults: dict[str, Any]):
         return SwinTransformer(**kwargs)
 
     factory.extra_options = {"depths", "window_size"}  # options create_encoder accepts beyond the ViT's
+    factory.encoder_class = SwinTransformer
     return factory
 
 

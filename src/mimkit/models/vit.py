@@ -9,6 +9,8 @@ The masked-encoder interface shared by the methods is :meth:`VisionTransformer.f
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 import torch.nn as nn
 
@@ -18,6 +20,9 @@ from mimkit.models.pos_embed import sincos_2d
 
 class VisionTransformer(nn.Module):
     """ViT encoder with a class token.
+
+    ``CLASSIFIER_OPTIONS``: how fine-tuning builds the classifier (MAE's: mean of the patch tokens, then
+    ``fc_norm`` in place of the final norm, then the head).
 
     Args:
         img_size: input ``H`` (square) or ``(H, W)``; both divisible by ``patch_size``.
@@ -32,6 +37,8 @@ class VisionTransformer(nn.Module):
         fused_attn: ``True``: ``scaled_dot_product_attention``; ``False``: the plain-math path;
             ``"auto"``: see :func:`mimkit.models.layers.use_fused_attention`.
     """
+
+    CLASSIFIER_OPTIONS: ClassVar[dict[str, Any]] = {"global_pool": "avg", "fc_norm": True}
 
     def __init__(
         self,
