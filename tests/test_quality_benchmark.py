@@ -1,0 +1,139 @@
+"""benchmarks/quality_fashion_mnist.py: row names, the per-method target lines, the training subset."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from mimkit.data.datasets import ImageDataset
+from mimkit.engine import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location(
+    "quality_fashion_mnist", ROOT / "benchmarks/quality_fashion_mnist.py"
+)
+quality = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(quality)
+
+
+@pytest.mark.parametrize(
+    "config, name",
+    [
+        ("mae_fashion_mnist.yaml", "mimkit MAE"),
+        ("simmim_vit_fashion_mnist.yaml", "mimkit SimMIM"),
+        ("simmim_swin_fashion_mnist.yaml", "mimkit SimMIM (Swin)"),
+        ("sit_fashion_mnist.yaml", "mimkit SiT"),
+        ("gmml_fashion_mnist.yaml", "mimkit GMML"),
+    ],
+)
+def test_row_name_per_recipe(config, name):
+    assert quality.method_row_name(load_config(ROOT / "configs" / config)) == name
+
+
+def _row(name, knn, linear, finetune=None, pool="token"):
+    return {
+        "name": name,
+        "frozen": {pool: {"knn": {20: knn}, "linear": {"test_top1": linear}}},
+        "finetune": finetune or {},
+    }
+
+
+def _rows(knn, linear, mine_ft, random_ft, pixels_knn=70.0, peer=None):
+    rows = [_row("mimkit X", knn, linear, mine_ft), _row("random init", 50.0, 60.0, random_ft)]
+    if peer is not None:
+        rows.append(_row("transformers ViTMAE (peer)", *peer))
+    return rows + [_row("raw pixels", pixels_knn, 80.0, pool="pixels")]
+
+
+def test_mae_targets_met_and_missed():
+    # kNN 76 >= 75 met; linear 81.9 < 82 missed; FT 100% exactly 92 met (>=); 1% gain 60 - 54.5 = 5.5 >= 5 met
+    rows = _rows(76.0, 81.9, {0.01: 60.0, 1.0: 92.0}, {0.01: 54.5, 1.0: 90.0}, peer=(70.0, 80.0))
+    lines = quality.target_lines("mae", rows, "token")
+    assert "- MAE kNN (k=20) >= 75%: 76.00 -> met" in lines
+    assert "- MAE linear probe >= 82%: 81.90 -> not met" in lines
+    assert "- fine-tuning, 100% of the labels >= 92%: 92.00 -> met" in lines
+    assert "- fine-tuning, 1% of the labels, pretrained - random init >= 5 points: 5.50 -> met" in lines
+    assert "- mimkit ahead of the peer on kNN and linear probe: yes" in lines
+    assert not any("small data" in line for line in lines)
+
+
+def test_mae_without_peer_or_finetuning():
+    lines = quality.target_lines("mae", _rows(76.0, 83.0, {}, {}), "token")
+    assert "- mimkit ahead of the peer: not measured (no peer row)" in lines
+    assert "- fine-tuning, 100% of the labels >= 92%: - -> not met" in lines
+
+
+def test_sit_targets_and_the_raw_pixel_bar():
+    rows = _rows(86.0, 86.5, {0.01: 40.0, 1.0: 88.0}, {0.01: 35.0}, pixels_knn=85.5)
+    lines = quality.target_lines("sit", rows, "token")
+    assert "- SiT kNN (k=20) >= 85%: 86.00 -> met" in lines
+    assert "- SiT linear probe >= 87%: 86.50 -> not met" in lines
+    assert "- fine-tuning, 100% of the labels: 88.00 (no target)" in lines
+    assert "- fine-tuning, 1% of the labels, pretrained - random init: 5.00 (no target)" in lines
+    bar = [line for line in lines if "raw pixels" in line]
+    assert bar == [
+        "- SiT kNN (k=20) above raw pixels' 85.50 (raw-pixel kNN is the real bar on Fashion-MNIST): yes"
+    ]
+    below = quality.target_lines("sit", _rows(84.0, 88.0, {}, {}, pixels_knn=85.5), "token")
+    assert any(
+        line.startswith("- SiT kNN (k=20) above raw pixels'") and line.endswith(": no") for line in below
+    )
+    assert not any("peer" in line for line in lines)
+
+
+@pytest.mark.parametrize("method, label", [("simmim", "SimMIM"), ("gmml", "GMML")])
+def test_no_numeric_targets(method, label):
+    rows = _rows(60.0, 70.0, {0.01: 40.0, 1.0: 85.0}, {0.01: 45.0, 1.0: 80.0})
+    lines = quality.target_lines(method, rows, "token")
+    assert lines[0] == f"No numeric targets for {label} in the issues: the lines below are information."
+    assert not any("met" in line for line in lines)
+    assert "- fine-tuning, 1% of the labels, pretrained - random init: -5.00 (no target)" in lines
+    assert "- fine-tuning, 100% of the labels: 85.00 (no target)" in lines
+
+
+def test_small_data_line_compares_full_subset_finetuning():
+    subset = {"images": 6000}
+    rows = _rows(80.0, 85.0, {0.01: 40.0, 1.0: 80.0}, {0.01: 38.0, 1.0: 77.5})
+    line = quality.target_lines("sit", rows, "token", subset)[-1]
+    assert line == (
+        "- small data: fine-tuning on 100% of the 6,000-image subset, pretrained 80.00 vs random init 77.50: "
+        "+2.50 points -> pretraining ahead"
+    )
+    rows = _rows(80.0, 85.0, {1.0: 70.0}, {1.0: 77.5})
+    assert quality.target_lines("sit", rows, "token", subset)[-1].endswith(
+        "-7.50 points -> pretraining not ahead"
+    )
+
+
+def _dataset(counts):
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(3))]
+    images = torch.arange(len(labels), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2).contiguous()
+    return ImageDataset(labels, ["a", "b", "c"], 1, (2, 2), (0.5,), (0.25,), images=images)
+
+
+def test_training_subset_is_per_class_and_seeded():
+    full = _dataset([60, 30, 10])
+    subset, record = quality.training_subset(full, 0.1)
+    assert torch.bincount(subset.labels, minlength=3).tolist() == [6, 3, 1]  # round(0.1 * n_c) per class
+    original = subset.images[:, 0, 0, 0].long()  # each image holds its index in the full set
+    assert torch.equal(full.labels[original], subset.labels)
+    assert len(set(original.tolist())) == 10
+    assert (subset.mean, subset.std) == (full.mean, full.std)
+    again, _ = quality.training_subset(full, 0.1)
+    assert torch.equal(again.images, subset.images)
+    assert record["images"] == 10 and record["of"] == 100 and record["seed"] == quality.SUBSET_SEED
+    assert (
+        record["description"]
+        == "10 images = 10% per class of the 100 training images (per-class draw, seed 0)"
+    )
+
+
+def test_training_subset_whole_and_invalid():
+    full = _dataset([6, 4, 2])
+    same, record = quality.training_subset(full, 1.0)
+    assert same is full and record["images"] == 12
+    assert record["description"] == "all 12 training images"
+    with pytest.raises(ValueError, match="outside"):
+        quality.training_subset(full, 0.0)
