@@ -393,7 +393,9 @@ def build_classifier(
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     options = {k: v for k, v in encoder_cfg.items() if k != "name"}
-    options.update(encoder_class(encoder_cfg["name"]).CLASSIFIER_OPTIONS)
+    # the family's reference classifier; MAE's (avg pool + fc_norm) for an encoder that does not say
+    family = encoder_class(encoder_cfg["name"])
+    options.update(getattr(family, "CLASSIFIER_OPTIONS", {"global_pool": "avg", "fc_norm": True}))
     options.update(num_classes=num_classes, drop_path_rate=cfg.drop_path)
     if cfg.img_size is not None:
         options["img_size"] = size_pair(cfg.img_size, "img_size")

@@ -79,6 +79,7 @@ def list_encoders() -> list[str]:
     return ENCODERS.names()
 
 
-def encoder_class(name: str) -> type[nn.Module]:
-    """The class a named encoder is built as (``VisionTransformer``, ``SwinTransformer``)."""
-    return ENCODERS.get(name).encoder_class
+def encoder_class(name: str) -> type[nn.Module] | None:
+    """The class a named encoder is built as (``VisionTransformer``, ``SwinTransformer``); None when its
+    factory was registered without saying (an encoder added by user code)."""
+    return getattr(ENCODERS.get(name), "encoder_class", None)
