@@ -71,7 +71,7 @@ from mimkit.eval.label_efficiency import (
 )
 from mimkit.eval.linear import LinearProbeConfig, linear_probe
 from mimkit.eval.online_knn import OnlineKNN
-from mimkit.pretrain import build_encoder, build_method
+from mimkit.pretrain import build_encoder, build_method, data_stats
 from mimkit.weights import export_encoder_safetensors
 
 log = logging.getLogger("mimkit.bench")
@@ -805,12 +805,7 @@ def main(argv: list[str] | None = None) -> int:
             "training split."
         )
     resolved = to_dict(cfg)
-    resolved["data_stats"] = {
-        "mean": list(train_set.mean),
-        "std": list(train_set.std),
-        "img_size": list(train_set.img_size),
-        "channels": train_set.channels,
-    }
+    resolved["data_stats"] = data_stats(train_set)
     run_mimkit = out / "mimkit"
     run_mimkit.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_mimkit / "config.yaml")

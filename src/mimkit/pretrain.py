@@ -34,6 +34,17 @@ def build_encoder(encoder_cfg: dict[str, Any], data: DataConfig | None = None, d
     return create_encoder(encoder_cfg["name"], **options)
 
 
+def data_stats(dataset) -> dict[str, Any]:
+    """What a run's checkpoint records of its training data (normalisation, size, channels), for
+    :func:`load_pretrained` and the evaluation to rebuild the encoder and its input."""
+    return {
+        "mean": list(dataset.mean),
+        "std": list(dataset.std),
+        "img_size": list(dataset.img_size),
+        "channels": dataset.channels,
+    }
+
+
 def build_method(cfg: PretrainConfig, dataset=None) -> nn.Module:
     encoder = build_encoder(cfg.encoder, cfg.data, dataset)
     options = {k: v for k, v in cfg.method.items() if k != "name"}
@@ -80,12 +91,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         )
     run_dir = Path(cfg.output_dir)
     resolved = to_dict(cfg)
-    resolved["data_stats"] = {
-        "mean": list(dataset.mean),
-        "std": list(dataset.std),
-        "img_size": list(dataset.img_size),
-        "channels": dataset.channels,
-    }
+    resolved["data_stats"] = data_stats(dataset)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
