@@ -41,6 +41,7 @@ from mimkit.eval.label_efficiency import (
     check_fraction,
     label_subsets,
     run_label_efficiency,
+    scratch_recipe,
     subset_dataset,
 )
 from mimkit.eval.linear import LinearProbeConfig, linear_probe
@@ -332,12 +333,16 @@ def run_eval_finetune(
 
     ``overrides`` are ``key=value`` settings of :class:`~mimkit.eval.finetune.FinetuneConfig`
     (``train.epochs=50``, ``layer_decay=0.65``, ``mixup=0``, ...). The run lives in ``out_dir`` and resumes.
+    ``random_init`` trains from scratch with :func:`~mimkit.eval.label_efficiency.scratch_recipe` (no
+    layer-wise lr decay) unless ``overrides`` set ``layer_decay``.
 
     Returns:
         The result of :func:`~mimkit.eval.finetune.finetune` plus ``init`` and ``label_fraction``.
     """
     check_fraction(label_fraction)
     cfg = load_recipe(FinetuneConfig, overrides)
+    if random_init and not any(o.partition("=")[0].strip() == "layer_decay" for o in overrides):
+        cfg = scratch_recipe(cfg)  # no layer-wise decay from scratch, unless asked for
     if train_blocks is not None:
         cfg = dataclasses.replace(cfg, train_blocks=train_blocks)
     loaded = load_encoder(checkpoint, encoder_name, source, root)

@@ -111,6 +111,16 @@ def test_partial_finetune_on_a_label_fraction(run_dir, tmp_path, capsys):
     assert (tmp_path / "label_subsets.json").is_file()
 
 
+@pytest.mark.parametrize("extra, decay", [([], 1.0), (["layer_decay=0.5"], 0.5)])
+def test_random_init_finetune_has_no_layer_decay_unless_asked(run_dir, tmp_path, extra, decay):
+    settings = ["train.epochs=1", "train.batch_size=64", "train.progress=false", "train.tensorboard=false"]
+    argv = ["finetune", str(run_dir), "--random-init", "--out", str(tmp_path), *LIMITS, "--set", *settings]
+    assert eval_main([*argv, *extra]) == 0
+    stored = torch.load(tmp_path / "last.pt", weights_only=True)["config"]
+    assert stored["encoder"]["init"] == "random init"
+    assert stored["finetune"]["layer_decay"] == decay
+
+
 def test_tsne_png(run_dir, tmp_path):
     pytest.importorskip("sklearn")
     assert (

@@ -93,13 +93,19 @@ def test_pretrained_and_random_rows_written(tmp_path):
         )
     )
     rows = run_label_efficiency(enc_cfg, encoder, train, test, tmp_path, [0.25, 1.0], cfg, epochs={0.25: 2})
+    # fraction by fraction, pretrained then random init
     assert [(r["init"], r["fraction"], r["labels"]) for r in rows] == [
         ("pretrained", 0.25, 10),
-        ("pretrained", 1.0, 40),
         ("random init", 0.25, 10),
+        ("pretrained", 1.0, 40),
         ("random init", 1.0, 40),
     ]
-    assert [r["epochs"] for r in rows] == [2, 1, 2, 1]
+    assert [r["epochs"] for r in rows] == [2, 2, 1, 1]
+    # the random-init rows train from scratch: no layer-wise lr decay; everything else as the recipe
+    for run, decay in (("pretrained_25pct", 0.75), ("random_25pct", 1.0), ("random_100pct", 1.0)):
+        stored = torch.load(tmp_path / run / "last.pt", weights_only=True)["config"]["finetune"]
+        assert stored["layer_decay"] == decay
+        assert stored["mixup"] == cfg.mixup and stored["smoothing"] == cfg.smoothing
     assert all(0 <= r["test_top1"] <= 100 for r in rows)
     with open(tmp_path / "label_efficiency.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
