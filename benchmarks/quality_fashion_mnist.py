@@ -67,6 +67,7 @@ from mimkit.eval.finetune import FinetuneConfig, build_classifier, finetune
 from mimkit.eval.knn import knn_accuracy
 from mimkit.eval.label_efficiency import (
     check_fraction,
+    finished_runs,
     per_class_subset,
     run_label_efficiency,
     subset_dataset,
@@ -979,6 +980,11 @@ def main(argv: list[str] | None = None) -> int:
             for r in ft_rows:
                 (row["finetune"] if r["init"] == "pretrained" else random_ft)[r["fraction"]] = r["test_top1"]
             meta["eval_seconds"][f"{name}, fine-tuning"] = time.perf_counter() - t
+        if encoder is not None and fine_tuned:
+            # runs of other fractions that an earlier invocation finished (same --out) are reported too
+            ft_dir = out / "finetune" / _slug(name)
+            for (init, fraction), top1 in finished_runs(ft_dir, FRACTIONS).items():
+                (row["finetune"] if init == "pretrained" else random_ft).setdefault(fraction, top1)
         rows.append(row)
     next(r for r in rows if r["name"] == "random init")["finetune"] = random_ft
 

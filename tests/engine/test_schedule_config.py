@@ -51,3 +51,26 @@ def test_bad_values_named():
         parse_overrides(["train.epochs"])
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config("nope.yaml")
+
+
+def test_exponent_floats_without_a_dot(tmp_path):
+    # YAML 1.1 (PyYAML) reads "1e-3" as a string; users write it everywhere, so it must be the float 0.001
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  blr: 2e-4\n  min_lr: 1E-6\nmethod:\n  name: mae\n  mask_ratio: 75e-2\n")
+    cfg = load_config(path, ["train.weight_decay=5e-2", "train.warmup_epochs=2"])
+    assert cfg.train.blr == 2e-4 and cfg.train.min_lr == 1e-6 and cfg.train.weight_decay == 0.05
+    assert cfg.method["mask_ratio"] == 0.75
+    assert isinstance(cfg.train.warmup_epochs, float)  # an int given to a float field is a float
+    assert parse_overrides(["a=1e3", "b=1.5e-4", "c=e3", "d=1e", "e=[1e-3, 2]"]) == {
+        "a": 1000.0,
+        "b": 1.5e-4,
+        "c": "e3",
+        "d": "1e",
+        "e": [1e-3, 2],
+    }
+
+
+@pytest.mark.parametrize("override", ["train.blr=abc", "train.lr=[1]", "train.min_lr=true"])
+def test_non_number_in_a_float_field_is_named(override):
+    with pytest.raises(ValueError, match=f"config key '{override.split('=')[0]}' must be a number"):
+        load_config(None, [override])

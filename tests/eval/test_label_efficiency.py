@@ -10,7 +10,13 @@ from PIL import Image
 from mimkit.data.datasets import ImageDataset
 from mimkit.engine.config import TrainConfig
 from mimkit.eval.finetune import FinetuneConfig
-from mimkit.eval.label_efficiency import label_subsets, per_class_subset, run_label_efficiency, subset_dataset
+from mimkit.eval.label_efficiency import (
+    finished_runs,
+    label_subsets,
+    per_class_subset,
+    run_label_efficiency,
+    subset_dataset,
+)
 from mimkit.models import create_encoder
 
 LABELS = torch.tensor([0] * 200 + [1] * 100 + [2] * 30)[
@@ -101,6 +107,10 @@ def test_pretrained_and_random_rows_written(tmp_path):
         ("random init", 1.0, 40),
     ]
     assert [r["epochs"] for r in rows] == [2, 2, 1, 1]
+    # a later invocation finds every finished run (a run without finetune.json is not finished)
+    (tmp_path / "random_100pct" / "finetune.json").unlink()
+    found = finished_runs(tmp_path, [0.25, 0.5, 1.0])
+    assert found == {(r["init"], r["fraction"]): r["test_top1"] for r in rows[:3]}
     # the random-init rows train from scratch: no layer-wise lr decay; everything else as the recipe
     for run, decay in (("pretrained_25pct", 0.75), ("random_25pct", 1.0), ("random_100pct", 1.0)):
         stored = torch.load(tmp_path / run / "last.pt", weights_only=True)["config"]["finetune"]

@@ -2,6 +2,8 @@
 
 ``load_config("configs/mae_fashion_mnist.yaml", ["train.epochs=5", "method.mask_ratio=0.6"])``.
 An unknown key anywhere is a ``ValueError`` that names it (and suggests the closest valid key).
+Numbers are read as YAML 1.2 reads them: ``1e-3`` is a float (PyYAML alone follows YAML 1.1, where a float
+needs a dot, ``1.0e-3``, and ``1e-3`` is the string ``"1e-3"``).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -17,6 +20,23 @@ import yaml
 from mimkit.data.config import DataConfig
 
 T = TypeVar("T")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2 floats without a dot (``1e-3``, ``5E4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(text: Any) -> Any:
+    """YAML text (or a file object) -> Python values, safe, with YAML 1.2 floats."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
 
 PRECISIONS = ("bf16", "fp32")
 
@@ -130,9 +150,22 @@ def _build(cls: type[T], values: dict[str, Any], where: str) -> T:
     kwargs = {}
     for key, value in values.items():
         ftype = fields[key].type
-        sub = _DATACLASSES.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
-        kwargs[key] = _build(sub, value or {}, f"{where}{key}.") if sub else value
+        ftype = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", "")
+        sub = _DATACLASSES.get(ftype)
+        if sub is not None:
+            kwargs[key] = _build(sub, value or {}, f"{where}{key}.")
+        else:
+            kwargs[key] = _number(value, ftype, where + key)
     return cls(**kwargs)
+
+
+def _number(value: Any, ftype: str, key: str) -> Any:
+    """A ``float`` field's value as a float (ints welcome); anything else there is an error naming the key."""
+    if ftype not in ("float", "float | None") or (value is None and ftype == "float | None"):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"config key {key!r} must be a number, got {value!r}")
+    return float(value)
 
 
 _DATACLASSES: dict[str, type] = {
@@ -157,7 +190,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r} conflicts with another override of {part!r}")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        node[parts[-1]] = read_yaml(raw) if raw.strip() else None
     return tree
 
 
@@ -182,7 +215,7 @@ def load_config(
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
         with open(path) as f:
             try:
-                values = yaml.safe_load(f) or {}
+                values = read_yaml(f) or {}
             except yaml.YAMLError as err:
                 raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from None
     values = merge(values, parse_overrides(overrides or []))

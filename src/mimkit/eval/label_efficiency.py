@@ -157,6 +157,22 @@ def _pct(fraction: float) -> str:
     return f"{100 * fraction:g}%"
 
 
+def run_name(init: str, fraction: float) -> str:
+    """The run directory of one label-efficiency run: ``pretrained_1pct``, ``random_100pct``, ..."""
+    return f"{init.split()[0]}_{_pct(fraction).rstrip('%')}pct"
+
+
+def finished_runs(out_dir: str | os.PathLike, fractions: Sequence[float]) -> dict[tuple[str, float], float]:
+    """Test top-1 of the finished runs (with a ``finetune.json``) under ``out_dir``, by (init, fraction)."""
+    found = {}
+    for init in INITS:
+        for fraction in fractions:
+            result = Path(out_dir, run_name(init, fraction), "finetune.json")
+            if result.is_file():
+                found[(init, fraction)] = json.loads(result.read_text())["test_top1"]
+    return found
+
+
 def scratch_recipe(cfg: FinetuneConfig) -> FinetuneConfig:
     """The recipe for a randomly initialised encoder: ``cfg`` without layer-wise lr decay."""
     return replace(cfg, layer_decay=1.0)
@@ -227,7 +243,7 @@ def run_label_efficiency(
                 run_cfg,
                 seed=seed,
             )
-            name = f"{init.split()[0]}_{_pct(fraction).rstrip('%')}pct"
+            name = run_name(init, fraction)
             run_config = {
                 "encoder": dict(encoder_cfg, init=init),
                 **(config or {}),
