@@ -61,8 +61,34 @@ def test_second_call_loads_from_the_cache(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("extracted again")
 
-    monkeypatch.setattr(cache, "extract_features", boom)
+    monkeypatch.setattr(cache, "extract_pooled", boom)
     f2, y2 = cached_features(encoder, data, "k1", tmp_path, pool="avg", device="cpu")
     assert torch.equal(f1, f2) and torch.equal(y1, y2)
     with pytest.raises(AssertionError, match="extracted again"):
         cached_features(encoder, data, "k2", tmp_path, pool="avg", device="cpu")
+
+
+def test_several_poolings_from_one_pass(tmp_path, monkeypatch):
+    encoder = create_encoder(
+        "vit_tiny_patch4_28", img_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2
+    )
+    images = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8)
+    data = ImageDataset(torch.arange(10) % 2, ["a", "b"], 1, (8, 8), (0.5,), (0.2,), images=images)
+    token, _ = cached_features(encoder, data, "t", None, pool="token", device="cpu")
+    avg, _ = cached_features(encoder, data, "a", None, pool="avg", device="cpu")
+    # "avg" cached already: only "token" is extracted, by one forward pass per batch
+    cached_features(encoder, data, "a", tmp_path, pool="avg", device="cpu")
+    calls = []
+    forward = encoder.forward_features
+    monkeypatch.setattr(encoder, "forward_features", lambda x: calls.append(len(x)) or forward(x))
+    both = cache.cached_pooled_features(encoder, data, {"token": "t", "avg": "a"}, tmp_path, batch_size=4)
+    assert calls == [4, 4, 2]
+    assert torch.allclose(both["token"][0], token) and torch.allclose(both["avg"][0], avg)
+    assert both["token"][1].tolist() == (torch.arange(10) % 2).tolist()
+    # "token" (class token) and "avg" (token mean) by hand, from the encoder's tokens
+    tokens = forward((images.float() / 255 - 0.5) / 0.2)
+    assert torch.allclose(token, tokens[:, 0], atol=1e-5)
+    assert torch.allclose(avg, tokens[:, 1:].mean(1), atol=1e-5)
+    calls.clear()
+    cache.cached_pooled_features(encoder, data, {"token": "t", "avg": "a"}, tmp_path, batch_size=4)
+    assert calls == []  # both from the cache now

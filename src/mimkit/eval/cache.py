@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch.nn as nn
 from mimkit.data.loader import build_loader
 from mimkit.data.transforms import EvalTransform
 from mimkit.engine.checkpoint import save_atomic
-from mimkit.eval.features import extract_features
+from mimkit.eval.features import extract_pooled
 
 log = logging.getLogger("mimkit")
 
@@ -110,31 +111,61 @@ def cached_features(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of every image of ``dataset`` (one pass of :func:`extract_features`), from the cache if there.
+    """Features of every image of ``dataset`` under one pooling, from the cache if there.
 
-    Args:
-        encoder: a frozen encoder with ``forward_features`` / ``pool``.
-        dataset: a labeled or unlabeled :class:`~mimkit.data.ImageDataset` (its own normalisation is used).
-        key: from :func:`feature_key`.
-        cache_dir: where ``features-<key>.pt`` lives; None: no caching.
+    :func:`cached_pooled_features` with ``{pool: key}``.
 
     Returns:
         ``features [N, D]`` float32 (not normalised), ``labels [N]`` int64 (-1 where unlabeled).
     """
-    path = Path(cache_dir) / f"features-{key}.pt" if cache_dir is not None else None
-    if path is not None and path.is_file():
+    keys = {pool: key}
+    return cached_pooled_features(encoder, dataset, keys, cache_dir, batch_size, device, precision)[pool]
+
+
+def cached_pooled_features(
+    encoder: nn.Module,
+    dataset,
+    keys: Mapping[str, str],
+    cache_dir: str | os.PathLike | None,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Features of every image of ``dataset`` for each pooling of ``keys``, cached per pooling.
+
+    The poolings missing from the cache are extracted together, in one pass of :func:`extract_pooled`.
+
+    Args:
+        encoder: a frozen encoder with ``forward_features`` / ``pool``.
+        dataset: a labeled or unlabeled :class:`~mimkit.data.ImageDataset` (its own normalisation is used).
+        keys: ``{pool: key}``, each key from :func:`feature_key` for that pooling.
+        cache_dir: where ``features-<key>.pt`` lives; None: no caching.
+
+    Returns:
+        ``{pool: (features [N, D] float32, not normalised, labels [N] int64, -1 where unlabeled)}``.
+    """
+    found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for pool, key in keys.items():
+        path = Path(cache_dir) / f"features-{key}.pt" if cache_dir is not None else None
+        if path is None or not path.is_file():
+            continue
         try:
             stored = torch.load(path, map_location="cpu", weights_only=True)
             if stored["features"].shape[0] == len(dataset):
                 log.info("features from the cache: %s", path)
-                return stored["features"], stored["labels"]
+                found[pool] = stored["features"], stored["labels"]
         except (RuntimeError, KeyError, OSError, EOFError) as err:
             log.warning("ignoring unreadable feature cache %s (%s)", path, err)
-    dev = torch.device(device)
-    transform = EvalTransform(dataset.img_size, dataset.mean, dataset.std).to(dev)
-    loader = build_loader(dataset, min(batch_size, len(dataset)), shuffle=False, drop_last=False)
-    features, labels = extract_features(encoder, loader, transform, dev, pool=pool, precision=precision)
-    if path is not None:
-        save_atomic({"features": features, "labels": labels, "key": key}, path)
-        log.info("features cached: %s", path)
-    return features, labels
+    missing = [pool for pool in keys if pool not in found]
+    if missing:
+        dev = torch.device(device)
+        transform = EvalTransform(dataset.img_size, dataset.mean, dataset.std).to(dev)
+        loader = build_loader(dataset, min(batch_size, len(dataset)), shuffle=False, drop_last=False)
+        feats, labels = extract_pooled(encoder, loader, transform, dev, missing, precision)
+        for pool in missing:
+            found[pool] = feats[pool], labels
+            if cache_dir is not None:
+                path = Path(cache_dir) / f"features-{keys[pool]}.pt"
+                save_atomic({"features": feats[pool], "labels": labels, "key": keys[pool]}, path)
+                log.info("features cached: %s", path)
+    return {pool: found[pool] for pool in keys}

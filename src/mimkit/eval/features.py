@@ -2,11 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 
 
 @torch.no_grad()
+def extract_pooled(
+    encoder: nn.Module,
+    loader,
+    transform: nn.Module,
+    device: torch.device | str = "cpu",
+    pools: Sequence[str] = ("token",),
+    precision: str = "fp32",
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Features of every image under several poolings, from one forward pass per batch.
+
+    Args:
+        encoder: has ``forward_features(x) -> [N, T, D]`` and ``pool(features, pool) -> [N, D]``.
+        loader: yields ``(images uint8 [N, C, H, W], labels [N])`` in a fixed order.
+        transform: uint8 batch -> normalised float batch (on ``device``).
+        pools: any of ``"token"`` (class token) and ``"avg"`` (mean of patch tokens).
+        precision: ``"bf16"`` autocast or ``"fp32"``.
+
+    Returns:
+        ``{pool: features [N, D] float32}`` (not normalised), ``labels`` [N] int64.
+    """
+    device = torch.device(device)
+    was_training = encoder.training
+    encoder.eval().to(device)
+    feats: dict[str, list[torch.Tensor]] = {pool: [] for pool in pools}
+    labels = []
+    for images, target in loader:
+        images = transform(images.to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            tokens = encoder.forward_features(images)
+            for pool, out in feats.items():
+                out.append(encoder.pool(tokens, pool).float().cpu())
+        labels.append(target.cpu())
+    encoder.train(was_training)
+    return {pool: torch.cat(out) for pool, out in feats.items()}, torch.cat(labels).long()
+
+
 def extract_features(
     encoder: nn.Module,
     loader,
@@ -15,27 +53,10 @@ def extract_features(
     pool: str = "token",
     precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled features of every image.
-
-    Args:
-        encoder: has ``forward_features(x) -> [N, T, D]`` and ``pool(features, pool) -> [N, D]``.
-        loader: yields ``(images uint8 [N, C, H, W], labels [N])`` in a fixed order.
-        transform: uint8 batch -> normalised float batch (on ``device``).
-        pool: ``"token"`` (class token) or ``"avg"`` (mean of patch tokens).
-        precision: ``"bf16"`` autocast or ``"fp32"``.
+    """Pooled features of every image: :func:`extract_pooled` with one pooling.
 
     Returns:
         ``features`` [N, D] float32 (not normalised), ``labels`` [N] int64.
     """
-    device = torch.device(device)
-    was_training = encoder.training
-    encoder.eval().to(device)
-    feats, labels = [], []
-    for images, target in loader:
-        images = transform(images.to(device))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = encoder.pool(encoder.forward_features(images), pool)
-        feats.append(out.float().cpu())
-        labels.append(target.cpu())
-    encoder.train(was_training)
-    return torch.cat(feats), torch.cat(labels).long()
+    feats, labels = extract_pooled(encoder, loader, transform, device, (pool,), precision)
+    return feats[pool], labels
