@@ -48,12 +48,18 @@ def test_same_size_and_mtime_but_other_bytes_still_differs(ckpt):
     assert feature_key(ckpt, data, "train", "token") != before
 
 
-def test_second_call_loads_from_the_cache(tmp_path, monkeypatch):
+def _tiny_encoder_and_data():
+    """A one-block ViT on 8x8 grey images and 10 random images of two classes."""
     encoder = create_encoder(
         "vit_tiny_patch4_28", img_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2
     )
     images = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8)
     data = ImageDataset(torch.arange(10) % 2, ["a", "b"], 1, (8, 8), (0.5,), (0.2,), images=images)
+    return encoder, data, images
+
+
+def test_second_call_loads_from_the_cache(tmp_path, monkeypatch):
+    encoder, data, _ = _tiny_encoder_and_data()
     f1, y1 = cached_features(encoder, data, "k1", tmp_path, pool="avg", device="cpu")
     assert f1.shape == (10, 16) and y1.tolist() == (torch.arange(10) % 2).tolist()
     assert (tmp_path / "features-k1.pt").is_file()
@@ -69,11 +75,7 @@ def test_second_call_loads_from_the_cache(tmp_path, monkeypatch):
 
 
 def test_several_poolings_from_one_pass(tmp_path, monkeypatch):
-    encoder = create_encoder(
-        "vit_tiny_patch4_28", img_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2
-    )
-    images = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8)
-    data = ImageDataset(torch.arange(10) % 2, ["a", "b"], 1, (8, 8), (0.5,), (0.2,), images=images)
+    encoder, data, images = _tiny_encoder_and_data()
     token, _ = cached_features(encoder, data, "t", None, pool="token", device="cpu")
     avg, _ = cached_features(encoder, data, "a", None, pool="avg", device="cpu")
     # "avg" cached already: only "token" is extracted, by one forward pass per batch
