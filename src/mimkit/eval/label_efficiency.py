@@ -267,14 +267,23 @@ def run_label_efficiency(
                     "epochs": result["epochs"],
                 }
             )
-    write_label_efficiency_report(rows, out_dir)
+    note = ""
+    if include_random:
+        random_decay = recipes["random init"].layer_decay
+        note = (
+            f"Random init trains with layer-wise lr decay {random_decay:g} "
+            f"(pretrained: {cfg.layer_decay:g}); the rest of the recipe is the same."
+            if scratch is None
+            else "Random init trains with its own recipe (stored in its runs' checkpoints)."
+        )
+    write_label_efficiency_report(rows, out_dir, note)
     return rows
 
 
 def write_label_efficiency_report(
-    rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike
+    rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, note: str = ""
 ) -> dict[str, Path]:
-    """``label_efficiency.md`` (inits x fractions), ``.csv`` (one row per run) and ``.png`` in ``out_dir``."""
+    """``label_efficiency.md`` (inits x fractions, then ``note``), ``.csv`` (one row per run) and ``.png``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fractions = sorted({r["fraction"] for r in rows})
@@ -303,6 +312,7 @@ def write_label_efficiency_report(
         "Fine-tuning top-1 accuracy (%) on the test set against the labels used.\n\n"
         + "\n".join(lines)
         + "\n"
+        + (f"\n{note}\n" if note else "")
     )
 
     from matplotlib.figure import Figure
