@@ -341,7 +341,7 @@ def run_eval_finetune(
     """
     check_fraction(label_fraction)
     cfg = load_recipe(FinetuneConfig, overrides)
-    if random_init and not any(o.partition("=")[0].strip() == "layer_decay" for o in overrides):
+    if random_init and "layer_decay" not in parse_overrides(list(overrides)):
         cfg = scratch_recipe(cfg)  # no layer-wise decay from scratch, unless asked for
     if train_blocks is not None:
         cfg = dataclasses.replace(cfg, train_blocks=train_blocks)
