@@ -995,8 +995,17 @@ def main(argv: list[str] | None = None) -> int:
         if encoder is not None and fine_tuned:
             # runs of other fractions that an earlier invocation finished (same --out) are reported too
             ft_dir = out / "finetune" / _slug(name)
-            for (init, fraction), top1 in finished_runs(ft_dir, FRACTIONS).items():
-                (row["finetune"] if init == "pretrained" else random_ft).setdefault(fraction, top1)
+            earlier = []
+            for (init, fraction), run in finished_runs(ft_dir, FRACTIONS).items():
+                target = row["finetune"] if init == "pretrained" else random_ft
+                if fraction not in target:
+                    target[fraction] = run["test_top1"]
+                    earlier.append(f"{name if init == 'pretrained' else init} {_pct(fraction)}%")
+            if earlier:
+                notes.append(
+                    "Fine-tuning runs finished by an earlier invocation with the same --out, read back "
+                    f"from {ft_dir}: " + ", ".join(earlier) + "."
+                )
         rows.append(row)
     next(r for r in rows if r["name"] == "random init")["finetune"] = random_ft
 

@@ -110,7 +110,7 @@ def test_pretrained_and_random_rows_written(tmp_path):
     # a later invocation finds every finished run (a run without finetune.json is not finished)
     (tmp_path / "random_100pct" / "finetune.json").unlink()
     found = finished_runs(tmp_path, [0.25, 0.5, 1.0])
-    assert found == {(r["init"], r["fraction"]): r["test_top1"] for r in rows[:3]}
+    assert found == {(r["init"], r["fraction"]): r for r in rows[:3]}
     # the random-init rows train from scratch: no layer-wise lr decay; everything else as the recipe
     for run, decay in (("pretrained_25pct", 0.75), ("random_25pct", 1.0), ("random_100pct", 1.0)):
         stored = torch.load(tmp_path / run / "last.pt", weights_only=True)["config"]["finetune"]
@@ -125,3 +125,11 @@ def test_pretrained_and_random_rows_written(tmp_path):
     with Image.open(tmp_path / "label_efficiency.png") as img:
         assert img.size[0] > 100
     assert json.loads((tmp_path / "label_subsets.json").read_text())["counts"] == {"0.25": 10, "1.0": 40}
+    # a later call for one fraction keeps the other fraction's finished run in the table, said so
+    run_label_efficiency(enc_cfg, encoder, train, test, tmp_path, [0.25], cfg, epochs={0.25: 2})
+    table = (tmp_path / "label_efficiency.md").read_text()
+    assert "| 25% labels | 100% labels |" in table
+    p25, p100 = rows[0]["test_top1"], rows[2]["test_top1"]
+    assert f"| pretrained | {p25:.2f} (10 img) | {p100:.2f} (40 img) |" in table
+    assert f"| random init | {rows[1]['test_top1']:.2f} (10 img) | - |" in table  # not finished
+    assert "Read back from runs an earlier call finished in this folder: pretrained 100%." in table

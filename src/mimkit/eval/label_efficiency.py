@@ -162,14 +162,27 @@ def run_name(init: str, fraction: float) -> str:
     return f"{init.split()[0]}_{_pct(fraction).rstrip('%')}pct"
 
 
-def finished_runs(out_dir: str | os.PathLike, fractions: Sequence[float]) -> dict[tuple[str, float], float]:
-    """Test top-1 of the finished runs (with a ``finetune.json``) under ``out_dir``, by (init, fraction)."""
+def finished_runs(
+    out_dir: str | os.PathLike, fractions: Sequence[float]
+) -> dict[tuple[str, float], dict[str, Any]]:
+    """The finished runs (with a ``finetune.json``) under ``out_dir``, by (init, fraction).
+
+    Each is a report row: ``{"init", "fraction", "labels", "test_top1", "steps", "epochs"}``.
+    """
     found = {}
     for init in INITS:
         for fraction in fractions:
             result = Path(out_dir, run_name(init, fraction), "finetune.json")
             if result.is_file():
-                found[(init, fraction)] = json.loads(result.read_text())["test_top1"]
+                record = json.loads(result.read_text())
+                found[(init, fraction)] = {
+                    "init": init,
+                    "fraction": fraction,
+                    "labels": record["train_images"],
+                    "test_top1": record["test_top1"],
+                    "steps": record["steps"],
+                    "epochs": record["epochs"],
+                }
     return found
 
 
@@ -267,16 +280,29 @@ def run_label_efficiency(
                     "epochs": result["epochs"],
                 }
             )
+    # runs of other fractions that an earlier call finished in this folder (its subsets file lists them)
+    drawn = json.loads((out_dir / "label_subsets.json").read_text())["counts"]
+    earlier = [
+        row
+        for (init, _), row in finished_runs(out_dir, sorted(float(k) for k in drawn)).items()
+        if row["fraction"] not in fractions and init in inits
+    ]
     note = ""
+    if earlier:
+        note = (
+            "Read back from runs an earlier call finished in this folder: "
+            + ", ".join(f"{r['init']} {_pct(r['fraction'])}" for r in earlier)
+            + ".\n"
+        )
     if include_random:
         random_decay = recipes["random init"].layer_decay
-        note = (
+        note += (
             f"Random init trains with layer-wise lr decay {random_decay:g} "
             f"(pretrained: {cfg.layer_decay:g}); the rest of the recipe is the same."
             if scratch is None
             else "Random init trains with its own recipe (stored in its runs' checkpoints)."
         )
-    write_label_efficiency_report(rows, out_dir, note)
+    write_label_efficiency_report(rows + earlier, out_dir, note)
     return rows
 
 
