@@ -1,8 +1,10 @@
+import dataclasses
 import math
+from typing import Optional
 
 import pytest
 
-from mimkit.engine.config import PretrainConfig, TrainConfig, load_config, parse_overrides
+from mimkit.engine.config import PretrainConfig, TrainConfig, _build, load_config, parse_overrides
 from mimkit.engine.schedule import cosine_lr, cosine_momentum
 
 
@@ -74,3 +76,25 @@ def test_exponent_floats_without_a_dot(tmp_path):
 def test_non_number_in_a_float_field_is_named(override):
     with pytest.raises(ValueError, match=f"config key '{override.split('=')[0]}' must be a number"):
         load_config(None, [override])
+
+
+@dataclasses.dataclass
+class _Inner:
+    rate: Optional[float] = None  # noqa: UP045 - the old spelling is the case under test
+    scale: float | None = 1.0
+
+
+@dataclasses.dataclass
+class _Outer:
+    inner: _Inner = dataclasses.field(default_factory=_Inner)
+    lr: float = 0.1
+    name: str = "x"
+
+
+def test_float_fields_found_by_type_not_by_spelling():
+    cfg = _build(_Outer, {"inner": {"rate": 2, "scale": None}, "lr": 3, "name": "1e-3"}, "")
+    assert cfg.inner.rate == 2.0 and isinstance(cfg.inner.rate, float) and cfg.inner.scale is None
+    assert isinstance(cfg.lr, float) and cfg.name == "1e-3"  # a str field keeps its string
+    for values, key in (({"inner": {"rate": "fast"}}, "inner.rate"), ({"lr": None}, "lr")):
+        with pytest.raises(ValueError, match=f"config key '{key}' must be a number"):
+            _build(_Outer, values, "")

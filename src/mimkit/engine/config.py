@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import os
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -147,32 +148,29 @@ def _build(cls: type[T], values: dict[str, Any], where: str) -> T:
             f"unknown config key {where + key!r}{hint} (valid under {where[:-1] or 'top level'}: "
             f"{', '.join(fields)})"
         )
+    hints = typing.get_type_hints(cls)  # the annotations as types, whichever way they are spelled
     kwargs = {}
     for key, value in values.items():
-        ftype = fields[key].type
-        ftype = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", "")
-        sub = _DATACLASSES.get(ftype)
-        if sub is not None:
-            kwargs[key] = _build(sub, value or {}, f"{where}{key}.")
+        ftype = hints[key]
+        if dataclasses.is_dataclass(ftype):
+            kwargs[key] = _build(ftype, value or {}, f"{where}{key}.")
         else:
             kwargs[key] = _number(value, ftype, where + key)
     return cls(**kwargs)
 
 
-def _number(value: Any, ftype: str, key: str) -> Any:
-    """A ``float`` field's value as a float (ints welcome); anything else there is an error naming the key."""
-    if ftype not in ("float", "float | None") or (value is None and ftype == "float | None"):
+def _number(value: Any, ftype: Any, key: str) -> Any:
+    """A ``float`` field's value as a float (ints welcome); anything else there is an error naming the key.
+
+    ``ftype`` is the field's type: ``float``, or an optional float (``float | None``, ``Optional[float]``),
+    which also takes ``None``; fields of other types pass through.
+    """
+    optional = set(typing.get_args(ftype)) == {float, type(None)}
+    if not (ftype is float or optional) or (value is None and optional):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"config key {key!r} must be a number, got {value!r}")
     return float(value)
-
-
-_DATACLASSES: dict[str, type] = {
-    "DataConfig": DataConfig,
-    "TrainConfig": TrainConfig,
-    "OnlineKNNConfig": OnlineKNNConfig,
-}
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
