@@ -174,16 +174,20 @@ def finished_runs(
         for fraction in fractions:
             result = Path(out_dir, run_name(init, fraction), "finetune.json")
             if result.is_file():
-                record = json.loads(result.read_text())
-                found[(init, fraction)] = {
-                    "init": init,
-                    "fraction": fraction,
-                    "labels": record["train_images"],
-                    "test_top1": record["test_top1"],
-                    "steps": record["steps"],
-                    "epochs": record["epochs"],
-                }
+                found[(init, fraction)] = _report_row(init, fraction, json.loads(result.read_text()))
     return found
+
+
+def _report_row(init: str, fraction: float, result: Mapping[str, Any]) -> dict[str, Any]:
+    """One run's row of the label-efficiency report, from :func:`finetune`'s result (= ``finetune.json``)."""
+    return {
+        "init": init,
+        "fraction": fraction,
+        "labels": result["train_images"],
+        "test_top1": result["test_top1"],
+        "steps": result["steps"],
+        "epochs": result["epochs"],
+    }
 
 
 def scratch_recipe(cfg: FinetuneConfig) -> FinetuneConfig:
@@ -270,16 +274,7 @@ def run_label_efficiency(
                 run_epochs,
             )
             result = finetune(classifier, train, test_set, run_cfg, out_dir / name, config=run_config)
-            rows.append(
-                {
-                    "init": init,
-                    "fraction": fraction,
-                    "labels": len(train),
-                    "test_top1": result["test_top1"],
-                    "steps": result["steps"],
-                    "epochs": result["epochs"],
-                }
-            )
+            rows.append(_report_row(init, fraction, result))
     # runs of other fractions that an earlier call finished in this folder (its subsets file lists them)
     drawn = json.loads((out_dir / "label_subsets.json").read_text())["counts"]
     earlier = [
