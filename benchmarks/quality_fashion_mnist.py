@@ -146,14 +146,16 @@ def training_subset(
 
 
 class TrainClock:
-    """Wall-clock time since ``start()``, minus the time spent in evaluations (``pause()`` blocks)."""
+    """Training time: ``before`` (seconds trained by an earlier, resumed process) plus the wall-clock
+    time since construction, minus the time spent in evaluations (``excluded``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, before: float = 0.0) -> None:
         self.t0 = time.perf_counter()
+        self.before = before
         self.excluded = 0.0
 
     def seconds(self) -> float:
-        return time.perf_counter() - self.t0 - self.excluded
+        return self.before + time.perf_counter() - self.t0 - self.excluded
 
 
 class CurveKNN:
@@ -371,16 +373,15 @@ def pretrain_for_budget(
         bank_size=min(10_000, len(dataset)),
         query_size=min(2_000, len(test_set)),
     )
-    clock = TrainClock()
-    curve = CurveKNN(knn, clock, encoder_of)
+    curve = CurveKNN(knn, TrainClock(), encoder_of)
     model = make_model().to(env.device)
     curve_file = run_dir / "curve.json"
     if curve_file.is_file():
         curve.points = json.loads(curve_file.read_text())
     elif not (run_dir / "last.pt").is_file():
         curve.measure(0, model)
-        clock = curve.clock = TrainClock()  # the first evaluation is not training time
-    done_before = curve.points[-1]["train_seconds"] if curve.points else 0.0
+    # a resumed run's clock goes on from the last epoch it finished; the first evaluation is not training
+    clock = curve.clock = TrainClock(curve.points[-1]["train_seconds"] if curve.points else 0.0)
     stopped_early = False
     for epoch in range(1, budget["epochs"] + 1):
         trainer = Trainer(
@@ -395,7 +396,7 @@ def pretrain_for_budget(
         )
         trainer.fit()
         curve_file.write_text(json.dumps(curve.points) + "\n")
-        if done_before + clock.seconds() > minutes * 60 * 1.05 and epoch < budget["epochs"]:
+        if clock.seconds() > minutes * 60 * 1.05 and epoch < budget["epochs"]:
             stopped_early = True
             log.warning(
                 "%s: the %.1f-minute budget ran out after epoch %d of %d",
@@ -405,7 +406,7 @@ def pretrain_for_budget(
                 budget["epochs"],
             )
             break
-    used = done_before + clock.seconds()
+    used = clock.seconds()
     result = {
         **budget,
         "train_seconds": used,

@@ -1,6 +1,8 @@
 """benchmarks/quality_fashion_mnist.py: row names, the per-method target lines, the training subset."""
 
+import argparse
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,61 @@ def test_training_subset_whole_and_invalid():
     assert record["description"] == "all 12 training images"
     with pytest.raises(ValueError, match="outside"):
         quality.training_subset(full, 0.0)
+
+
+def test_resumed_pretraining_goes_on_with_the_training_clock(tmp_path):
+    """A run resumed by a new process keeps the training time its first process spent: the curve's
+    time axis and the budget check go on from the last finished epoch instead of starting at zero."""
+    cfg = load_config(
+        ROOT / "configs/mae_fashion_mnist.yaml",
+        [
+            "encoder.img_size=8",
+            "encoder.embed_dim=16",
+            "encoder.depth=1",
+            "encoder.num_heads=2",
+            "method.decoder_dim=16",
+            "method.decoder_depth=1",
+            "method.decoder_heads=2",
+            "data.augment=none",
+            "train.batch_size=8",
+            "train.precision=fp32",
+            "train.device=cpu",
+            "train.progress=false",
+            "train.tensorboard=false",
+        ],
+    )
+    labels = torch.arange(32) % 2
+    images = torch.randint(
+        0, 256, (32, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    data = ImageDataset(labels, ["a", "b"], 1, (8, 8), (0.5,), (0.25,), images=images)
+    args = argparse.Namespace(curve_every=1, pools=["avg"])
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def pretrain(epochs):
+        budget = {"minutes": 60.0, "seconds_per_step": 1.0, "steps_per_epoch": 4, "epochs": epochs}
+        (run / "budget.json").write_text(json.dumps({**budget, "warmup_epochs": 0, "train_images": 32}))
+        return quality.pretrain_for_budget(
+            "mimkit",
+            lambda: quality.build_method(cfg, data),
+            cfg,
+            data,
+            data,
+            run,
+            60.0,
+            lambda m: m.encoder,
+            args,
+            {},
+        )[1]
+
+    pretrain(1)
+    curve = json.loads((run / "curve.json").read_text())
+    assert [p["epoch"] for p in curve] == [0, 1]
+    curve[1]["train_seconds"] = 1000.0  # as if the first process had trained for 1000 s
+    (run / "curve.json").write_text(json.dumps(curve))
+    result = pretrain(2)  # a new process resumes the run from epoch 1 and trains epoch 2
+    assert [p["epoch"] for p in result["curve"]] == [0, 1, 2]
+    assert 1000.0 < result["curve"][2]["train_seconds"] < 1000.0 + 120.0
+    assert result["train_seconds"] >= result["curve"][2]["train_seconds"]
+    assert result["epochs_done"] == 2 and not result["stopped_early"]
