@@ -383,18 +383,20 @@ def pretrain_for_budget(
     # a resumed run's clock goes on from the last epoch it finished; the first evaluation is not training
     clock = curve.clock = TrainClock(curve.points[-1]["train_seconds"] if curve.points else 0.0)
     stopped_early = False
-    for epoch in range(1, budget["epochs"] + 1):
+    epoch = 0
+    while epoch < budget["epochs"]:
         trainer = Trainer(
             model,
             loader,
-            dataclasses.replace(train_cfg, max_steps=epoch * steps_per_epoch),
+            dataclasses.replace(train_cfg, max_steps=(epoch + 1) * steps_per_epoch),
             run_dir,
             batch_transform=augment,
             env=env,
             config=config,
             callbacks=[curve],
         )
-        trainer.fit()
+        trainer.fit()  # a resumed run's first call jumps to the epoch its checkpoint holds
+        epoch = max(epoch + 1, trainer.epoch)
         curve_file.write_text(json.dumps(curve.points) + "\n")
         if clock.seconds() > minutes * 60 * 1.05 and epoch < budget["epochs"]:
             stopped_early = True
