@@ -197,3 +197,10 @@ def test_resumed_pretraining_goes_on_with_the_training_clock(tmp_path):
     assert 1000.0 < result["curve"][2]["train_seconds"] < 1000.0 + 120.0
     assert result["train_seconds"] >= result["curve"][2]["train_seconds"]
     assert result["epochs_done"] == 2 and not result["stopped_early"]
+    # the budget check uses the carried time too: 4000 s > 1.05 x 60 min stops the run before epoch 3
+    curve = result["curve"]
+    curve[2]["train_seconds"] = 4000.0
+    (run / "curve.json").write_text(json.dumps(curve))
+    result = pretrain(3)
+    assert result["stopped_early"] and result["epochs_done"] == 2
+    assert [p["epoch"] for p in result["curve"]] == [0, 1, 2]
