@@ -82,12 +82,18 @@ def wait_until_quiet(max_s: float, threshold: float = 0.1) -> bool:
     return False
 
 
-def serve_steps(conn, step: Callable[[], None], sync: Callable[[], None] | None = None) -> None:
+def serve_steps(
+    conn,
+    step: Callable[[], None],
+    sync: Callable[[], None] | None = None,
+    peak_device_mb: Callable[[], float] | None = None,
+) -> None:
     """Worker side: answer ``{"warmup": W, "steps": S}`` requests until the parent sends ``None``.
 
     Each request runs ``W`` untimed then ``S`` timed calls of ``step`` and sends back ``times`` (seconds
     per step), ``cpu_s`` (this process's CPU time over the request) and ``peak_rss_mb``. ``sync`` (e.g.
-    ``torch.cuda.synchronize``) is called after each step so that the time covers the device's work.
+    ``torch.cuda.synchronize``) is called after each step so that the time covers the device's work;
+    ``peak_device_mb`` (e.g. from ``torch.cuda.max_memory_allocated``) adds ``peak_device_mb``.
     """
     sync = sync or (lambda: None)
     while (msg := conn.recv()) is not None:
@@ -101,7 +107,10 @@ def serve_steps(conn, step: Callable[[], None], sync: Callable[[], None] | None 
             step()
             sync()
             times.append(time.perf_counter() - t0)
-        conn.send({"times": times, "cpu_s": cpu_seconds() - cpu0, "peak_rss_mb": peak_rss_mb()})
+        reply = {"times": times, "cpu_s": cpu_seconds() - cpu0, "peak_rss_mb": peak_rss_mb()}
+        if peak_device_mb is not None:
+            reply["peak_device_mb"] = peak_device_mb()
+        conn.send(reply)
 
 
 def run_rounds(
@@ -133,7 +142,8 @@ def run_rounds(
     Returns:
         ``info`` (key -> the worker's info dict; failed ones hold ``"error"``), ``results`` (key ->
         ``times`` (all timed steps, seconds), ``round_medians`` (seconds), ``other_load`` (per visit, the
-        share of the machine's CPU time used by other processes), ``peak_rss_mb``), ``quiet_rounds``
+        share of the machine's CPU time used by other processes), ``peak_rss_mb``, and ``peak_device_mb``
+        where the worker reports it), ``quiet_rounds``
         (rounds that started on an idle machine, or None without ``quiet_wait``).
     """
     ctx = mp.get_context("spawn")
@@ -172,6 +182,8 @@ def run_rounds(
                 res["times"] += msg["times"]
                 res["round_medians"].append(statistics.median(msg["times"]))
                 res["peak_rss_mb"] = max(res["peak_rss_mb"], msg["peak_rss_mb"])
+                if "peak_device_mb" in msg:
+                    res["peak_device_mb"] = max(res.get("peak_device_mb", 0.0), msg["peak_device_mb"])
                 if s0 and s1 and s1[1] > s0[1]:  # the machine's CPU time not spent by this worker
                     busy = (s1[0] - s0[0]) / (s1[1] - s0[1]) * wall * ncpu
                     res["other_load"].append(max(0.0, busy - msg["cpu_s"]) / (wall * ncpu))

@@ -6,13 +6,15 @@ trainer does per batch: forward (under bf16 autocast or in fp32), backward, Adam
 AdamW and parameter groups for both sides), gradients set to None. Data loading is not timed (one fixed
 random batch per side; a new random mask every step).
 
-Each (side, precision) pair runs in its own worker process, so its peak RSS is its own. The parent runs
+Each (side, precision) pair runs in its own worker process, so its peak RSS (on a GPU: peak allocated
+GPU memory) is its own. The parent runs
 the workers one at a time, in a rotating order, round after round, so that noise from other work on a
 shared machine hits every side alike; a row's rate is the batch over the median of all its timed steps.
 
     python benchmarks/mae_throughput.py                          # both sides, fp32 and bf16, batch 256
     python benchmarks/mae_throughput.py --no-peer --precision bf16 --rounds 2
     python benchmarks/mae_throughput.py --quiet-wait 120 --json out.json
+    python benchmarks/mae_throughput.py --device cuda --shape vit_base_224 --batch 256   # on a GPU
 
 Results, and the machine they were measured on: benchmarks/README.md.
 """
@@ -33,7 +35,7 @@ from _timing import keep_freed_memory, run_rounds, serve_steps  # benchmarks/_ti
 
 PRECISIONS = ("fp32", "bf16")
 
-# The recipe shape, shared by both sides.
+# The Fashion-MNIST recipe shape (the default), shared by both sides.
 SHAPE = dict(
     img_size=28,
     patch_size=4,
@@ -48,21 +50,44 @@ SHAPE = dict(
     mask_ratio=0.75,
     norm_pix_loss=True,
 )
+# --shape: the recipe above, or the MAE paper's ImageNet ViT-B/16 (decoder 512 x 8) for GPU timings.
+SHAPES = {
+    "fmnist": SHAPE,
+    "vit_base_224": dict(
+        img_size=224,
+        patch_size=16,
+        in_chans=3,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        mlp_ratio=4,
+        decoder_dim=512,
+        decoder_depth=8,
+        decoder_heads=16,
+        mask_ratio=0.75,
+        norm_pix_loss=True,
+    ),
+}
 
 
-def build_mimkit():
-    """mimkit's MAE on ``create_encoder("vit_tiny_patch4_28")``; returns (model, images -> loss)."""
+def build_mimkit(shape: dict[str, Any]):
+    """mimkit's MAE of that shape (a ``create_encoder`` ViT); returns (model, images -> loss)."""
     from mimkit.methods import create_method
     from mimkit.models import create_encoder
 
+    encoder = create_encoder(
+        "vit_base_patch16",
+        **{k: shape[k] for k in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")},
+        mlp_ratio=shape["mlp_ratio"],
+    )
     model = create_method(
         "mae",
-        encoder=create_encoder("vit_tiny_patch4_28"),
-        decoder_dim=SHAPE["decoder_dim"],
-        decoder_depth=SHAPE["decoder_depth"],
-        decoder_heads=SHAPE["decoder_heads"],
-        mask_ratio=SHAPE["mask_ratio"],
-        norm_pix_loss=SHAPE["norm_pix_loss"],
+        encoder=encoder,
+        decoder_dim=shape["decoder_dim"],
+        decoder_depth=shape["decoder_depth"],
+        decoder_heads=shape["decoder_heads"],
+        mask_ratio=shape["mask_ratio"],
+        norm_pix_loss=shape["norm_pix_loss"],
     )
 
     def loss_fn(images):
@@ -71,25 +96,25 @@ def build_mimkit():
     return model, loss_fn
 
 
-def build_transformers(attn_implementation: str):
+def build_transformers(shape: dict[str, Any], attn_implementation: str):
     """transformers' ViTMAEForPreTraining with the same architecture; returns (model, images -> loss)."""
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
-    d, dd = SHAPE["embed_dim"], SHAPE["decoder_dim"]
+    d, dd = shape["embed_dim"], shape["decoder_dim"]
     config = ViTMAEConfig(
-        image_size=SHAPE["img_size"],
-        patch_size=SHAPE["patch_size"],
-        num_channels=SHAPE["in_chans"],
+        image_size=shape["img_size"],
+        patch_size=shape["patch_size"],
+        num_channels=shape["in_chans"],
         hidden_size=d,
-        num_hidden_layers=SHAPE["depth"],
-        num_attention_heads=SHAPE["num_heads"],
-        intermediate_size=d * SHAPE["mlp_ratio"],
+        num_hidden_layers=shape["depth"],
+        num_attention_heads=shape["num_heads"],
+        intermediate_size=d * shape["mlp_ratio"],
         decoder_hidden_size=dd,
-        decoder_num_hidden_layers=SHAPE["decoder_depth"],
-        decoder_num_attention_heads=SHAPE["decoder_heads"],
-        decoder_intermediate_size=dd * SHAPE["mlp_ratio"],
-        mask_ratio=SHAPE["mask_ratio"],
-        norm_pix_loss=SHAPE["norm_pix_loss"],
+        decoder_num_hidden_layers=shape["decoder_depth"],
+        decoder_num_attention_heads=shape["decoder_heads"],
+        decoder_intermediate_size=dd * shape["mlp_ratio"],
+        mask_ratio=shape["mask_ratio"],
+        norm_pix_loss=shape["norm_pix_loss"],
         qkv_bias=True,  # the reference's qkv bias
         layer_norm_eps=1e-6,  # the reference's eps (transformers' default is 1e-12)
         hidden_act="gelu",  # exact (erf) GELU, as nn.GELU()
@@ -131,15 +156,23 @@ def worker(key: tuple[str, str], args: dict[str, Any], conn) -> None:
     if args["threads"]:
         torch.set_num_threads(args["threads"])
     torch.manual_seed(0)
+    shape, device = SHAPES[args["shape"]], torch.device(args["device"])
     try:
-        model, loss_fn = build_mimkit() if side == "mimkit" else build_transformers(args["peer_attn"])
-        model.train()
+        if side == "mimkit":
+            model, loss_fn = build_mimkit(shape)
+        else:
+            model, loss_fn = build_transformers(shape, args["peer_attn"])
+        model.to(device).train()
         opt = make_optimizer(model, args["optimizer"])
     except Exception as err:  # report, do not leave the parent waiting
         conn.send({"error": f"{type(err).__name__}: {err}"})
         return
-    images = torch.randn(args["batch"], SHAPE["in_chans"], SHAPE["img_size"], SHAPE["img_size"])
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    size = (args["batch"], shape["in_chans"], shape["img_size"], shape["img_size"])
+    images = torch.randn(size, device=device)
+    if precision == "bf16":
+        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
+    else:
+        autocast = nullcontext
 
     def step() -> None:
         with autocast():
@@ -155,7 +188,10 @@ def worker(key: tuple[str, str], args: dict[str, Any], conn) -> None:
             "threads": torch.get_num_threads(),
         }
     )
-    serve_steps(conn, step)
+    if device.type == "cuda":
+        serve_steps(conn, step, torch.cuda.synchronize, lambda: torch.cuda.max_memory_allocated() / 2**20)
+    else:
+        serve_steps(conn, step)
 
 
 def peer_available() -> str | None:
@@ -170,6 +206,13 @@ def peer_available() -> str | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument(
+        "--shape",
+        default="fmnist",
+        choices=sorted(SHAPES),
+        help="fmnist: the Fashion-MNIST recipe (default); vit_base_224: the paper's ViT-B/16 MAE",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side per round (default 3)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before a side's first round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds; the sides alternate within each")
@@ -235,6 +278,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "optimizer": args.optimizer,
         "peer_attn": args.peer_attn,
         "keep_freed_memory": args.keep_freed_memory,
+        "shape": args.shape,
+        "device": args.device,
     }
     configs = [(s, p) for s in sides for p in args.precisions]
 
@@ -268,6 +313,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "ms_per_step": med * 1e3,
                 "img_per_s_rounds": [round(args.batch / m, 1) for m in res["round_medians"]],
                 "peak_rss_mb": res["peak_rss_mb"],
+                "peak_device_mb": res.get("peak_device_mb"),
                 "steps_timed": len(res["times"]),
                 "other_load": statistics.mean(res["other_load"]) if res["other_load"] else None,
             }
@@ -289,11 +335,14 @@ def print_report(args: argparse.Namespace, out: dict[str, Any]) -> None:
     import torch
 
     extras = ", glibc keeps freed memory" if args.keep_freed_memory else ""
+    gpu = args.device.startswith("cuda")
+    where = f"{torch.cuda.get_device_name(args.device)}" if gpu else f"{out['threads']} threads"
     print(
-        f"\nMAE training step, batch {args.batch}, {out['threads']} threads, torch {torch.__version__}, "
+        f"\nMAE training step ({args.shape}), batch {args.batch}, {where}, torch {torch.__version__}, "
         f"AdamW {args.optimizer}{extras}; median of {args.rounds} rounds x {args.steps} steps per row\n"
     )
-    print("| side | precision | img/s | ms/step | rounds (img/s) | peak RSS (MB) | other load |")
+    memory = "peak GPU memory (MB)" if gpu else "peak RSS (MB)"
+    print(f"| side | precision | img/s | ms/step | rounds (img/s) | {memory} | other load |")
     print("|---|---|---:|---:|---|---:|---:|")
     for row in out["rows"]:
         load = "n/a" if row["other_load"] is None else f"{100 * row['other_load']:.0f}%"
@@ -301,7 +350,7 @@ def print_report(args: argparse.Namespace, out: dict[str, Any]) -> None:
         rounds = "-".join(f"{v:.0f}" for v in (min(row["img_per_s_rounds"]), max(row["img_per_s_rounds"])))
         print(
             f"| {row['side']} | {row['precision']}{mark} | {row['img_per_s']:.1f} | {row['ms_per_step']:.0f} "
-            f"| {rounds} | {row['peak_rss_mb']:.0f} | {load} |"
+            f"| {rounds} | {row['peak_device_mb' if gpu else 'peak_rss_mb']:.0f} | {load} |"
         )
     if out["ratio"] is not None:
         print(

@@ -149,6 +149,36 @@ def test_reference_simmim_swin_file_into_simmim_and_into_swin(tmp_path):
         assert torch.equal(encoder.state_dict()[key], value), key
 
 
+def test_timm_09_swin_layout_merging_at_next_stage_start(tmp_path):
+    """timm >= 0.9 saves stage i's patch merging as ``layers.{i+1}.downsample`` and the classifier as
+    ``head.fc``; such a file loads into mimkit's (reference) layout with every tensor in its place."""
+    torch.manual_seed(0)
+    source = _swin(depths=(1, 1, 1), num_heads=(1, 1, 2), num_classes=3)
+    state = {}
+    for key, value in source.state_dict().items():
+        parts = key.split(".")
+        if parts[0] == "layers" and parts[2] == "downsample":
+            key = ".".join(["layers", str(int(parts[1]) + 1), *parts[2:]])
+        elif parts[0] == "head":
+            key = "head.fc." + parts[1]
+        state[key] = value
+    assert "layers.2.downsample.reduction.weight" in state and "layers.0.downsample.norm.weight" not in state
+    torch.save({"state_dict": state}, tmp_path / "timm_swin.pth")
+    torch.manual_seed(1)
+    target = _swin(depths=(1, 1, 1), num_heads=(1, 1, 2), num_classes=3)
+    load_weights(target, tmp_path / "timm_swin.pth")
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(target(x), source(x))
+    # a file in the reference layout is left as it is (merging 0 present: no shift)
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "ref_swin.pth")
+    again = _swin(depths=(1, 1, 1), num_heads=(1, 1, 2), num_classes=3)
+    load_weights(again, tmp_path / "ref_swin.pth")
+    merge = "layers.0.downsample.reduction.weight"
+    assert torch.equal(again.state_dict()[merge], source.state_dict()[merge])
+
+
 def test_swin_bias_table_resampled_for_another_window(tmp_path):
     method, path = _simmim_reference_file(tmp_path)
     key = "layers.0.blocks.0.attn.relative_position_bias_table"  # window 4: [7 * 7, 1 head]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,29 @@ def extract_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 _DERIVED_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
 
 
+_STAGE_DOWNSAMPLE = re.compile(r"^((?:encoder\.)?layers\.)(\d+)(\.downsample\..*)$")
+
+
+def _swin_downsample_at_stage_ends(state: dict[str, torch.Tensor], target_keys) -> dict[str, torch.Tensor]:
+    """timm >= 0.9 keeps a Swin stage's patch merging at the start of the *next* stage
+    (``layers.{i+1}.downsample``); the reference Swin, SimMIM and mimkit keep it at the end of stage ``i``
+    (``layers.{i}.downsample``). Files of the newer layout are moved to the reference one (and timm's
+    ``head.fc`` to ``head``); others are returned as they are."""
+    in_file = {m.group(2) for k in state if (m := _STAGE_DOWNSAMPLE.match(k))}
+    in_target = {m.group(2) for k in target_keys if (m := _STAGE_DOWNSAMPLE.match(k))}
+    if not in_file or "0" in in_file or "0" not in in_target:
+        return state
+    out = {}
+    for key, value in state.items():
+        m = _STAGE_DOWNSAMPLE.match(key)
+        if m:
+            key = f"{m.group(1)}{int(m.group(2)) - 1}{m.group(3)}"
+        elif key.startswith("head.fc."):
+            key = "head." + key[len("head.fc.") :]
+        out[key] = value
+    return out
+
+
 def _is_reference_decoder_key(key: str) -> bool:
     return any(key.startswith(prefix) for prefix in _REFERENCE_DECODER_PREFIXES)
 
@@ -80,6 +104,7 @@ def _to_target_names(state: dict[str, torch.Tensor], target: nn.Module) -> dict[
     state = {
         k: v for k, v in state.items() if k in target_keys or k.rsplit(".", 1)[-1] not in _DERIVED_BUFFERS
     }
+    state = _swin_downsample_at_stage_ends(state, target_keys)
     wants_method = any(k.startswith("encoder.") for k in target_keys)
     has_method = any(k.startswith("encoder.") for k in state)
     if "encoder.mask_token" in state and "encoder.mask_token" not in target_keys:

@@ -57,6 +57,7 @@ def make_trainer(run_dir, images, **cfg):
         progress=False,
         tensorboard=False,
         precision="fp32",
+        device="cpu",  # the exactness checks are CPU's (and the augment below makes CPU tensors)
     )
     opts.update(cfg)
     return Trainer(

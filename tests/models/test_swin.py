@@ -201,6 +201,26 @@ def test_fused_and_plain_attention_agree():
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_attention_bias_reaches_sdpa_with_unit_last_stride(monkeypatch):
+    """CUDA's fused SDPA kernels refuse an attn_mask whose last dimension is strided ("No available
+    kernel"); the CPU accepts it, so check what the blocks hand over. The last stage here is one window
+    (4x4 grid, window 4), where no copy of the per-head bias happens on the way."""
+    import mimkit.models.swin as swin
+
+    strides = []
+    real = swin.F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        strides.append(attn_mask.stride(-1))
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(swin.F, "scaled_dot_product_attention", spy)
+    enc = create_encoder("swin_tiny_patch2_window4_32", embed_dim=8, depths=(2, 1, 1), num_heads=(1, 2, 4))
+    enc.set_fused_attn(True)
+    enc.forward_features(torch.randn(1, 1, 32, 32))
+    assert len(strides) == 4 and set(strides) == {1}
+
+
 def test_drop_path_rises_linearly_over_all_blocks():
     enc = tiny(drop_path_rate=0.3)
     rates = [block.drop_path.p for stage in enc.layers for block in stage.blocks]

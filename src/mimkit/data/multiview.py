@@ -12,6 +12,11 @@ maximum (an exact, invertible affine map that needs no statistics).
 Channels: grey-scale conversion, saturation and hue need RGB, so they are used only when the images
 have 3 channels; with any other count (1 for Fashion-MNIST) colour jitter changes brightness and
 contrast only and grey-scale is skipped.
+
+On a GPU the views are the one place in a training step that waits for the device: kornia (0.9) draws
+each transform's random parameters on the host, copies them over and checks some of them there (six
+places, found with ``torch.cuda.set_sync_debug_mode("error")``; tests/test_cuda.py holds every other
+part of every method's step to none).
 """
 
 from __future__ import annotations

@@ -161,7 +161,8 @@ class WindowAttention(nn.Module):
         """``[heads, T, T]``."""
         t = self.window[0] * self.window[1]
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]  # [T * T, heads]
-        return bias.view(t, t, self.num_heads).permute(2, 0, 1)
+        # contiguous: CUDA's fused SDPA kernels need an attn_mask whose last dimension has stride 1
+        return bias.view(t, t, self.num_heads).permute(2, 0, 1).contiguous()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` [B, nW, T, C]; ``mask`` [nW, T, T] additive (or ``None``) -> [B, nW, T, C]."""
