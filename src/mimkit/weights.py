@@ -147,8 +147,9 @@ def load_weights(
     Accepts mimkit checkpoints (a method's or an encoder's), reference MAE files ``{'model': ...}``
     (encoder-only ones into an encoder, 'visualize' ones with the decoder into an MAE), reference SimMIM
     Swin files (``encoder.*``, ``encoder.mask_token``, ``decoder.0.*``: into a SimMIM, or their encoder
-    into a Swin), timm-style ViT / Swin state dicts and ``.safetensors`` exports. Position embeddings are
-    resampled (bicubic) to the target's patch grid, Swin bias tables to the target's window; the index
+    into a Swin), timm-style ViT / Swin state dicts (timm >= 0.9's Swin layout too) and ``.safetensors``
+    exports. Position embeddings are resampled (bicubic) to the target's patch grid, Swin bias tables to
+    the target's window; the index
     and attention-mask buffers that reference Swin files carry are recomputed, not read.
 
     Args:
