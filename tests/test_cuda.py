@@ -3,7 +3,7 @@
 Run on a GPU machine with ``pytest tests/test_cuda.py``: the fused SDPA kernels (flash for the ViT,
 memory-efficient with Swin's bias + mask) accept mimkit's attention calls, CPU and CUDA compute the same
 losses and gradients in fp32, a training step of every method makes no host synchronisation, and a
-checkpoint written on the GPU resumes and evaluates on the CPU.
+checkpoint written on the GPU loads and resumes on the CPU.
 """
 
 import os
