@@ -7,9 +7,9 @@ AdamW and parameter groups for both sides), gradients set to None. Data loading 
 random batch per side; a new random mask every step).
 
 Each (side, precision) pair runs in its own worker process, so its peak RSS (on a GPU: peak allocated
-GPU memory) is its own. The parent runs
-the workers one at a time, in a rotating order, round after round, so that noise from other work on a
-shared machine hits every side alike; a row's rate is the batch over the median of all its timed steps.
+GPU memory) is its own. The parent runs the workers one at a time, in a rotating order, round after round,
+so that noise from other work on a shared machine hits every side alike; a row's rate is the batch over
+the median of all its timed steps.
 
     python benchmarks/mae_throughput.py                          # both sides, fp32 and bf16, batch 256
     python benchmarks/mae_throughput.py --no-peer --precision bf16 --rounds 2
@@ -258,6 +258,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.device != "cpu":  # checked here, not in each worker process
+        import torch
+
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            parser.error(f"--device {args.device!r}: use cpu or cuda[:N]")
+        if device.type != "cuda" or not torch.cuda.is_available():
+            parser.error(f"--device {args.device!r}: use cpu, or cuda[:N] on a machine with a CUDA GPU")
     return args
 
 
