@@ -204,3 +204,32 @@ def test_resumed_pretraining_goes_on_with_the_training_clock(tmp_path):
     result = pretrain(3)
     assert result["stopped_early"] and result["epochs_done"] == 2
     assert [p["epoch"] for p in result["curve"]] == [0, 1, 2]
+
+
+def test_finetune_recipe_layers_overrides_on_the_report_recipe():
+    recipe = quality.finetune_recipe([], "cpu")
+    for key, value in quality.FT_RECIPE.items():
+        assert getattr(recipe, key) == value
+    assert recipe.train.blr == quality.FT_BLR and recipe.train.device == "cpu"
+    # MAE's schedule shape: warm-up 5% of the epochs, which run_label_efficiency rescales per fraction
+    assert recipe.train.warmup_epochs / recipe.train.epochs == pytest.approx(0.05)
+    changed = quality.finetune_recipe(["crop_scale=[0.35, 1.0]", "train.blr=1e-3"], "auto")
+    assert changed.crop_scale == [0.35, 1.0] and changed.train.blr == 1e-3
+    assert changed.mixup == 0 and changed.randaug_n == 0  # the rest of FT_RECIPE stays
+
+
+@pytest.mark.parametrize(
+    "item, says",
+    [
+        ("bogus=1", "unknown config key 'bogus'"),
+        ("crop_scale=[2, 1]", "crop_scale must be a pair"),
+        ("crop_scale", "not of the form key.sub=value"),
+    ],
+)
+def test_bad_finetune_override_is_one_parser_error(tmp_path, capsys, item, says):
+    with pytest.raises(SystemExit) as exit_info:
+        quality.main(["--finetune-set", item, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--finetune-set" in err and says in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing started
