@@ -1,6 +1,7 @@
 """Fine-tuning through the one trainer: layer-wise lr decay, partial freezing, MixUp/CutMix targets,
 weights loading, pos-embed resampling and exact resume."""
 
+import dataclasses
 import json
 
 import pytest
@@ -213,6 +214,27 @@ def test_finetune_resumes_exactly_through_the_trainer(tmp_path):
         assert torch.equal(a, b), name
     assert json.loads((tmp_path / "b" / "finetune.json").read_text())["test_top1"] == resumed["test_top1"]
     assert 0.0 <= resumed["test_top1"] <= 100.0
+
+
+def test_a_changed_recipe_does_not_resume_or_report_the_run(tmp_path):
+    train, test = dataset(24), dataset(8, seed=1)
+    cfg = dataclasses.replace(recipe(epochs=2, max_steps=3), crop_scale=[0.35, 1.0])
+    finetune(build_classifier(ENC, 2, pretrained(), cfg), train, test, cfg, tmp_path)
+    assert json.loads((tmp_path / "recipe.json").read_text())["crop_scale"] == [0.35, 1.0]
+    other = dataclasses.replace(cfg, crop_scale=[1.0, 1.0], layer_decay=0.9)
+    with pytest.raises(ValueError, match=r"another recipe.*crop_scale.*layer_decay") as err:
+        finetune(build_classifier(ENC, 2, pretrained(), other), train, test, other, tmp_path)
+    assert "[0.35, 1.0] -> [1.0, 1.0]" in str(err.value)
+    assert json.loads((tmp_path / "finetune.json").read_text())["steps"] == 3  # the first run is kept
+    # where it runs and how long it is may change: the run goes on to its 2 epochs (6 steps)
+    longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=None, log_every=5))
+    assert (
+        finetune(build_classifier(ENC, 2, pretrained(), longer), train, test, longer, tmp_path)["steps"] == 6
+    )
+    # train.resume=false starts over with the new recipe and records it
+    fresh = dataclasses.replace(other, train=dataclasses.replace(other.train, resume=False))
+    finetune(build_classifier(ENC, 2, pretrained(), fresh), train, test, fresh, tmp_path)
+    assert json.loads((tmp_path / "recipe.json").read_text())["layer_decay"] == 0.9
 
 
 def test_unlabeled_data_rejected(tmp_path):

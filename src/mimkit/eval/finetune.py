@@ -501,7 +501,9 @@ def finetune(
         cfg.reprob,
     ).to(env.device)
     # "encoder" and "method" must match for the trainer to resume a run: the number of training images
-    # keeps a run of one label fraction from resuming another's.
+    # keeps a run of one label fraction from resuming another's; recipe.json keeps a changed recipe from
+    # resuming (or reporting) a run made with another.
+    check_recipe(run_dir, cfg, write=env.is_main)
     method = {"name": "finetune", "train_blocks": cfg.train_blocks, "train_images": len(train_set)}
     run_config = _plain({"finetune": asdict(cfg), **(config or {}), "method": method})
     trainer = Trainer(
@@ -536,6 +538,58 @@ def finetune(
         result["test_top1"],
     )
     return result
+
+
+# What may change between the calls of one run: where and how it runs, and its length (a longer schedule
+# goes on from the checkpoint). Every other recipe setting must stay that of the run's first call.
+RESUMABLE_CHANGES = frozenset(
+    ["eval_batch_size"]
+    + [
+        f"train.{key}"
+        for key in ("device", "progress", "log_every", "save_every_steps", "tensorboard", "resume")
+        + ("epochs", "max_steps", "warmup_epochs")
+    ]
+)
+RECIPE_FILE = "recipe.json"
+
+
+def check_recipe(run_dir: str | os.PathLike, cfg: FinetuneConfig, write: bool = True) -> None:
+    """Keep a run directory to one recipe: ``run_dir/recipe.json`` records the first call's; a later call
+    (resuming the run, or re-evaluating a finished one) with other settings raises a ValueError naming them.
+
+    Settings in :data:`RESUMABLE_CHANGES` are not compared; ``train.resume=false`` (start over) replaces the
+    record. Run directories from before the record existed are not checked.
+    """
+    recipe = {
+        key: value
+        for key, value in _flat(json.loads(json.dumps(_plain(asdict(cfg))))).items()
+        if key not in RESUMABLE_CHANGES
+    }
+    path = Path(run_dir, RECIPE_FILE)
+    if cfg.train.resume and path.is_file():
+        saved = json.loads(path.read_text())
+        changed = sorted(k for k in set(saved) | set(recipe) if saved.get(k) != recipe.get(k))
+        if changed:
+            diff = ", ".join(f"{k}: {saved.get(k)!r} -> {recipe.get(k)!r}" for k in changed)
+            raise ValueError(
+                f"{run_dir} holds a fine-tuning run with another recipe ({diff}); "
+                "use another output directory, or train.resume=false to start it over"
+            )
+        return
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"blr": 1}}`` -> ``{"train.blr": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _replace_train(train: TrainConfig, **changes: Any) -> TrainConfig:
