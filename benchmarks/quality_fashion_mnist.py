@@ -1061,7 +1061,8 @@ def main(argv: list[str] | None = None) -> int:
     meta.update(
         date=datetime.datetime.now().isoformat(timespec="minutes"),
         command=" ".join([os.path.basename(sys.executable), *sys.argv]),
-        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
+        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+        + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
         torch=torch.__version__,
         transformers=peer_version or "-",
     )
