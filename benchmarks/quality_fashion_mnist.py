@@ -1073,4 +1073,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ValueError as err:  # bad input met after the start, e.g. a run directory of another recipe
+        sys.exit(f"error: {err}")
