@@ -235,6 +235,10 @@ def test_a_changed_recipe_does_not_resume_or_report_the_run(tmp_path):
     fresh = dataclasses.replace(other, train=dataclasses.replace(other.train, resume=False))
     finetune(build_classifier(ENC, 2, pretrained(), fresh), train, test, fresh, tmp_path)
     assert json.loads((tmp_path / "recipe.json").read_text())["layer_decay"] == 0.9
+    # a run from before the record: not checked, and not given the record of a recipe it may not have had
+    (tmp_path / "recipe.json").unlink()
+    finetune(build_classifier(ENC, 2, pretrained(), cfg), train, test, cfg, tmp_path)
+    assert not (tmp_path / "recipe.json").exists()
 
 
 def test_unlabeled_data_rejected(tmp_path):

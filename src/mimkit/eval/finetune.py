@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from mimkit.data.config import check_range_pair, size_pair
 from mimkit.data.loader import build_loader
 from mimkit.data.transforms import EvalTransform, crop_resize, random_resized_crop_boxes
+from mimkit.engine import checkpoint as ckpt
 from mimkit.engine import dist
 from mimkit.engine.config import TrainConfig
 from mimkit.engine.trainer import Trainer
@@ -558,7 +559,8 @@ def check_recipe(run_dir: str | os.PathLike, cfg: FinetuneConfig, write: bool = 
     (resuming the run, or re-evaluating a finished one) with other settings raises a ValueError naming them.
 
     Settings in :data:`RESUMABLE_CHANGES` are not compared; ``train.resume=false`` (start over) replaces the
-    record. Run directories from before the record existed are not checked.
+    record. A run directory with a checkpoint but no record (from before the record existed) is neither
+    checked nor given one.
     """
     recipe = {
         key: value
@@ -576,7 +578,8 @@ def check_recipe(run_dir: str | os.PathLike, cfg: FinetuneConfig, write: bool = 
                 "use another output directory, or train.resume=false to start it over"
             )
         return
-    if write:
+    starts_afresh = not cfg.train.resume or not Path(run_dir, ckpt.LAST).is_file()
+    if write and starts_afresh:  # a run from before the record keeps none: its recipe is not known
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
 
