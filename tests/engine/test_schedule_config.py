@@ -51,6 +51,9 @@ def test_bad_values_named():
         load_config(None, ["train.epochs=0"])
     with pytest.raises(ValueError, match="not of the form"):
         parse_overrides(["train.epochs"])
+    for broken in ("train.betas=[0.9,", "train.betas={a: [1}"):  # not YAML: one error naming the override
+        with pytest.raises(ValueError, match=r"override 'train\.betas=.*': the value is not valid YAML"):
+            parse_overrides([broken])
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config("nope.yaml")
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mimkit.cli import main
 from mimkit.data import load_idx
 from mimkit.eval_cli import add_eval_parsers, load_encoder, run_eval, run_eval_knn
 from mimkit.models import create_encoder
@@ -16,19 +15,6 @@ from mimkit.models import create_encoder
 FMNIST = "/usr/share/datasets/fashion-mnist"
 pytestmark = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="dataset-fashion-mnist is not installed")
 
-TINY = [
-    "encoder.embed_dim=32",
-    "encoder.depth=2",
-    "encoder.num_heads=2",
-    "method.decoder_dim=16",
-    "method.decoder_depth=1",
-    "method.decoder_heads=2",
-    "data.limit=256",
-    "train.batch_size=64",
-    "train.epochs=1",
-    "train.progress=false",
-    "train.tensorboard=false",
-]
 LIMITS = ["--train-limit", "300", "--test-limit", "100"]
 
 
@@ -39,10 +25,8 @@ def eval_main(argv):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    assert main(["pretrain", "--config", "configs/mae_fashion_mnist.yaml", f"output_dir={out}", *TINY]) == 0
-    return out
+def run_dir(tiny_mae_run):
+    return tiny_mae_run
 
 
 def test_knn_several_k_shares_cached_features(run_dir, capsys):

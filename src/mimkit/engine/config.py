@@ -188,7 +188,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r} conflicts with another override of {part!r}")
-        node[parts[-1]] = read_yaml(raw) if raw.strip() else None
+        try:
+            node[parts[-1]] = read_yaml(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            problem = str(getattr(err, "problem", None) or err).strip()
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({problem})") from None
     return tree
 
 
