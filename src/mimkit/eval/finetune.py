@@ -581,7 +581,9 @@ def check_recipe(run_dir: str | os.PathLike, cfg: FinetuneConfig, write: bool = 
     starts_afresh = not cfg.train.resume or not Path(run_dir, ckpt.LAST).is_file()
     if write and starts_afresh:  # a run from before the record keeps none: its recipe is not known
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+        partial = path.with_name(RECIPE_FILE + ".tmp")  # other processes of the run may be reading it
+        partial.write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+        os.replace(partial, path)
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
