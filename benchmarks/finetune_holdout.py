@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from mimkit.eval import label_efficiency
 from mimkit.eval.label_efficiency import run_label_efficiency, subset_dataset
 from mimkit.eval_cli import load_encoder, load_splits
 
@@ -36,11 +37,8 @@ EPOCHS = {0.01: 55, 0.1: 16, 1.0: 5}
 
 
 def holdout_split(labels: torch.Tensor, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(training indices, held-out indices)``, both sorted: ``per_class`` images of each class held out.
-
-    The draw is :func:`~mimkit.eval.label_efficiency.per_class_subset`'s (one permutation per class, classes
-    in increasing order, ``torch.Generator().manual_seed(seed)``), so equal-sized classes give its subset.
-    """
+    """``(training indices, held-out indices)``, both sorted: ``per_class`` images of each class held out
+    (:func:`~mimkit.eval.label_efficiency.holdout_split`'s draw), at least one left to train on."""
     counts = torch.bincount(labels)
     smallest = int(counts[counts > 0].min())
     if not 1 <= per_class < smallest:
@@ -48,15 +46,7 @@ def holdout_split(labels: torch.Tensor, per_class: int, seed: int) -> tuple[torc
             f"--holdout must be at least 1 and leave training images in every class "
             f"(smallest class: {smallest} images), got {per_class}"
         )
-    generator = torch.Generator().manual_seed(seed)
-    held = []
-    for c in torch.nonzero(counts).flatten().tolist():
-        members = torch.nonzero(labels == c).flatten()
-        held.append(members[torch.randperm(members.numel(), generator=generator)[:per_class]])
-    held_out = torch.cat(held).sort().values
-    keep = torch.ones(len(labels), dtype=torch.bool)
-    keep[held_out] = False
-    return torch.nonzero(keep).flatten(), held_out
+    return label_efficiency.holdout_split(labels, None, seed, count=per_class)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-limit", type=int, help="first N training images only (smoke runs)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    variants = args.variant
     try:
-        variants = args.variant
         recipes = [quality.finetune_recipe(v, args.device) for v in variants]
     except ValueError as err:
         parser.error(f"--variant: {err}")

@@ -45,6 +45,20 @@ def test_seeded_reproducible_and_nested():
     assert torch.equal(state, torch.get_rng_state())  # the global RNG is not touched
 
 
+def test_count_per_class_instead_of_a_fraction():
+    idx = per_class_subset(LABELS, None, seed=7, count=40)
+    assert torch.bincount(LABELS[idx], minlength=3).tolist() == [40, 40, 30]  # min(count, n_c)
+    # the same draw as the fractions': 0.1 of class 1 is 10 images, the first 10 of its 40
+    in_class_1 = set(idx[LABELS[idx] == 1].tolist())
+    tenth = per_class_subset(LABELS, 0.1, seed=7)
+    assert set(tenth[LABELS[tenth] == 1].tolist()) <= in_class_1
+    for fraction, count in ((None, None), (0.1, 3)):
+        with pytest.raises(ValueError, match="exactly one"):
+            per_class_subset(LABELS, fraction, count=count)
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        per_class_subset(LABELS, None, count=0)
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1.5, -0.1])
 def test_fraction_outside_unit_interval_named(fraction):
     with pytest.raises(ValueError, match=f"label fraction {fraction!r} is outside"):

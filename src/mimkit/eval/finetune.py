@@ -564,7 +564,7 @@ def check_recipe(run_dir: str | os.PathLike, cfg: FinetuneConfig, write: bool = 
     """
     recipe = {
         key: value
-        for key, value in _flat(json.loads(json.dumps(_plain(asdict(cfg))))).items()
+        for key, value in _flat(json.loads(json.dumps(asdict(cfg)))).items()  # as JSON reads it back
         if key not in RESUMABLE_CHANGES
     }
     path = Path(run_dir, RECIPE_FILE)

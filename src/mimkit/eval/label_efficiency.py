@@ -46,8 +46,11 @@ def check_fraction(fraction: float) -> float:
     return float(fraction)
 
 
-def per_class_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
-    """Indices of ``round(fraction * n_c)`` (at least 1) images of each class ``c``, drawn with ``seed``.
+def per_class_subset(
+    labels: torch.Tensor, fraction: float | None, seed: int = 0, count: int | None = None
+) -> torch.Tensor:
+    """Indices of ``round(fraction * n_c)`` (at least 1) images of each class ``c``, drawn with ``seed``;
+    or, with ``count`` instead of a fraction, of ``min(count, n_c)`` images of each class.
 
     Each class's images are put in a random order drawn from ``torch.Generator().manual_seed(seed)`` (one
     permutation per class, classes in increasing order) and the first ones are taken, so for one seed the
@@ -55,12 +58,17 @@ def per_class_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> to
 
     Args:
         labels: int ``[N]``, every label >= 0.
-        fraction: in (0, 1].
+        fraction: in (0, 1]; None when ``count`` is given.
+        count: images per class (>= 1), instead of ``fraction``.
 
     Returns:
         int64 ``[M]`` sorted indices into ``labels``.
     """
-    fraction = check_fraction(fraction)
+    if (fraction is None) == (count is None):
+        raise ValueError("per-class subsets take a fraction or a count per class, exactly one of them")
+    if count is not None and count < 1:
+        raise ValueError(f"images per class must be at least 1, got {count}")
+    fraction = None if fraction is None else check_fraction(fraction)
     if labels.numel() and int(labels.min()) < 0:
         raise ValueError("per-class subsets need labeled data; some labels are -1 (unlabeled)")
     generator = torch.Generator().manual_seed(seed)
@@ -68,16 +76,19 @@ def per_class_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> to
     for c in torch.unique(labels).tolist():
         members = torch.nonzero(labels == c).flatten()
         order = members[torch.randperm(members.numel(), generator=generator)]
-        count = max(1, math.floor(fraction * members.numel() + 0.5))
-        chosen.append(order[:count])
+        take = count if fraction is None else max(1, math.floor(fraction * members.numel() + 0.5))
+        chosen.append(order[:take])
     if not chosen:
         return torch.zeros(0, dtype=torch.long)
     return torch.cat(chosen).sort().values
 
 
-def holdout_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(fit, holdout)`` sorted indices: ``fraction`` of each class held out (to choose hyper-parameters)."""
-    held = per_class_subset(labels, fraction, seed)
+def holdout_split(
+    labels: torch.Tensor, fraction: float | None, seed: int = 0, count: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(fit, holdout)`` sorted indices: ``fraction`` (or ``count`` images) of each class held out (to
+    choose hyper-parameters)."""
+    held = per_class_subset(labels, fraction, seed, count)
     keep = torch.ones(labels.shape[0], dtype=torch.bool)
     keep[held] = False
     return torch.nonzero(keep).flatten(), held
