@@ -1,6 +1,7 @@
 """The trainer on a tiny MAE and an in-memory loader: exact resume, atomic checkpoints, NaN handling."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -201,3 +202,39 @@ def test_log_progress_eta_is_the_remaining_steps_at_the_measured_pace(caplog, mo
         progress.set_postfix(loss="0.5")
     assert caplog.records[-1].getMessage() == "step 30/120 loss=0.5 eta 4:30"
     assert metrics.format_seconds(3725) == "1:02:05" and metrics.format_seconds(float("nan")) == "?"
+
+
+@pytest.mark.skipif(not shutil.which("g++"), reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_step_trains_like_eager_and_saves_the_models_names(tmp_path, images):
+    def losses(run_dir):
+        return [row["loss"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+
+    eager = make_trainer(tmp_path / "eager", images, max_steps=6)
+    eager.fit()
+    compiled = make_trainer(tmp_path / "compiled", images, max_steps=6, compile=True)
+    compiled.fit()
+    assert compiled.step == 6
+    # Same masks, flips and batches (random ops fall back to torch's generator), so the same run up to
+    # float rounding. Weights are compared after the first step only: the key bias has no gradient in exact
+    # arithmetic (softmax ignores a shift), and AdamW scales rounding noise there into lr-sized steps.
+    torch.testing.assert_close(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-4, atol=0)
+    saved = torch.load(tmp_path / "compiled" / "last.pt", weights_only=False)["model"]
+    assert list(saved) == list(eager.model.state_dict())  # the model's names, no "_orig_mod." prefix
+    one_eager = make_trainer(tmp_path / "eager1", images, max_steps=1)
+    one_eager.fit()
+    one_compiled = make_trainer(tmp_path / "compiled1", images, max_steps=1, compile=True)
+    one_compiled.fit()
+    for a, b in zip(one_eager.model.parameters(), one_compiled.model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["compile", "resume", "progress", "tensorboard"])
+def test_switches_must_be_booleans(name):
+    with pytest.raises(ValueError, match=f"train.{name} must be true or false, got 'yes'"):
+        TrainConfig(**{name: "yes"})
+
+
+def test_compile_without_a_cxx_compiler_is_one_clear_error(tmp_path, images, monkeypatch):
+    monkeypatch.setattr("mimkit.engine.trainer.shutil.which", lambda name: None)
+    with pytest.raises(ValueError, match="train.compile=true on the CPU needs a C\\+\\+ compiler"):
+        make_trainer(tmp_path, images, compile=True)

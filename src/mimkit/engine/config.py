@@ -57,6 +57,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float | None = None
     precision: str = "bf16"  # bf16 autocast (CPU and CUDA) or fp32
+    compile: bool = False  # torch.compile the training step (inductor; on the CPU it needs a C++ compiler)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_every: int = 20  # optimizer steps between logged metrics (the only host syncs)
@@ -71,6 +72,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
+        for name in ("compile", "resume", "progress", "tensorboard"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -44,6 +45,35 @@ class BatchLoader(Protocol):
 
 class Callback(Protocol):
     def on_epoch_end(self, epoch: int, model: nn.Module) -> dict[str, float] | None: ...
+
+
+def check_can_compile(device: torch.device) -> None:
+    """``train.compile`` on the CPU: inductor writes C++, so a compiler must be installed (else one line)."""
+    if device.type != "cpu":
+        return
+    import torch._inductor.config as inductor_config
+
+    names = [os.environ.get("CXX")] + list(inductor_config.cpp.cxx)
+    if not any(name and shutil.which(name) for name in names):
+        raise ValueError(
+            "train.compile=true on the CPU needs a C++ compiler (torch.compile's inductor writes C++): "
+            "install g++ (apt-get install g++), set CXX, or use train.compile=false"
+        )
+
+
+def compile_step(fn: Callable, device: torch.device) -> Callable:
+    """``torch.compile`` a training step (``train.compile``) with the settings mimkit relies on.
+
+    Random ops (MAE's masks, GMML's noise) draw from torch's generator as in eager mode
+    (``fallback_random``), so a compiled run is the eager run up to float rounding and resume stays exact.
+    On the CPU inductor's pattern matcher is off: it rewrites the plain attention into the fused kernel
+    whose bf16 backward is the slow one there (see :func:`mimkit.models.layers.use_fused_attention`).
+    """
+    check_can_compile(device)
+    options: dict[str, Any] = {"fallback_random": True}
+    if device.type == "cpu":
+        options["pattern_matcher"] = False
+    return torch.compile(fn, options=options)
 
 
 class _Step(nn.Module):
@@ -92,6 +122,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.model = model.to(self.env.device)
         self.step_module = dist.wrap(_Step(self.model), self.env)
+        if cfg.compile:
+            # The wrapper is compiled, not the model: checkpoints keep the model's own parameter names.
+            self.step_module = compile_step(self.step_module, self.env.device)
         self.loader = loader
         self.batch_transform = batch_transform
         self.config = config or {}

@@ -547,7 +547,7 @@ RESUMABLE_CHANGES = frozenset(
     ["eval_batch_size"]
     + [
         f"train.{key}"
-        for key in ("device", "progress", "log_every", "save_every_steps", "tensorboard", "resume")
+        for key in ("device", "compile", "progress", "log_every", "save_every_steps", "tensorboard", "resume")
         + ("epochs", "max_steps", "warmup_epochs")
     ]
 )
