@@ -23,6 +23,12 @@ TINY_MAE = [
 ]
 
 
+@pytest.fixture(scope="session")
+def tiny_mae_overrides():
+    """The overrides above, for test modules that build their own variant of the tiny run."""
+    return list(TINY_MAE)
+
+
 @pytest.fixture(scope="module")
 def tiny_mae_run(tmp_path_factory):
     """A finished pretraining run directory (one per test module: evaluations write into it)."""

@@ -12,26 +12,17 @@ from mimkit.cli import main
 FMNIST = "/usr/share/datasets/fashion-mnist"
 pytestmark = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="dataset-fashion-mnist is not installed")
 
-TINY = [
-    "encoder.embed_dim=32",
-    "encoder.depth=2",
-    "encoder.num_heads=2",
-    "method.decoder_dim=16",
-    "method.decoder_depth=1",
-    "method.decoder_heads=2",
-    "data.limit=320",
-    "train.batch_size=64",
-    "train.epochs=2",
-    "train.log_every=1",
-    "train.progress=false",
-    "train.tensorboard=false",
-]
+
+@pytest.fixture(scope="module")
+def tiny(tiny_mae_overrides):
+    """conftest's tiny MAE recipe, 5 steps per epoch, 2 epochs, every step logged (later overrides win)."""
+    return [*tiny_mae_overrides, "data.limit=320", "train.epochs=2", "train.log_every=1"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, tiny):
     out = tmp_path_factory.mktemp("run")
-    assert main(["pretrain", "--config", "configs/mae_fashion_mnist.yaml", f"output_dir={out}", *TINY]) == 0
+    assert main(["pretrain", "--config", "configs/mae_fashion_mnist.yaml", f"output_dir={out}", *tiny]) == 0
     return out
 
 
@@ -44,7 +35,7 @@ def test_pretrain_writes_run_directory(run_dir):
     assert any(k.startswith("decoder.blocks.0.") for k in ckpt["model"])  # the full encoder + decoder
 
 
-def test_rerun_resumes_and_extends(run_dir, tmp_path):
+def test_rerun_resumes_and_extends(run_dir, tiny):
     # a finished run asked for more epochs continues from its checkpoint instead of starting over
     assert (
         main(
@@ -53,7 +44,7 @@ def test_rerun_resumes_and_extends(run_dir, tmp_path):
                 "--config",
                 "configs/mae_fashion_mnist.yaml",
                 f"output_dir={run_dir}",
-                *TINY,
+                *tiny,
                 "train.epochs=3",
             ]
         )
