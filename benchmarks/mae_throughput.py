@@ -342,11 +342,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "other_load": statistics.mean(res["other_load"]) if res["other_load"] else None,
             }
         )
-    best = {s: max((r for r in rows if r["side"] == s), key=lambda r: r["img_per_s"]) for s in sides}
 
     def rate(row: dict[str, Any]) -> float:
         return row["img_per_s"]
 
+    best = {s: max((r for r in rows if r["side"] == s), key=rate) for s in sides}
     # The ratio compares each library's fastest row (over precisions and, with --compile, compiled or not).
     fastest = {
         lib: max((b for s, b in best.items() if s.startswith(lib)), key=rate, default=None)

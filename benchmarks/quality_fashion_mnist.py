@@ -87,8 +87,8 @@ FRACTIONS = (0.01, 0.1, 1.0)
 # never on the test set. (1) 5,000 held out, 78 steps on 20,000 others: MAE's recipe without MixUp / CutMix,
 # blr 1e-3, 65.3%; without RandAugment / erasing too 76.5%; then blr 3e-4 67.9%, blr 2e-3 80.1%; layer decay
 # 0.9 instead of 0.75 77.0%. (2) The crop (2026-11-23, H100, the report's step counts, MAE checkpoint of
-# results/mae_fashion_mnist; benchmarks/finetune_holdout.py, its defaults: 5,000 held out per class, seed
-# 123): fine-tuned on the other 55,000; top-1 at
+# results/mae_fashion_mnist; benchmarks/finetune_holdout.py, its defaults: 500 held out per class, 5,000 in
+# all, seed 123): fine-tuned on the other 55,000; top-1 at
 # 100% / 10% / 1% of the labels for crop scale 0.35-1: 88.84 / 86.02 / 80.74, 0.6-1: 89.64 / 86.08 / 81.50,
 # 0.8-1: 90.70 / 87.14 / 81.84, 1-1 (the whole image): 91.54 / 87.88 / 82.32. Rows measured before that
 # used 0.35-1; ``--finetune-set 'crop_scale=[0.35, 1.0]'`` reproduces them. Random-init rows take the same
