@@ -24,14 +24,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import statistics
 import sys
 from contextlib import nullcontext
 from typing import Any
 
-from _timing import keep_freed_memory, run_rounds, serve_steps  # benchmarks/_timing.py
+from _timing import (  # benchmarks/_timing.py
+    cpu_name,
+    keep_freed_memory,
+    machine_info,
+    run_rounds,
+    serve_steps,
+)
 
 PRECISIONS = ("fp32", "bf16")
 COMPILED = " compiled"  # suffix of a side that runs torch.compile'd (--compile)
@@ -372,7 +376,7 @@ def print_report(args: argparse.Namespace, out: dict[str, Any]) -> None:
 
     extras = ", glibc keeps freed memory" if args.keep_freed_memory else ""
     gpu = args.device.startswith("cuda")
-    where = f"{torch.cuda.get_device_name(args.device)}" if gpu else f"{out['threads']} threads"
+    where = f"{torch.cuda.get_device_name(args.device)}" if gpu else f"{cpu_name()}, {out['threads']} threads"
     print(
         f"\nMAE training step ({args.shape}), batch {args.batch}, {where}, torch {torch.__version__}, "
         f"AdamW {args.optimizer}{extras}; median of {args.rounds} rounds x {args.steps} steps per row\n"
@@ -408,14 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print_report(args, out)
     if args.json:
-        import torch
-
-        machine = {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-        }
+        machine = machine_info()
         try:
             import transformers
 

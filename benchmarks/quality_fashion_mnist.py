@@ -43,10 +43,10 @@ import argparse
 import csv
 import dataclasses
 import datetime
+import importlib.util
 import json
 import logging
 import os
-import platform
 import shutil
 import sys
 import time
@@ -66,6 +66,8 @@ from mimkit.eval.cache import cached_features, cached_pooled_features, feature_k
 from mimkit.eval.finetune import FinetuneConfig, build_classifier, finetune
 from mimkit.eval.knn import knn_accuracy
 from mimkit.eval.label_efficiency import (
+    CHANCE_MARK,
+    CHANCE_WHY,
     check_fraction,
     finished_runs,
     per_class_subset,
@@ -79,6 +81,11 @@ from mimkit.pretrain import build_encoder, build_method, data_stats
 from mimkit.weights import export_encoder_safetensors
 
 log = logging.getLogger("mimkit.bench")
+
+# benchmarks/_timing.py (the machine line), loaded by path: tests import this script the same way
+_spec = importlib.util.spec_from_file_location("_timing", Path(__file__).with_name("_timing.py"))
+_timing = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_timing)
 
 FRACTIONS = (0.01, 0.1, 1.0)
 # The fine-tuning recipe of the report: MAE's (FinetuneConfig's defaults) with flip as the only augmentation
@@ -538,6 +545,19 @@ def finetune_epochs(encoder_cfg, pretrained, train_set, test_set, ft_cfg: Finetu
     return epochs, sps
 
 
+def record_finetune(row: dict[str, Any], run: dict[str, Any]) -> None:
+    """Put a label-efficiency run (``{"fraction", "test_top1", "at_chance", ...}``) into a report row."""
+    row["finetune"][run["fraction"]] = run["test_top1"]
+    if run.get("at_chance"):
+        row["ft_at_chance"].append(run["fraction"])
+
+
+def _ft_cell(row: dict[str, Any], fraction: float) -> str:
+    """A fine-tuning cell of the table: the top-1, marked when the run ended at chance level."""
+    mark = f" {CHANCE_MARK}" if fraction in row.get("ft_at_chance", []) else ""
+    return _fmt(row["finetune"].get(fraction)) + mark
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
 
@@ -585,14 +605,15 @@ def target_lines(
             _diff(mine["finetune"].get(0.01), rand.get(0.01)),
         ),
     ]
+    # a gain over a random-init run that collapsed is no gain the encoder earned: say so on its line
+    caveat = {"ft_1_gain": 0.01 in by_name.get("random init", {}).get("ft_at_chance", [])}
     for key, what, unit, value in checks:
         if key in targets:
             met = value is not None and value >= targets[key]
-            lines.append(
-                f"- {what} >= {targets[key]:g}{unit}: {_fmt(value)} -> {'met' if met else 'not met'}"
-            )
+            line = f"- {what} >= {targets[key]:g}{unit}: {_fmt(value)} -> {'met' if met else 'not met'}"
         else:
-            lines.append(f"- {what}: {_fmt(value)} (no target)")
+            line = f"- {what}: {_fmt(value)} (no target)"
+        lines.append(line + (f" (random init {CHANCE_MARK}: overstated)" if caveat.get(key) else ""))
     if "raw pixels" in by_name:
         pixels = by_name["raw pixels"]["frozen"]["pixels"]["knn"].get(20)
         ahead = frozen["knn"].get(20) is not None and pixels is not None and frozen["knn"][20] > pixels
@@ -673,7 +694,7 @@ def write_report(
         frozen = r["frozen"].get(pool) or r["frozen"].get("pixels")
         lines.append(
             f"| {r['name']} | {_fmt(frozen['knn'].get(20))} | {_fmt(frozen['linear']['test_top1'])} | "
-            + " | ".join(_fmt(r["finetune"].get(f)) for f in FRACTIONS)
+            + " | ".join(_ft_cell(r, f) for f in FRACTIONS)
             + " |"
         )
     lines += ["", "## Targets", ""] + target_lines(meta["method"], rows, pool, meta.get("subset"))
@@ -990,14 +1011,14 @@ def main(argv: list[str] | None = None) -> int:
             + "".join(f", {item}" for item in args.finetune_overrides if item.split("=")[0] not in FT_RECIPE)
             + " for the short schedule; random init: the same without layer-wise lr decay (from scratch)."
         )
-    random_ft: dict[float, float] = {}
+    random_row: dict[str, Any] = {"finetune": {}, "ft_at_chance": []}  # the random-init runs, any row's
     for name, encoder, checkpoint, extra in encoders:
         t = time.perf_counter()
         frozen = frozen_protocols(
             name, encoder, checkpoint, extra, train_set, test_set, (train_eval_cfg, test_cfg), args, out
         )
         meta["eval_seconds"][f"{name}, kNN + linear"] = time.perf_counter() - t
-        row = {"name": name, "frozen": frozen, "finetune": {}}
+        row = {"name": name, "frozen": frozen, "finetune": {}, "ft_at_chance": []}
         fine_tuned = name != "random init" and (args.finetune_peer or not name.startswith("transformers"))
         if args.finetune and encoder is not None and fine_tuned:
             t = time.perf_counter()
@@ -1017,16 +1038,16 @@ def main(argv: list[str] | None = None) -> int:
                 include_random=name == row_name,
             )
             for r in ft_rows:
-                (row["finetune"] if r["init"] == "pretrained" else random_ft)[r["fraction"]] = r["test_top1"]
+                record_finetune(row if r["init"] == "pretrained" else random_row, r)
             meta["eval_seconds"][f"{name}, fine-tuning"] = time.perf_counter() - t
         if encoder is not None and fine_tuned:
             # runs of other fractions that an earlier invocation finished (same --out) are reported too
             ft_dir = out / "finetune" / _slug(name)
             earlier = []
             for (init, fraction), run in finished_runs(ft_dir, FRACTIONS).items():
-                target = row["finetune"] if init == "pretrained" else random_ft
-                if fraction not in target:
-                    target[fraction] = run["test_top1"]
+                target = row if init == "pretrained" else random_row
+                if fraction not in target["finetune"]:
+                    record_finetune(target, run)
                     earlier.append(f"{name if init == 'pretrained' else init} {_pct(fraction)}%")
             if earlier:
                 notes.append(
@@ -1034,7 +1055,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"from {ft_dir}: " + ", ".join(earlier) + "."
                 )
         rows.append(row)
-    next(r for r in rows if r["name"] == "random init")["finetune"] = random_ft
+    next(r for r in rows if r["name"] == "random init").update(random_row)
+    collapsed = [f"{r['name']} {_pct(f)}%" for r in rows for f in sorted(r.get("ft_at_chance", []))]
+    if collapsed:
+        notes.append(f"Fine-tuning runs marked {CHANCE_MARK} ({', '.join(collapsed)}): {CHANCE_WHY}")
 
     from mimkit.eval.tsne import save_tsne
 
@@ -1062,7 +1086,7 @@ def main(argv: list[str] | None = None) -> int:
     meta.update(
         date=datetime.datetime.now().isoformat(timespec="minutes"),
         command=" ".join([os.path.basename(sys.executable), *sys.argv]),
-        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+        machine=f"{_timing.cpu_name()}, {os.cpu_count()} CPU cores"
         + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
         torch=torch.__version__,
         transformers=peer_version or "-",

@@ -36,7 +36,12 @@ def test_row_name_per_recipe(config, name):
 def _row(name, knn, linear, finetune=None, pool="token"):
     return {
         "name": name,
-        "frozen": {pool: {"knn": {20: knn}, "linear": {"test_top1": linear}}},
+        "frozen": {
+            pool: {
+                "knn": {20: knn},
+                "linear": {"test_top1": linear, "best_blr": 1.0, "holdout_top1": {1.0: linear}},
+            }
+        },
         "finetune": finetune or {},
     }
 
@@ -233,3 +238,46 @@ def test_bad_finetune_override_is_one_parser_error(tmp_path, capsys, item, says)
     err = capsys.readouterr().err
     assert "--finetune-set" in err and says in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_a_finetuning_run_at_chance_is_marked_in_the_table_and_the_targets(tmp_path):
+    rows = _rows(76.0, 83.0, {0.01: 60.0, 1.0: 92.0}, {0.01: 10.2, 1.0: 77.0})
+    rows[1]["ft_at_chance"] = [0.01]  # the random init's 1% run collapsed
+    lines = quality.target_lines("mae", rows, "token")
+    assert (
+        "- fine-tuning, 1% of the labels, pretrained - random init >= 5 points: 49.80 -> met "
+        "(random init (at chance): overstated)"
+    ) in lines
+    assert "- fine-tuning, 100% of the labels >= 92%: 92.00 -> met" in lines  # no caveat on other lines
+    meta = {
+        "pools": ["token"],
+        "date": "2026-12-01T19:00",
+        "command": "python quality.py",
+        "machine": "Intel(R) Xeon(R) Processor (AMX bf16), 2 CPU cores",
+        "torch": "2.13.0",
+        "train_data": "all 60,000 training images",
+        "test_images": 10000,
+        "method": "mae",
+        "pretrain": {},
+        "eval_seconds": {},
+        "notes": [],
+    }
+    quality.write_report(tmp_path, rows, meta, {})
+    table = (tmp_path / "results.md").read_text()
+    assert "| random init | 50.00 | 60.00 | 10.20 (at chance) | - | 77.00 |" in table
+    assert "| mimkit X | 76.00 | 83.00 | 60.00 | - | 92.00 |" in table
+    assert "Machine: Intel(R) Xeon(R) Processor (AMX bf16), 2 CPU cores;" in table
+
+
+def test_machine_line_names_the_cpu_and_its_fastest_bf16_instructions():
+    cpu_name = quality._timing.cpu_name
+    intel = (
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx512f avx512_bf16 "
+        "amx_bf16 amx_tile\n\nprocessor\t: 1\nmodel name\t: a second entry\nflags\t\t: fpu\n"
+    )
+    assert cpu_name(intel) == "Intel(R) Xeon(R) Processor (AMX bf16)"  # the first processor's entry
+    assert cpu_name("model name : AMD EPYC 9R14\nflags : avx2 avx512f avx512_bf16\n") == (
+        "AMD EPYC 9R14 (AVX-512 bf16)"
+    )
+    assert cpu_name("model name: Older Xeon\nflags: avx2 avx512f\n") == "Older Xeon"
+    assert cpu_name("") != ""  # no /proc/cpuinfo: the platform's processor or architecture

@@ -3,6 +3,7 @@ weights loading, pos-embed resampling and exact resume."""
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -15,7 +16,9 @@ from mimkit.eval.finetune import (
     FinetuneAugment,
     FinetuneConfig,
     MixUpCutMix,
+    at_chance,
     build_classifier,
+    final_train_loss,
     finetune,
     smooth_one_hot,
 )
@@ -289,3 +292,41 @@ def test_swin_encoder_goes_through_the_same_classifier(tmp_path):
     assert clf.layer_scale("encoder.layers.1.blocks.0.attn.qkv.weight") == pytest.approx(0.5**2)
     result = finetune(clf, dataset(16), dataset(8, seed=1), cfg, tmp_path)
     assert result["steps"] == 1 and 0 <= result["test_top1"] <= 100
+
+
+def test_final_train_loss_is_the_mean_over_the_last_tenth_of_the_steps(tmp_path):
+    assert final_train_loss(tmp_path) is None  # no metrics.jsonl
+    records = [{"step": s, "loss": s / 100, "lr": 1e-3, "epoch": s / 10} for s in range(10, 101, 10)]
+    lines = [json.dumps(r) for r in records]
+    lines.insert(5, '{"step": 60, "loss": 0.6')  # a line cut off by a killed run
+    lines.append(json.dumps({"step": 100, "epoch": 10, "knn_top1": 80.0}))  # an epoch-end record, no loss
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    assert final_train_loss(tmp_path) == pytest.approx(1.0)  # steps > 90: only step 100
+    assert final_train_loss(tmp_path, tail=0.3) == pytest.approx((0.8 + 0.9 + 1.0) / 3)  # steps 80, 90, 100
+
+
+def test_at_chance_against_ln_of_the_class_count():
+    chance = math.log(10)
+    assert at_chance({"final_train_loss": chance, "chance_loss": chance})
+    assert at_chance({"final_train_loss": chance + 0.05, "chance_loss": chance})  # worse than uniform
+    assert not at_chance({"final_train_loss": 0.9 * chance, "chance_loss": chance})
+    assert not at_chance({"test_top1": 13.5})  # a result written before the fields existed
+
+
+def test_a_run_that_learns_is_not_flagged_and_one_that_cannot_is(tmp_path):
+    # the head starts at N(0, 2e-5): logits ~0, the loss of a uniform prediction, ln 2 for two classes
+    train, test = dataset(48), dataset(16, seed=1)
+    plain = dict(mixup=0.0, cutmix=0.0, randaug_n=0, reprob=0.0, crop_scale=[1.0, 1.0], smoothing=0.0)
+    results = {}
+    for blr, epochs in ((1e-2, 4), (1e-9, 2)):  # (1e-9: the weights barely move)
+        cfg = dataclasses.replace(recipe(epochs=epochs, blr=blr), **plain)
+        results[blr] = finetune(
+            build_classifier(ENC, 2, pretrained(), cfg), train, test, cfg, tmp_path / str(blr)
+        )
+    learned, stuck = results[1e-2], results[1e-9]
+    assert learned["chance_loss"] == stuck["chance_loss"] == pytest.approx(math.log(2))
+    assert learned["test_top1"] == 100.0 and not at_chance(learned)
+    assert stuck["final_train_loss"] == pytest.approx(math.log(2), abs=1e-3) and at_chance(stuck)
+    assert json.loads((tmp_path / "1e-09" / "finetune.json").read_text())[
+        "final_train_loss"
+    ] == pytest.approx(stuck["final_train_loss"])

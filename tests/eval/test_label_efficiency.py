@@ -16,6 +16,7 @@ from mimkit.eval.label_efficiency import (
     per_class_subset,
     run_label_efficiency,
     subset_dataset,
+    write_label_efficiency_report,
 )
 from mimkit.models import create_encoder
 
@@ -143,7 +144,28 @@ def test_pretrained_and_random_rows_written(tmp_path):
     run_label_efficiency(enc_cfg, encoder, train, test, tmp_path, [0.25], cfg, epochs={0.25: 2})
     table = (tmp_path / "label_efficiency.md").read_text()
     assert "| 25% labels | 100% labels |" in table
-    p25, p100 = rows[0]["test_top1"], rows[2]["test_top1"]
-    assert f"| pretrained | {p25:.2f} (10 img) | {p100:.2f} (40 img) |" in table
-    assert f"| random init | {rows[1]['test_top1']:.2f} (10 img) | - |" in table  # not finished
+    # (runs this short may end at chance level, which the cells then say)
+    p25, r25, p100 = (f"{r['test_top1']:.2f}" + " (at chance)" * r["at_chance"] for r in rows[:3])
+    assert f"| pretrained | {p25} (10 img) | {p100} (40 img) |" in table
+    assert f"| random init | {r25} (10 img) | - |" in table  # not finished
     assert "Read back from runs an earlier call finished in this folder: pretrained 100%." in table
+
+
+def test_a_run_at_chance_is_marked_in_the_report(tmp_path):
+    rows = [
+        {"init": i, "fraction": f, "labels": n, "test_top1": t, "steps": 9, "epochs": 3, "at_chance": c}
+        for i, f, n, t, c in (
+            ("pretrained", 0.1, 6000, 88.37, False),
+            ("random init", 0.1, 6000, 13.49, True),
+            ("pretrained", 1.0, 60000, 91.61, False),
+        )
+    ]
+    write_label_efficiency_report(rows, tmp_path, "a note")
+    table = (tmp_path / "label_efficiency.md").read_text()
+    assert "| random init | 13.49 (at chance) (6000 img) | - |" in table
+    assert "| pretrained | 88.37 (6000 img) | 91.61 (60000 img) |" in table
+    assert "(at chance): the training loss ended at chance level" in table and "a note" in table
+    with open(tmp_path / "label_efficiency.csv") as f:
+        assert [r["at_chance"] for r in csv.DictReader(f)] == ["False", "True", "False"]
+    write_label_efficiency_report(rows[:1], tmp_path)  # nothing at chance: no mark, no explanation
+    assert "at chance" not in (tmp_path / "label_efficiency.md").read_text()

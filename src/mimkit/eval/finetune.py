@@ -466,7 +466,10 @@ def finetune(
             must match for a run to resume.
 
     Returns:
-        ``{"test_top1": %, "steps", "epochs", "train_images", "test_images", "trainable_params"}``.
+        ``{"test_top1": %, "steps", "epochs", "train_images", "test_images", "trainable_params",
+        "final_train_loss", "chance_loss"}``: the training loss logged over the last tenth of the steps
+        (None if nothing was logged) and ``ln(classes)``, the loss of a uniform prediction; see
+        :func:`at_chance`.
     """
     for split, data in (("training", train_set), ("test", test_set)):
         if getattr(data, "num_classes", 0) == 0:
@@ -529,6 +532,8 @@ def finetune(
         "train_images": len(train_set),
         "test_images": len(test_set),
         "trainable_params": sum(p.numel() for p in classifier.parameters() if p.requires_grad),
+        "final_train_loss": final_train_loss(run_dir),
+        "chance_loss": math.log(train_set.num_classes),
     }
     if env.is_main:
         Path(run_dir, "finetune.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -539,6 +544,44 @@ def finetune(
         result["test_top1"],
     )
     return result
+
+
+AT_CHANCE = 0.99  # a final training loss above this share of ln(classes) is a run that did not learn
+
+
+def final_train_loss(run_dir: str | os.PathLike, tail: float = 0.1) -> float | None:
+    """Mean training loss that ``run_dir/metrics.jsonl`` logged over the last ``tail`` of the run's steps.
+
+    Each logged loss is already the mean over its log interval; at least the last one is taken. Lines
+    that are not JSON (a run killed while writing) are skipped. None when no loss was logged.
+    """
+    path = Path(run_dir, "metrics.jsonl")
+    logged: list[tuple[int, float]] = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "loss" in record and "step" in record:
+                logged.append((int(record["step"]), float(record["loss"])))
+    if not logged:
+        return None
+    last_step = max(step for step, _ in logged)
+    tail_losses = [loss for step, loss in logged if step > (1 - tail) * last_step] or [logged[-1][1]]
+    return sum(tail_losses) / len(tail_losses)
+
+
+def at_chance(result: dict[str, Any]) -> bool:
+    """Whether a fine-tuning run (:func:`finetune`'s result) ended with its training loss at chance level.
+
+    Cross-entropy against a uniform prediction is ``ln(classes)`` whatever the targets (one-hot, smoothed
+    or mixed), so a final training loss at ``AT_CHANCE`` of that or above means the classifier collapsed to
+    (nearly) uniform outputs: its test accuracy says nothing of the encoder, and the run's lr was likely too
+    high for it. Results written before these fields existed are never flagged.
+    """
+    loss, chance = result.get("final_train_loss"), result.get("chance_loss")
+    return loss is not None and chance is not None and loss >= AT_CHANCE * chance
 
 
 # What may change between the calls of one run: where and how it runs, and its length (a longer schedule

@@ -29,12 +29,18 @@ import torch
 import torch.nn as nn
 
 from mimkit.data.datasets import ImageDataset
-from mimkit.eval.finetune import FinetuneConfig, build_classifier, finetune
+from mimkit.eval.finetune import FinetuneConfig, at_chance, build_classifier, finetune
 
 log = logging.getLogger("mimkit")
 
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
 INITS = ("pretrained", "random init")
+CHANCE_MARK = "(at chance)"  # a cell whose run's training loss ended at ln(classes): see at_chance
+CHANCE_WHY = (
+    "the training loss ended at chance level (ln of the class count, the loss of a uniform prediction): "
+    "the classifier collapsed, so its accuracy says nothing of the encoder; its lr was likely too high for "
+    "this init."
+)
 
 
 def check_fraction(fraction: float) -> float:
@@ -178,7 +184,7 @@ def finished_runs(
 ) -> dict[tuple[str, float], dict[str, Any]]:
     """The finished runs (with a ``finetune.json``) under ``out_dir``, by (init, fraction).
 
-    Each is a report row: ``{"init", "fraction", "labels", "test_top1", "steps", "epochs"}``.
+    Each is a report row: ``{"init", "fraction", "labels", "test_top1", "steps", "epochs", "at_chance"}``.
     """
     found = {}
     for init in INITS:
@@ -198,6 +204,7 @@ def _report_row(init: str, fraction: float, result: Mapping[str, Any]) -> dict[s
         "test_top1": result["test_top1"],
         "steps": result["steps"],
         "epochs": result["epochs"],
+        "at_chance": at_chance(result),
     }
 
 
@@ -241,7 +248,9 @@ def run_label_efficiency(
         scratch: the random-init rows' recipe; default :func:`scratch_recipe` of ``cfg`` (same schedule).
 
     Returns:
-        One row per run: ``{"init", "fraction", "labels", "test_top1", "steps", "epochs"}``.
+        One row per run: ``{"init", "fraction", "labels", "test_top1", "steps", "epochs", "at_chance"}``
+        (``at_chance``: the run's training loss ended at chance level, see
+        :func:`~mimkit.eval.finetune.at_chance`).
     """
     fractions = [check_fraction(f) for f in fractions]
     if train_set.num_classes == 0 or test_set.num_classes == 0:
@@ -324,10 +333,11 @@ def write_label_efficiency_report(
 
     csv_path = out_dir / "label_efficiency.csv"
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["init", "fraction", "labels", "test_top1", "steps", "epochs"])
+        fields = ["init", "fraction", "labels", "test_top1", "steps", "epochs", "at_chance"]
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: r[k] for k in writer.fieldnames})
+            writer.writerow({k: r.get(k, False) for k in writer.fieldnames})
 
     lines = [
         "| init | " + " | ".join(f"{_pct(f)} labels" for f in fractions) + " |",
@@ -337,8 +347,11 @@ def write_label_efficiency_report(
         cells = []
         for f in fractions:
             r = table.get((init, f))
-            cells.append(f"{r['test_top1']:.2f} ({r['labels']} img)" if r else "-")
+            mark = " " + CHANCE_MARK if r and r.get("at_chance") else ""
+            cells.append(f"{r['test_top1']:.2f}{mark} ({r['labels']} img)" if r else "-")
         lines.append(f"| {init} | " + " | ".join(cells) + " |")
+    if any(r.get("at_chance") for r in rows):
+        note = f"{CHANCE_MARK}: {CHANCE_WHY}" + (f"\n{note}" if note else "")
     md_path = out_dir / "label_efficiency.md"
     md_path.write_text(
         "Fine-tuning top-1 accuracy (%) on the test set against the labels used.\n\n"
