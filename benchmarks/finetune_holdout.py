@@ -10,6 +10,12 @@ report's recipe (``FT_RECIPE``). This is how the report's crop scale was chosen:
 
 Prints one line per variant and writes ``holdout.md`` (a table: variant x fraction) under ``--out``; each
 run lives in its own directory there and resumes like any fine-tuning run.
+
+``--random-init`` scores a randomly initialised encoder of the same architecture instead (the report's
+random-init rows: the recipe without layer-wise lr decay), to choose those rows' settings the same way:
+
+    python benchmarks/finetune_holdout.py runs/quality_fmnist/mimkit --out runs/holdout_scratch \\
+        --random-init --fractions 0.1 0.01 --variant train.blr=2e-3 --variant train.blr=5e-4
 """
 
 from __future__ import annotations
@@ -69,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--epochs-scale", type=float, default=1.0, help="multiply every schedule (smoke runs)"
     )
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        help="fine-tune a randomly initialised encoder of the checkpoint's architecture instead, with the "
+        "report's from-scratch recipe (no layer-wise lr decay) under each variant: how to choose the "
+        "random-init rows' settings (the quality benchmark's --scratch-set)",
+    )
     parser.add_argument("--train-limit", type=int, help="first N training images only (smoke runs)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
@@ -89,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     rest, heldout = subset_dataset(train, keep), subset_dataset(train, held)
     epochs = {f: max(1, round(EPOCHS[f] * args.epochs_scale)) for f in args.fractions}
     out = Path(args.out)
+    encoder = f"checkpoint {args.checkpoint}"
+    if args.random_init:
+        encoder = f"a random init of the encoder of {args.checkpoint} (recipe without layer-wise lr decay)"
     lines = [
         f"Held out: {len(held)} training images ({args.holdout} per class, seed {args.seed}); fine-tuned on "
-        f"the other {len(keep)}; epochs per fraction {epochs}; checkpoint {args.checkpoint}.",
+        f"the other {len(keep)}; epochs per fraction {epochs}; {encoder}.",
         "",
         "| variant | " + " | ".join(f"{f:g} of the labels" for f in args.fractions) + " |",
         "|---|" + "---:|" * len(args.fractions),
@@ -99,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     for index, (variant, cfg) in enumerate(zip(variants, recipes, strict=True)):
         rows = run_label_efficiency(
             loaded.encoder_cfg,
-            loaded.encoder,
+            None if args.random_init else loaded.encoder,
             rest,
             heldout,
             out / f"variant{index}",
             args.fractions,
             cfg,
             epochs,
-            include_random=False,
+            include_random=args.random_init,  # alone: with the recipe without layer-wise lr decay
         )
         top1 = {r["fraction"]: r["test_top1"] for r in rows}
         name = " ".join(variant) or "(the report's recipe)"

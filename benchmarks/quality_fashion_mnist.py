@@ -834,6 +834,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="overrides of the fine-tuning recipe (FT_RECIPE), e.g. 'crop_scale=[0.35, 1.0]' layer_decay=0.9",
     )
+    parser.add_argument(
+        "--scratch-set",
+        dest="scratch_overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of the random-init rows' recipe only (on top of --finetune-set and layer_decay=1), "
+        "e.g. train.blr=5e-4; choose them on held-out images (finetune_holdout.py --random-init)",
+    )
     parser.add_argument("--tsne-points", type=int, default=2000)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
@@ -845,6 +854,12 @@ def main(argv: list[str] | None = None) -> int:
         ft_cfg = finetune_recipe(args.finetune_overrides, args.device)
     except ValueError as err:
         parser.error(f"--finetune-set: {err}")
+    try:
+        scratch_cfg = finetune_recipe(
+            [*args.finetune_overrides, "layer_decay=1.0", *args.scratch_overrides], args.device
+        )
+    except ValueError as err:
+        parser.error(f"--scratch-set: {err}")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
     )
@@ -1009,7 +1024,9 @@ def main(argv: list[str] | None = None) -> int:
             "with "
             + ", ".join(f"{k}={getattr(ft_cfg, k)}" for k in FT_RECIPE)
             + "".join(f", {item}" for item in args.finetune_overrides if item.split("=")[0] not in FT_RECIPE)
-            + " for the short schedule; random init: the same without layer-wise lr decay (from scratch)."
+            + " for the short schedule; random init: the same without layer-wise lr decay (from scratch)"
+            + "".join(f", {item}" for item in args.scratch_overrides)
+            + "."
         )
     random_row: dict[str, Any] = {"finetune": {}, "ft_at_chance": []}  # the random-init runs, any row's
     for name, encoder, checkpoint, extra in encoders:
@@ -1036,6 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
                 meta["finetune"]["epochs"],
                 seed,
                 include_random=name == row_name,
+                scratch=scratch_cfg,
             )
             for r in ft_rows:
                 record_finetune(row if r["init"] == "pretrained" else random_row, r)

@@ -60,3 +60,18 @@ def test_smoke_run_scores_each_variant_on_the_held_out_images(tiny_mae_run, tmp_
         run_dir = tmp_path / "holdout" / f"variant{index}" / "pretrained_100pct"
         assert json.loads((run_dir / "finetune.json").read_text())["test_images"] == 50
         assert json.loads((run_dir / "recipe.json").read_text())["crop_scale"] == crop
+
+
+def test_random_init_scores_a_fresh_encoder_with_the_scratch_recipe(tiny_mae_run, tmp_path, capsys):
+    argv = [str(tiny_mae_run), "--out", str(tmp_path / "scratch"), "--holdout", "5", "--train-limit", "300"]
+    argv += ["--fractions", "1.0", "--epochs-scale", "0.2", "--device", "cpu", "--random-init"]
+    argv += ["--variant", "train.blr=5e-4"]
+    assert holdout.main(argv) == 0
+    assert "train.blr=5e-4:" in capsys.readouterr().out
+    assert "a random init of the encoder of" in (tmp_path / "scratch" / "holdout.md").read_text()
+    variant = tmp_path / "scratch" / "variant0"
+    assert not (variant / "pretrained_100pct").exists()  # only the random init was fine-tuned
+    recipe = json.loads((variant / "random_100pct" / "recipe.json").read_text())
+    assert recipe["layer_decay"] == 1.0 and recipe["train.blr"] == 5e-4
+    stored = torch.load(variant / "random_100pct" / "last.pt", weights_only=True)["config"]
+    assert stored["encoder"]["init"] == "random init"

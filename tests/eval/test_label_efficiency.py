@@ -136,7 +136,10 @@ def test_pretrained_and_random_rows_written(tmp_path):
         assert len(list(csv.DictReader(f))) == 4
     table = (tmp_path / "label_efficiency.md").read_text()
     assert "| pretrained |" in table and "| random init |" in table and "25% labels" in table
-    assert "Random init trains with layer-wise lr decay 1 (pretrained: 0.75)" in table
+    assert (
+        "Random init trains with layer_decay 1.0 (pretrained: 0.75); the rest of the recipe is the same."
+        in table
+    )
     with Image.open(tmp_path / "label_efficiency.png") as img:
         assert img.size[0] > 100
     assert json.loads((tmp_path / "label_subsets.json").read_text())["counts"] == {"0.25": 10, "1.0": 40}

@@ -605,15 +605,11 @@ def check_recipe(run_dir: str | os.PathLike, cfg: FinetuneConfig, write: bool = 
     record. A run directory with a checkpoint but no record (from before the record existed) is neither
     checked nor given one.
     """
-    recipe = {
-        key: value
-        for key, value in _flat(json.loads(json.dumps(asdict(cfg)))).items()  # as JSON reads it back
-        if key not in RESUMABLE_CHANGES
-    }
+    recipe = recipe_record(cfg)
     path = Path(run_dir, RECIPE_FILE)
     if cfg.train.resume and path.is_file():
         saved = json.loads(path.read_text())
-        changed = sorted(k for k in set(saved) | set(recipe) if saved.get(k) != recipe.get(k))
+        changed = recipe_changes(saved, recipe)
         if changed:
             diff = ", ".join(f"{k}: {saved.get(k)!r} -> {recipe.get(k)!r}" for k in changed)
             raise ValueError(
@@ -627,6 +623,18 @@ def check_recipe(run_dir: str | os.PathLike, cfg: FinetuneConfig, write: bool = 
         partial = path.with_name(RECIPE_FILE + ".tmp")  # other processes of the run may be reading it
         partial.write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
         os.replace(partial, path)
+
+
+def recipe_record(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The settings of ``cfg`` that make a recipe, flat (``"train.blr"``) and as JSON reads them back:
+    everything but :data:`RESUMABLE_CHANGES`."""
+    flat = _flat(json.loads(json.dumps(asdict(cfg))))
+    return {key: value for key, value in flat.items() if key not in RESUMABLE_CHANGES}
+
+
+def recipe_changes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The sorted keys on which two :func:`recipe_record` records differ."""
+    return sorted(key for key in set(a) | set(b) if a.get(key) != b.get(key))
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -29,7 +29,14 @@ import torch
 import torch.nn as nn
 
 from mimkit.data.datasets import ImageDataset
-from mimkit.eval.finetune import FinetuneConfig, at_chance, build_classifier, finetune
+from mimkit.eval.finetune import (
+    FinetuneConfig,
+    at_chance,
+    build_classifier,
+    finetune,
+    recipe_changes,
+    recipe_record,
+)
 
 log = logging.getLogger("mimkit")
 
@@ -310,12 +317,14 @@ def run_label_efficiency(
             + ".\n"
         )
     if include_random:
-        random_decay = recipes["random init"].layer_decay
+        mine, theirs = recipe_record(cfg), recipe_record(recipes["random init"])
+        changes = ", ".join(
+            f"{k} {theirs.get(k)} (pretrained: {mine.get(k)})" for k in recipe_changes(mine, theirs)
+        )
         note += (
-            f"Random init trains with layer-wise lr decay {random_decay:g} "
-            f"(pretrained: {cfg.layer_decay:g}); the rest of the recipe is the same."
-            if scratch is None
-            else "Random init trains with its own recipe (stored in its runs' checkpoints)."
+            f"Random init trains with {changes}; the rest of the recipe is the same."
+            if changes
+            else "Random init trains with the same recipe."
         )
     write_label_efficiency_report(rows + earlier, out_dir, note)
     return rows
