@@ -201,14 +201,14 @@ def run_rounds(
 
 # bf16 matrix instructions, fastest first, as /proc/cpuinfo names them: they decide how fast a bf16 step is
 # (the 2-core machines of this project have been AMD Zen 4, with AVX-512 bf16 dot products, and Intel Xeons
-# with AMX tiles, on which the same bf16 training step ran about 1.6x faster).
+# with AMX tiles, on which the MAE recipe's bf16 training step ran 1.6x faster: benchmarks/README.md).
 BF16_ISAS = (("amx_bf16", "AMX bf16"), ("avx512_bf16", "AVX-512 bf16"))
 
 
 def cpu_name(cpuinfo: str | None = None) -> str:
     """The CPU's model name and its fastest bf16 matrix instructions, for a results file's machine line.
 
-    E.g. ``"Intel(R) Xeon(R) Processor (AMX bf16)"`` or ``"AMD EPYC 9R14 96-Core Processor (AVX-512 bf16)"``.
+    E.g. ``"Intel(R) Xeon(R) Processor (AMX bf16)"``; an AMD Zen 4 gets ``"<its model name> (AVX-512 bf16)"``.
     ``cpuinfo`` is the text of ``/proc/cpuinfo`` (read when None); where there is none (not Linux), the
     answer is :func:`platform.processor` or the architecture.
     """
