@@ -1062,7 +1062,7 @@ def main(argv: list[str] | None = None) -> int:
             # runs of other fractions that an earlier invocation finished (same --out) are reported too
             ft_dir = out / "finetune" / _slug(name)
             earlier = []
-            for (init, fraction), run in finished_runs(ft_dir, FRACTIONS).items():
+            for (init, fraction), run in finished_runs(ft_dir, FRACTIONS, train_set.num_classes).items():
                 target = row if init == "pretrained" else random_row
                 if fraction not in target["finetune"]:
                     record_finetune(target, run)

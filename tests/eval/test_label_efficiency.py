@@ -172,3 +172,22 @@ def test_a_run_at_chance_is_marked_in_the_report(tmp_path):
         assert [r["at_chance"] for r in csv.DictReader(f)] == ["False", "True", "False"]
     write_label_efficiency_report(rows[:1], tmp_path)  # nothing at chance: no mark, no explanation
     assert "at chance" not in (tmp_path / "label_efficiency.md").read_text()
+
+
+def test_old_runs_are_checked_for_chance_from_their_log(tmp_path):
+    # finetune.json files written before final_train_loss / chance_loss existed: the loss is read off the
+    # run's metrics.jsonl (last tenth of the steps) and the chance level is ln(num_classes)
+    old = {"test_top1": 10.0, "steps": 100, "epochs": 4, "train_images": 600, "test_images": 1000}
+    for run, losses in (("random_1pct", [2.5, 2.31, 2.30]), ("pretrained_1pct", [2.2, 0.9, 0.6])):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "finetune.json").write_text(json.dumps(old))
+        lines = [json.dumps({"step": step, "loss": v}) for step, v in zip((0, 50, 105), losses, strict=True)]
+        (tmp_path / run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    # steps 0, 50, 105: only the last is past 0.9 * 105; 2.30 >= 0.99 ln 10 = 2.2796, 0.6 is not
+    found = finished_runs(tmp_path, [0.01], num_classes=10)
+    assert found[("random init", 0.01)]["at_chance"] is True
+    assert found[("pretrained", 0.01)]["at_chance"] is False
+    # without the class count there is no chance level to compare with: never flagged
+    assert not any(r["at_chance"] for r in finished_runs(tmp_path, [0.01]).values())
+    # with 100 classes ln 100 = 4.6: a loss of 2.30 learned something
+    assert not any(r["at_chance"] for r in finished_runs(tmp_path, [0.01], num_classes=100).values())

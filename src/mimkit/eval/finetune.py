@@ -578,7 +578,8 @@ def at_chance(result: dict[str, Any]) -> bool:
     Cross-entropy against a uniform prediction is ``ln(classes)`` whatever the targets (one-hot, smoothed
     or mixed), so a final training loss at ``AT_CHANCE`` of that or above means the classifier collapsed to
     (nearly) uniform outputs: its test accuracy says nothing of the encoder, and the run's lr was likely too
-    high for it. Results written before these fields existed are never flagged.
+    high for it. A result without these fields is never flagged (``finished_runs`` of
+    :mod:`mimkit.eval.label_efficiency` fills them in for runs written before they existed).
     """
     loss, chance = result.get("final_train_loss"), result.get("chance_loss")
     return loss is not None and chance is not None and loss >= AT_CHANCE * chance

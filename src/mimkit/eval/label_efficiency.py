@@ -33,6 +33,7 @@ from mimkit.eval.finetune import (
     FinetuneConfig,
     at_chance,
     build_classifier,
+    final_train_loss,
     finetune,
     recipe_changes,
     recipe_record,
@@ -187,18 +188,27 @@ def run_name(init: str, fraction: float) -> str:
 
 
 def finished_runs(
-    out_dir: str | os.PathLike, fractions: Sequence[float]
+    out_dir: str | os.PathLike, fractions: Sequence[float], num_classes: int | None = None
 ) -> dict[tuple[str, float], dict[str, Any]]:
     """The finished runs (with a ``finetune.json``) under ``out_dir``, by (init, fraction).
 
     Each is a report row: ``{"init", "fraction", "labels", "test_top1", "steps", "epochs", "at_chance"}``.
+    A ``finetune.json`` written before runs recorded their final training loss gets it from the run's
+    ``metrics.jsonl``, and its chance level from ``num_classes`` when given, so that old runs are checked
+    for :func:`~mimkit.eval.finetune.at_chance` too.
     """
     found = {}
     for init in INITS:
         for fraction in fractions:
-            result = Path(out_dir, run_name(init, fraction), "finetune.json")
-            if result.is_file():
-                found[(init, fraction)] = _report_row(init, fraction, json.loads(result.read_text()))
+            run_dir = Path(out_dir, run_name(init, fraction))
+            if not (run_dir / "finetune.json").is_file():
+                continue
+            result = json.loads((run_dir / "finetune.json").read_text())
+            if "final_train_loss" not in result:
+                result["final_train_loss"] = final_train_loss(run_dir)
+            if "chance_loss" not in result and num_classes:
+                result["chance_loss"] = math.log(num_classes)
+            found[(init, fraction)] = _report_row(init, fraction, result)
     return found
 
 
@@ -306,7 +316,9 @@ def run_label_efficiency(
     drawn = json.loads((out_dir / "label_subsets.json").read_text())["counts"]
     earlier = [
         row
-        for (init, _), row in finished_runs(out_dir, sorted(float(k) for k in drawn)).items()
+        for (init, _), row in finished_runs(
+            out_dir, sorted(float(k) for k in drawn), train_set.num_classes
+        ).items()
         if row["fraction"] not in fractions and init in inits
     ]
     note = ""
