@@ -12,6 +12,7 @@ feature pass runs under bf16 autocast unless ``--precision fp32``.
     mimkit eval finetune runs/mae --train-blocks 4 --set train.epochs=50 layer_decay=0.75
     mimkit eval label-efficiency runs/mae --fractions 0.01 0.1 1 --epochs 200 60 30
     mimkit eval tsne runs/mae --out tsne.png
+    mimkit eval knn runs/sit --teacher     # SiT's momentum teacher instead of the student
 
 ``add_eval_parsers(subparsers)`` adds the ``eval`` parser to the main CLI; ``run_eval(args)`` runs it.
 """
@@ -67,6 +68,7 @@ class LoadedEncoder:
         data: the data config to evaluate on (the run's, without augmentation, with its normalisation).
         checkpoint: the checkpoint file, or None.
         run_dir: the mimkit run directory the checkpoint belongs to, or None for other files.
+        teacher: ``encoder`` is the method's momentum teacher, not the student.
     """
 
     encoder: nn.Module | None
@@ -74,6 +76,7 @@ class LoadedEncoder:
     data: DataConfig
     checkpoint: Path | None
     run_dir: Path | None
+    teacher: bool = False
 
 
 def _check_has_encoder(path: Path) -> None:
@@ -96,27 +99,40 @@ def load_encoder(
     encoder_name: str | None = None,
     source: str | None = None,
     root: str | None = None,
+    teacher: bool = False,
 ) -> LoadedEncoder:
     """Resolve a checkpoint argument (see the module docstring) into an encoder and the data to use.
 
+    ``teacher`` takes the method's momentum (EMA) teacher encoder instead of the student, as DINO-style
+    evaluations do; only a mimkit pretraining checkpoint of a method with a teacher (SiT) has one.
+
     Raises:
         ValueError: no checkpoint and no encoder name; a checkpoint without encoder weights; weights that
-            do not fit ``encoder_name``.
+            do not fit ``encoder_name``; ``teacher`` for a checkpoint without a teacher.
         FileNotFoundError: no such checkpoint or run directory.
     """
     path = resolve_checkpoint(checkpoint) if checkpoint is not None else None
     if path is not None:
         _check_has_encoder(path)
+    if teacher and (path is None or encoder_name is not None):
+        raise ValueError("--teacher needs a mimkit pretraining run or checkpoint (without --encoder)")
     if encoder_name is None:
         if path is None:
             raise ValueError("give a checkpoint (or run directory), or --encoder NAME for a random encoder")
         method, cfg, stats = load_pretrained(path)
+        encoder = method.encoder
+        if teacher:
+            encoder = getattr(method, "teacher_encoder", None)
+            if encoder is None:
+                raise ValueError(
+                    f"{path} holds no teacher encoder: its method {cfg.method['name']!r} has none "
+                    "(SiT keeps one); drop --teacher"
+                )
         encoder_cfg = dict(cfg.encoder)
         if stats:
             encoder_cfg.update(img_size=list(stats["img_size"]), in_chans=stats["channels"])
-        return LoadedEncoder(
-            method.encoder, encoder_cfg, eval_data_config(cfg.data, stats, source, root), path, path.parent
-        )
+        data = eval_data_config(cfg.data, stats, source, root)
+        return LoadedEncoder(encoder, encoder_cfg, data, path, path.parent, teacher)
     data = DataConfig(source=source or "fashion_mnist", augment="none", **({"root": root} if root else {}))
     sample = build_dataset(dataclasses.replace(data, limit=1), "train")
     encoder_cfg = {"name": encoder_name, "img_size": list(sample.img_size), "in_chans": sample.channels}
@@ -178,7 +194,11 @@ def _encoders(
 ) -> Iterator[tuple[str, nn.Module, Path | None, dict[str, Any]]]:
     """``(name, encoder, checkpoint, cache-key extras)`` of the pretrained and/or random-init encoder."""
     if loaded.encoder is not None:
-        yield "pretrained", loaded.encoder, loaded.checkpoint, {"encoder": loaded.encoder_cfg}
+        if loaded.teacher:
+            extra = {"encoder": loaded.encoder_cfg, "weights": "teacher"}
+            yield "teacher", loaded.encoder, loaded.checkpoint, extra
+        else:
+            yield "pretrained", loaded.encoder, loaded.checkpoint, {"encoder": loaded.encoder_cfg}
     if compare_random or loaded.encoder is None:
         extra = {"encoder": loaded.encoder_cfg, "init": "random", "seed": seed}
         yield "random init", _random_encoder(loaded.encoder_cfg, seed), None, extra
@@ -195,7 +215,8 @@ def _cache_dir(loaded: LoadedEncoder, cache_dir: str | os.PathLike | None, use_c
 def _out_dir(loaded: LoadedEncoder, out_dir: str | os.PathLike | None, protocol: str) -> Path:
     if out_dir is not None:
         return Path(out_dir)
-    return (loaded.run_dir / "eval" if loaded.run_dir is not None else Path("runs") / "eval") / protocol
+    name = f"{protocol}_teacher" if loaded.teacher else protocol  # its runs never resume the student's
+    return (loaded.run_dir / "eval" if loaded.run_dir is not None else Path("runs") / "eval") / name
 
 
 def _slug(name: str) -> str:
@@ -242,6 +263,7 @@ def run_eval_knn(
     cache_dir: str | None = None,
     use_cache: bool = True,
     seed: int = 0,
+    teacher: bool = False,
     precision: str = "bf16",
 ) -> dict[str, dict[int, float]]:
     """Weighted kNN top-1 (%) for every ``k`` from one feature pass.
@@ -249,7 +271,7 @@ def run_eval_knn(
     Returns:
         ``{"pretrained": {k: %}, "random init": {k: %}}`` (each when asked for / available).
     """
-    loaded = load_encoder(checkpoint, encoder_name, source, root)
+    loaded = load_encoder(checkpoint, encoder_name, source, root, teacher)
     train_set, test_set, train_cfg, test_cfg = load_splits(loaded.data, train_limit, test_limit, "kNN")
     bad = [k for k in ks if not 1 <= k <= len(train_set)]
     if bad:
@@ -285,6 +307,7 @@ def run_eval_linear(
     cache_dir: str | None = None,
     use_cache: bool = True,
     seed: int = 0,
+    teacher: bool = False,
     precision: str = "bf16",
 ) -> dict[str, dict[str, Any]]:
     """Linear probe (BatchNorm + Linear, LARS, blr chosen on held-out training features).
@@ -296,7 +319,7 @@ def run_eval_linear(
         ``{"pretrained": result, "random init": result}`` with the results of :func:`linear_probe`.
     """
     cfg = load_recipe(LinearProbeConfig, [f"device={device}", *overrides])
-    loaded = load_encoder(checkpoint, encoder_name, source, root)
+    loaded = load_encoder(checkpoint, encoder_name, source, root, teacher)
     train_set, test_set, train_cfg, test_cfg = load_splits(
         loaded.data, train_limit, test_limit, "the linear probe"
     )
@@ -328,6 +351,7 @@ def run_eval_finetune(
     train_limit: int | None = None,
     test_limit: int | None = None,
     seed: int = 0,
+    teacher: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune (full, or partial with ``train_blocks``) on ``label_fraction`` of the labels.
 
@@ -345,11 +369,13 @@ def run_eval_finetune(
         cfg = scratch_recipe(cfg)  # no layer-wise decay from scratch, unless asked for
     if train_blocks is not None:
         cfg = dataclasses.replace(cfg, train_blocks=train_blocks)
-    loaded = load_encoder(checkpoint, encoder_name, source, root)
+    if teacher and random_init:
+        raise ValueError("--teacher and --random-init exclude each other: one encoder is fine-tuned")
+    loaded = load_encoder(checkpoint, encoder_name, source, root, teacher)
     if loaded.encoder is None and not random_init:
         raise ValueError("fine-tuning needs a checkpoint to start from, or --random-init for the baseline")
     train_set, test_set, _, _ = load_splits(loaded.data, train_limit, test_limit, "fine-tuning")
-    init = "random init" if random_init else "pretrained"
+    init = "random init" if random_init else "teacher" if teacher else "pretrained"
     out = _out_dir(loaded, out_dir, "finetune")
     if label_fraction < 1:
         subsets = label_subsets(train_set.labels, [label_fraction], seed, out / "label_subsets.json")
@@ -379,6 +405,7 @@ def run_eval_label_efficiency(
     train_limit: int | None = None,
     test_limit: int | None = None,
     seed: int = 0,
+    teacher: bool = False,
 ) -> list[dict[str, Any]]:
     """Fine-tune ``{pretrained, random init} x fractions``; writes a table, a CSV and a plot in ``out_dir``.
 
@@ -391,7 +418,7 @@ def run_eval_label_efficiency(
             f"give one epoch count per fraction: {len(fractions)} fractions, {len(epochs)} epochs"
         )
     cfg = load_recipe(FinetuneConfig, overrides)
-    loaded = load_encoder(checkpoint, encoder_name, source, root)
+    loaded = load_encoder(checkpoint, encoder_name, source, root, teacher)
     train_set, test_set, _, _ = load_splits(loaded.data, train_limit, test_limit, "label efficiency")
     out = _out_dir(loaded, out_dir, "label_efficiency")
     by_fraction = dict(zip(fractions, epochs, strict=True)) if epochs is not None else None
@@ -428,10 +455,11 @@ def run_eval_tsne(
     cache_dir: str | None = None,
     use_cache: bool = True,
     seed: int = 0,
+    teacher: bool = False,
     precision: str = "bf16",
 ) -> Path:
     """PNG of the t-SNE of test-set features coloured by class (needs scikit-learn)."""
-    loaded = load_encoder(checkpoint, encoder_name, source, root)
+    loaded = load_encoder(checkpoint, encoder_name, source, root, teacher)
     test_cfg = dataclasses.replace(loaded.data, limit=test_limit)
     test_set = build_dataset(test_cfg, "test")
     _require_labels(test_set, "the t-SNE plot")
@@ -478,6 +506,11 @@ def _common(p: argparse.ArgumentParser, frozen: bool) -> None:
     p.add_argument("--train-limit", type=int, help="use only the first N training images")
     p.add_argument("--test-limit", type=int, help="use only the first N test images")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--teacher",
+        action="store_true",
+        help="evaluate the run's momentum teacher encoder instead of the student (SiT)",
+    )
     if frozen:
         p.add_argument(
             "--pool",
@@ -563,6 +596,7 @@ def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         source=args.source,
         root=args.root,
         seed=args.seed,
+        teacher=args.teacher,
     )
 
 

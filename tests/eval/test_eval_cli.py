@@ -8,9 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
+from mimkit.cli import main as cli_main
 from mimkit.data import load_idx
 from mimkit.eval_cli import add_eval_parsers, load_encoder, run_eval, run_eval_knn
 from mimkit.models import create_encoder
+from mimkit.weights import extract_state_dict, read_checkpoint
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 pytestmark = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="dataset-fashion-mnist is not installed")
@@ -156,6 +158,40 @@ def test_reference_format_encoder_file_with_name(tmp_path, capsys):
         == 0
     )
     assert "k=5:" in capsys.readouterr().out
+
+
+def test_teacher_of_a_sit_run(run_dir, tmp_path, capsys):
+    run = tmp_path / "sit"
+    tiny = ["encoder.embed_dim=32", "encoder.depth=1", "encoder.num_heads=2", "method.recon_hidden_dim=32"]
+    tiny += ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.momentum=0.9", "data.limit=64"]
+    tiny += ["train.batch_size=32", "train.warmup_epochs=0"]
+    tiny += ["train.epochs=1", "train.progress=false", "train.tensorboard=false", f"output_dir={run}"]
+    assert cli_main(["pretrain", "--config", "configs/sit_fashion_mnist.yaml", *tiny]) == 0
+    state = extract_state_dict(read_checkpoint(run / "last.pt"))
+    teacher = {k.removeprefix("teacher_encoder."): v for k, v in state.items() if k.startswith("teacher_")}
+    teacher = {k: v for k, v in teacher.items() if not k.startswith("teacher_projector.")}
+    student = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    assert teacher.keys() == student.keys()
+    assert any(not torch.equal(teacher[k], student[k]) for k in teacher)  # the EMA lags the student
+
+    loaded = load_encoder(str(run), teacher=True)
+    got = loaded.encoder.state_dict()
+    assert got.keys() == teacher.keys() and all(torch.equal(got[k], teacher[k]) for k in teacher)
+    limits = ["--train-limit", "64", "--test-limit", "32", "--k", "5"]
+    assert eval_main(["knn", str(run), "--teacher", *limits]) == 0
+    assert eval_main(["knn", str(run), *limits]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("kNN")]
+    assert "teacher" in lines[0] and "pretrained" in lines[1]
+    cached = {p: torch.load(p)["features"] for p in (run / "eval" / "feature_cache").glob("features-*.pt")}
+    assert len(cached) == 4  # {teacher, student} x {train, test}: the teacher's features have their own key
+    train = [f for f in cached.values() if len(f) == 64]
+    assert len(train) == 2 and not torch.equal(*train)
+
+    with pytest.raises(ValueError, match="holds no teacher encoder: its method 'mae'") as err:
+        eval_main(["knn", str(run_dir), "--teacher"])
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="--teacher and --random-init exclude each other"):
+        eval_main(["finetune", str(run), "--teacher", "--random-init"])
 
 
 # ----------------------------------------------------------------------------- bad input: one line each

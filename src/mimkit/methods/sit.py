@@ -19,7 +19,6 @@ here, on the device (:class:`~mimkit.data.multiview.TwoViewAugment`).
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from mimkit.data.multiview import TwoViewAugment
+from mimkit.engine.schedule import cosine_momentum
 from mimkit.heads.sit import ProjectionHead, SiTReconstructionHead
 from mimkit.losses.contrastive import nt_xent
 from mimkit.losses.l1 import masked_l1
@@ -34,18 +34,6 @@ from mimkit.masking.gmml import check_fills, check_geometry, check_max_ratios, g
 from mimkit.methods.registry import METHODS
 
 RECON_LOSSES = ("masked", "full")
-
-
-def cosine_momentum(step: int, total_steps: int, base: float = 0.996, final: float = 1.0) -> float:
-    """Teacher momentum on a half-cosine from ``base`` (step 0) to ``final`` (step ``total_steps``).
-
-    ``m(step) = final - (final - base) * (cos(pi * step / total_steps) + 1) / 2``; steps outside
-    ``[0, total_steps]`` are clamped.
-    """
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps!r}")
-    progress = min(max(step, 0), total_steps) / total_steps
-    return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2
 
 
 @torch.no_grad()
