@@ -722,7 +722,10 @@ def write_report(
         for p, fr in r["frozen"].items():
             knn = ", ".join(f"k={k}: {v:.2f}" for k, v in fr["knn"].items())
             lin = fr["linear"]
-            held = ", ".join(f"{b:g}: {a:.2f}" for b, a in lin["holdout_top1"].items())
+            held = ", ".join(
+                f"{b:g}: diverged" if b in lin.get("diverged_blrs", ()) else f"{b:g}: {a:.2f}"
+                for b, a in lin["holdout_top1"].items()
+            )
             lines.append(
                 f"- {r['name']} ({p}): kNN {knn}; linear {lin['test_top1']:.2f} "
                 f"(blr {lin['best_blr']:g}; held-out top-1 by blr: {held})"

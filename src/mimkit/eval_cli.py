@@ -630,7 +630,10 @@ def run_eval(args: argparse.Namespace) -> int:
             **frozen,
         )
         for name, r in results.items():
-            held = ", ".join(f"{b:g}: {a:.2f}%" for b, a in r["holdout_top1"].items())
+            held = ", ".join(
+                f"{b:g}: diverged" if b in r["diverged_blrs"] else f"{b:g}: {a:.2f}%"
+                for b, a in r["holdout_top1"].items()
+            )
             print(
                 f"linear probe ({args.pool} features) {name:>12}: test top-1 {r['test_top1']:.2f}%  "
                 f"(blr {r['best_blr']:g} chosen on {r['holdout_images']} held-out training images: {held})"

@@ -95,3 +95,33 @@ def test_a_finished_sweep_is_reloaded_not_retrained(tmp_path):
     assert torch.equal(first.norm.running_var, again.norm.running_var)
     with pytest.raises(ValueError, match="was written by a run with"):
         train_heads(f + 1, y, [30.0], cfg(epochs=2, batch_size=8), tmp_path)  # other features: refused
+
+
+def test_a_head_that_is_no_longer_finite_drops_out_of_the_loss():
+    x, y = clusters(4)
+    probe = LinearProbe(dim=16, num_classes=4, num_heads=2)
+    with torch.no_grad():
+        probe.heads[1].weight[0, 0] = float("nan")
+    loss = probe.training_step((x, y))["loss"]
+    head0 = torch.nn.functional.cross_entropy(probe.heads[0](probe.norm(x)), y)  # by hand, head 0 only
+    assert torch.isfinite(loss) and torch.allclose(loss, head0)
+    loss.backward()
+    alone = LinearProbe(dim=16, num_classes=4, num_heads=1)
+    alone.heads[0].load_state_dict(probe.heads[0].state_dict())
+    alone.training_step((x, y))["loss"].backward()
+    assert torch.allclose(probe.heads[0].weight.grad, alone.heads[0].weight.grad)
+    assert probe.diverged() == [1] and alone.diverged() == []
+
+
+def test_a_diverging_blr_is_skipped_and_leaves_the_others_as_they_were(tmp_path):
+    train_f, train_y = clusters(100)
+    test_f, test_y = clusters(50, seed=1)
+    # blr 1e6: each LARS step multiplies |w| by ~1000, so the head overflows to inf/NaN within the run
+    result = linear_probe(train_f, train_y, test_f, test_y, tmp_path / "sweep", cfg(blrs=[30.0, 1e6]))
+    assert result["diverged_blrs"] == [1e6] and result["best_blr"] == 30.0
+    alone = linear_probe(train_f, train_y, test_f, test_y, tmp_path / "alone", cfg(blrs=[30.0]))
+    assert alone["diverged_blrs"] == []
+    assert result["holdout_top1"][30.0] == alone["holdout_top1"][30.0]
+    assert result["test_top1"] == alone["test_top1"] == 100.0
+    with pytest.raises(ValueError, match=r"every blr of \[1000000.0\] diverged"):
+        linear_probe(train_f, train_y, test_f, test_y, tmp_path / "bad", cfg(blrs=[1e6]))

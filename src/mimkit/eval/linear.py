@@ -126,11 +126,26 @@ class LinearProbe(nn.Module):
         return torch.stack([head(x) for head in self.heads])
 
     def training_step(self, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Sum over the heads of each head's mean cross-entropy (each head gets exactly its own gradient)."""
+        """Sum over the heads of each head's mean cross-entropy (each head gets exactly its own gradient).
+
+        A head whose loss is no longer finite (its lr was too high) drops out of the sum, so that one
+        diverging lr does not stop the others; :meth:`diverged` names it afterwards.
+        """
         features, labels = batch[0], batch[1]
         logits = self(features)  # [H, N, C]
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.repeat(len(self.heads))) * len(self.heads)
-        return {"loss": loss}
+        per_head = F.cross_entropy(
+            logits.flatten(0, 1), labels.repeat(len(self.heads)), reduction="none"
+        ).view(len(self.heads), -1)
+        per_head = per_head.mean(dim=1)  # [H]
+        return {"loss": torch.where(per_head.isfinite(), per_head, 0.0).sum()}
+
+    def diverged(self) -> list[int]:
+        """Indices of the heads whose weights are no longer finite."""
+        return [
+            i
+            for i, head in enumerate(self.heads)
+            if not all(bool(p.isfinite().all()) for p in head.parameters())
+        ]
 
     @torch.no_grad()
     def accuracy(self, features: torch.Tensor, labels: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
@@ -227,8 +242,12 @@ def linear_probe(
         cfg: the recipe.
 
     Returns:
-        ``{"best_blr", "lr", "holdout_top1": {blr: %}, "test_top1": % or None, "fit_images",
-        "holdout_images", "refit"}``.
+        ``{"best_blr", "lr", "holdout_top1": {blr: %}, "diverged_blrs", "test_top1": % or None,
+        "fit_images", "holdout_images", "refit"}``; a blr whose head diverged (weights NaN/inf) is listed
+        in ``diverged_blrs`` and never chosen.
+
+    Raises:
+        ValueError: unlabeled features; every blr diverged; the chosen one diverged when re-trained.
     """
     cfg = cfg or LinearProbeConfig()
     if train_labels.numel() == 0 or int(train_labels.min()) < 0:
@@ -246,7 +265,20 @@ def linear_probe(
         train_features[fit_idx], train_labels[fit_idx], cfg.blrs, cfg, run_dir / "select", num_classes
     )
     held = probe.accuracy(train_features[held_idx], train_labels[held_idx])
-    best = int(torch.argmax(held))  # the first of equals: the smallest blr among the best
+    diverged = probe.diverged()
+    if len(diverged) == len(cfg.blrs):
+        raise ValueError(
+            f"linear probe: every blr of {cfg.blrs} diverged (the heads' weights became NaN/inf); "
+            "try smaller ones"
+        )
+    if diverged:
+        log.warning(
+            "linear probe: blr %s diverged (weights NaN/inf); chosen among the others",
+            ", ".join(f"{cfg.blrs[i]:g}" for i in diverged),
+        )
+    candidates = held.clone()
+    candidates[diverged] = -1.0
+    best = int(torch.argmax(candidates))  # the first of equals: the smallest blr among the best
     best_blr = float(cfg.blrs[best])
     if len(cfg.blrs) > 1 and best_blr in (min(cfg.blrs), max(cfg.blrs)):
         log.warning("linear probe: the best blr %g is at the edge of the sweep %s", best_blr, cfg.blrs)
@@ -254,6 +286,7 @@ def linear_probe(
         "best_blr": best_blr,
         "lr": best_blr * min(cfg.batch_size, train_features.shape[0]) / 256,
         "holdout_top1": {float(b): float(a) for b, a in zip(cfg.blrs, held.tolist(), strict=True)},
+        "diverged_blrs": [float(cfg.blrs[i]) for i in diverged],
         "test_top1": None,
         "fit_images": int(fit_idx.numel()),
         "holdout_images": int(held_idx.numel()),
@@ -263,6 +296,11 @@ def linear_probe(
         if cfg.refit:
             final = train_heads(train_features, train_labels, [best_blr], cfg, run_dir / "refit", num_classes)
             head = 0
+            if final.diverged():
+                raise ValueError(
+                    f"linear probe: blr {best_blr:g} diverged when re-trained on all the training features "
+                    "(weights NaN/inf); give smaller blrs or refit=false"
+                )
         else:
             final, head = probe, best
         result["test_top1"] = float(final.accuracy(test_features, test_labels)[head])
