@@ -74,7 +74,7 @@ from mimkit.eval.label_efficiency import (
     run_label_efficiency,
     subset_dataset,
 )
-from mimkit.eval.linear import LinearProbeConfig, linear_probe
+from mimkit.eval.linear import LinearProbeConfig, holdout_summary, linear_probe
 from mimkit.eval.online_knn import OnlineKNN
 from mimkit.eval_cli import load_recipe
 from mimkit.pretrain import build_encoder, build_method, data_stats
@@ -722,10 +722,7 @@ def write_report(
         for p, fr in r["frozen"].items():
             knn = ", ".join(f"k={k}: {v:.2f}" for k, v in fr["knn"].items())
             lin = fr["linear"]
-            held = ", ".join(
-                f"{b:g}: diverged" if b in lin.get("diverged_blrs", ()) else f"{b:g}: {a:.2f}"
-                for b, a in lin["holdout_top1"].items()
-            )
+            held = holdout_summary(lin)
             lines.append(
                 f"- {r['name']} ({p}): kNN {knn}; linear {lin['test_top1']:.2f} "
                 f"(blr {lin['best_blr']:g}; held-out top-1 by blr: {held})"

@@ -45,7 +45,7 @@ from mimkit.eval.label_efficiency import (
     scratch_recipe,
     subset_dataset,
 )
-from mimkit.eval.linear import LinearProbeConfig, linear_probe
+from mimkit.eval.linear import LinearProbeConfig, holdout_summary, linear_probe
 from mimkit.pretrain import build_encoder, load_pretrained, resolve_checkpoint
 from mimkit.weights import extract_state_dict, load_weights, read_checkpoint
 
@@ -630,10 +630,7 @@ def run_eval(args: argparse.Namespace) -> int:
             **frozen,
         )
         for name, r in results.items():
-            held = ", ".join(
-                f"{b:g}: diverged" if b in r["diverged_blrs"] else f"{b:g}: {a:.2f}%"
-                for b, a in r["holdout_top1"].items()
-            )
+            held = holdout_summary(r, "%")
             print(
                 f"linear probe ({args.pool} features) {name:>12}: test top-1 {r['test_top1']:.2f}%  "
                 f"(blr {r['best_blr']:g} chosen on {r['holdout_images']} held-out training images: {held})"

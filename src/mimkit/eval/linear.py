@@ -180,6 +180,15 @@ class FeatureSet:
         return self.images[index], int(self.labels[index])
 
 
+def holdout_summary(result: dict[str, Any], unit: str = "") -> str:
+    """``"blr: top-1<unit>, ..."`` of a :func:`linear_probe` result, with "diverged" for a diverged blr."""
+    diverged = result.get("diverged_blrs", ())  # absent from results written before it existed
+    return ", ".join(
+        f"{b:g}: diverged" if b in diverged else f"{b:g}: {a:.2f}{unit}"
+        for b, a in result["holdout_top1"].items()
+    )
+
+
 def _fingerprint(features: torch.Tensor, labels: torch.Tensor) -> str:
     digest = hashlib.sha256(features.contiguous().float().numpy().tobytes())
     digest.update(labels.to(torch.int64).numpy().tobytes())
