@@ -127,3 +127,7 @@ def test_reference_sizes():
     assert big.embed_dim == 768 and big.num_heads == 12 and big.grid_size == (14, 14)
     huge = create_encoder("vit_huge_patch14", depth=1)
     assert huge.patch_size == 14 and huge.embed_dim == 1280
+    small_grid = create_encoder("vit_tiny_patch7_28", depth=1)
+    # 28 / 7 = 4 patches a side: 16 tokens plus the class token, one grey channel of 7 * 7 pixels each
+    assert small_grid.grid_size == (4, 4) and small_grid.pos_embed.shape == (1, 17, 192)
+    assert small_grid.patch_embed.proj.weight.shape == (192, 1, 7, 7)

@@ -11,7 +11,8 @@ from mimkit.registry import Registry
 
 ENCODERS = Registry("encoder")
 
-# name -> keyword arguments of the encoder class. The patch-4 variants are for 28x28 / 32x32 images.
+# name -> keyword arguments of the encoder class. The patch-4 / patch-7 variants are for 28x28 / 32x32
+# images (patch 7: 16 tokens on 28x28, the grid SiT's Fashion-MNIST recipe trains on).
 _VIT_SIZES: dict[str, dict[str, Any]] = {
     "vit_tiny_patch16": dict(embed_dim=192, depth=12, num_heads=3),
     "vit_small_patch16": dict(embed_dim=384, depth=12, num_heads=6),
@@ -19,6 +20,7 @@ _VIT_SIZES: dict[str, dict[str, Any]] = {
     "vit_large_patch16": dict(embed_dim=1024, depth=24, num_heads=16),
     "vit_huge_patch14": dict(embed_dim=1280, depth=32, num_heads=16, patch_size=14),
     "vit_tiny_patch4_28": dict(embed_dim=192, depth=12, num_heads=3, patch_size=4, img_size=28, in_chans=1),
+    "vit_tiny_patch7_28": dict(embed_dim=192, depth=12, num_heads=3, patch_size=7, img_size=28, in_chans=1),
     "vit_small_patch4_28": dict(embed_dim=384, depth=12, num_heads=6, patch_size=4, img_size=28, in_chans=1),
     "vit_tiny_patch4_32": dict(embed_dim=192, depth=12, num_heads=3, patch_size=4, img_size=32),
     "vit_small_patch4_32": dict(embed_dim=384, depth=12, num_heads=6, patch_size=4, img_size=32),
