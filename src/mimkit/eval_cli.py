@@ -194,11 +194,9 @@ def _encoders(
 ) -> Iterator[tuple[str, nn.Module, Path | None, dict[str, Any]]]:
     """``(name, encoder, checkpoint, cache-key extras)`` of the pretrained and/or random-init encoder."""
     if loaded.encoder is not None:
-        if loaded.teacher:
-            extra = {"encoder": loaded.encoder_cfg, "weights": "teacher"}
-            yield "teacher", loaded.encoder, loaded.checkpoint, extra
-        else:
-            yield "pretrained", loaded.encoder, loaded.checkpoint, {"encoder": loaded.encoder_cfg}
+        # the student's key has no "weights" entry, so caches written before --teacher existed stay valid
+        extra = {"encoder": loaded.encoder_cfg} | ({"weights": "teacher"} if loaded.teacher else {})
+        yield "teacher" if loaded.teacher else "pretrained", loaded.encoder, loaded.checkpoint, extra
     if compare_random or loaded.encoder is None:
         extra = {"encoder": loaded.encoder_cfg, "init": "random", "seed": seed}
         yield "random init", _random_encoder(loaded.encoder_cfg, seed), None, extra
@@ -435,6 +433,7 @@ def run_eval_label_efficiency(
         seed,
         include_random or loaded.encoder is None,
         config,
+        pretrained_label="teacher" if loaded.teacher else "pretrained",
     )
 
 

@@ -188,6 +188,12 @@ def test_teacher_of_a_sit_run(run_dir, tmp_path, capsys):
     train = [f for f in cached.values() if len(f) == 64]
     assert len(train) == 2 and not torch.equal(*train)
 
+    limits = ["--train-limit", "64", "--test-limit", "32", "--fractions", "0.5", "--epochs", "1"]
+    assert eval_main(["label-efficiency", str(run), "--teacher", "--no-random", *limits]) == 0
+    assert capsys.readouterr().out.split()[0] == "teacher"
+    table = (run / "eval" / "label_efficiency_teacher" / "label_efficiency.md").read_text()
+    assert "| teacher |" in table and "pretrained" not in table
+
     with pytest.raises(ValueError, match="holds no teacher encoder: its method 'mae'") as err:
         eval_main(["knn", str(run_dir), "--teacher"])
     assert "\n" not in str(err.value)

@@ -243,6 +243,7 @@ def run_label_efficiency(
     include_random: bool = True,
     config: dict[str, Any] | None = None,
     scratch: FinetuneConfig | None = None,
+    pretrained_label: str = "pretrained",
 ) -> list[dict[str, Any]]:
     """Fine-tune ``{pretrained, random init} x fractions`` and write the table, CSV and plot.
 
@@ -263,6 +264,8 @@ def run_label_efficiency(
         include_random: also run the random-init row.
         config: extra entries for the runs' stored config (e.g. the checkpoint it came from).
         scratch: the random-init rows' recipe; default :func:`scratch_recipe` of ``cfg`` (same schedule).
+        pretrained_label: the ``init`` that the pretrained rows get in the returned rows and the report
+            (e.g. ``"teacher"``); their run folders keep ``pretrained_<fraction>``.
 
     Returns:
         One row per run: ``{"init", "fraction", "labels", "test_top1", "steps", "epochs", "at_chance"}``
@@ -321,6 +324,11 @@ def run_label_efficiency(
         ).items()
         if row["fraction"] not in fractions and init in inits
     ]
+    if pretrained_label != "pretrained":
+        rows, earlier = (
+            [dict(r, init=pretrained_label) if r["init"] == "pretrained" else r for r in group]
+            for group in (rows, earlier)
+        )
     note = ""
     if earlier:
         note = (
