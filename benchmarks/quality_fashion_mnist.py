@@ -763,7 +763,8 @@ def _plot_curve(path: Path, curves: dict[str, list]) -> None:
     ax.set_xlabel("pretraining time (min)")
     ax.set_ylabel("online kNN top-1 (%)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if any(curves.values()):  # no curve (e.g. no online kNN points): no legend to draw
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

@@ -89,7 +89,7 @@ def test_weights_only_refuses_code(tmp_path):
             return (print, ("pwned",))
 
     with open(tmp_path / "evil.pt", "wb") as f:
-        pickle.dump({"model": Evil()}, f)
+        pickle.dump({"model": Evil()}, f, protocol=2)  # torch.save's protocol
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         load_weights(tiny_encoder(), tmp_path / "evil.pt")
 
