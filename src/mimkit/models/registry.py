@@ -11,8 +11,8 @@ from mimkit.registry import Registry
 
 ENCODERS = Registry("encoder")
 
-# name -> keyword arguments of the encoder class. The patch-4 / patch-7 variants are for 28x28 / 32x32
-# images (patch 7: 16 tokens on 28x28, the grid SiT's Fashion-MNIST recipe trains on).
+# name -> keyword arguments of the encoder class. The patch-4 variants are for 28x28 / 32x32 images, the
+# patch-7 one for 28x28 (16 tokens: the grid SiT's Fashion-MNIST recipe trains on).
 _VIT_SIZES: dict[str, dict[str, Any]] = {
     "vit_tiny_patch16": dict(embed_dim=192, depth=12, num_heads=3),
     "vit_small_patch16": dict(embed_dim=384, depth=12, num_heads=6),
