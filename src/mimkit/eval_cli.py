@@ -78,6 +78,11 @@ class LoadedEncoder:
     run_dir: Path | None
     teacher: bool = False
 
+    @property
+    def label(self) -> str:
+        """The name of the loaded encoder's rows in results: "teacher" or "pretrained"."""
+        return "teacher" if self.teacher else "pretrained"
+
 
 def _check_has_encoder(path: Path) -> None:
     """A one-line ValueError naming ``path`` if the file holds no encoder weights."""
@@ -196,7 +201,7 @@ def _encoders(
     if loaded.encoder is not None:
         # the student's key has no "weights" entry, so caches written before --teacher existed stay valid
         extra = {"encoder": loaded.encoder_cfg} | ({"weights": "teacher"} if loaded.teacher else {})
-        yield "teacher" if loaded.teacher else "pretrained", loaded.encoder, loaded.checkpoint, extra
+        yield loaded.label, loaded.encoder, loaded.checkpoint, extra
     if compare_random or loaded.encoder is None:
         extra = {"encoder": loaded.encoder_cfg, "init": "random", "seed": seed}
         yield "random init", _random_encoder(loaded.encoder_cfg, seed), None, extra
@@ -373,7 +378,7 @@ def run_eval_finetune(
     if loaded.encoder is None and not random_init:
         raise ValueError("fine-tuning needs a checkpoint to start from, or --random-init for the baseline")
     train_set, test_set, _, _ = load_splits(loaded.data, train_limit, test_limit, "fine-tuning")
-    init = "random init" if random_init else "teacher" if teacher else "pretrained"
+    init = "random init" if random_init else loaded.label
     out = _out_dir(loaded, out_dir, "finetune")
     if label_fraction < 1:
         subsets = label_subsets(train_set.labels, [label_fraction], seed, out / "label_subsets.json")
@@ -433,7 +438,7 @@ def run_eval_label_efficiency(
         seed,
         include_random or loaded.encoder is None,
         config,
-        pretrained_label="teacher" if loaded.teacher else "pretrained",
+        pretrained_label=loaded.label,
     )
 
 
