@@ -35,6 +35,27 @@ def test_pretrain_writes_run_directory(run_dir):
     assert any(k.startswith("decoder.blocks.0.") for k in ckpt["model"])  # the full encoder + decoder
 
 
+def test_the_run_records_and_says_what_it_ran_in(tmp_path, tiny, caplog):
+    from mimkit.engine.config import load_config
+
+    with caplog.at_level("INFO", logger="mimkit"):
+        assert (
+            main(["pretrain", "--config", "configs/mae_fashion_mnist.yaml", f"output_dir={tmp_path}", *tiny])
+            == 0
+        )
+    lines = [r.getMessage() for r in caplog.records]
+    # which precision (and why), which attention path, and the measured rate: one line each
+    assert any(line.startswith("training on cpu: auto -> ") and "attention: " in line for line in lines)
+    assert any(
+        line.startswith("trained steps 1-10 (640 images) in ") and "images/s" in line for line in lines
+    )
+    # "auto" is a request: the run's config holds what it resolved to on this machine, and says so
+    text = (tmp_path / "config.yaml").read_text()
+    ran = load_config(tmp_path / "config.yaml").train.precision
+    assert ran in ("bf16", "fp32") and text.startswith(f"# train.precision auto ran as {ran} on cpu")
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["config"]["train"]["precision"] == ran
+
+
 def test_rerun_resumes_and_extends(run_dir, tiny):
     # a finished run asked for more epochs continues from its checkpoint instead of starting over
     assert (

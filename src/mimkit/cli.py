@@ -17,6 +17,8 @@ import torch
 
 from mimkit.data import EvalTransform, build_dataset
 from mimkit.engine import NonFiniteLossError, load_config
+from mimkit.engine.dist import resolve_device
+from mimkit.engine.precision import PRECISIONS, resolve_precision
 from mimkit.eval_cli import add_eval_parsers, eval_data_config, run_eval, run_eval_knn
 from mimkit.models import create_encoder
 from mimkit.pretrain import load_pretrained, pretrain, resolve_checkpoint
@@ -99,7 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto")
     p.add_argument(
-        "--precision", choices=["bf16", "fp32"], default="bf16", help="autocast of the feature pass"
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="of the feature pass (auto: bf16 where the device has it natively, else fp32)",
     )
 
     p = sub.add_parser("export", help="write the encoder as .safetensors (standard ViT names)")
@@ -126,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             path = run_reconstruct(args.checkpoint, args.out, args.num, args.split, args.seed, args.data_root)
             print(f"wrote {path}")
         elif args.command == "knn":
+            resolve_precision(args.precision, resolve_device(args.device))  # says what the pass runs in
             results = run_eval_knn(
                 args.checkpoint,
                 args.encoder_name,

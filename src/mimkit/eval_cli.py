@@ -5,7 +5,8 @@ and its encoder taken), or an encoder-only file (reference MAE, timm-style ViT, 
 export) with ``--encoder NAME`` to build the model it fits; ``--encoder NAME`` without a checkpoint is a
 randomly initialised encoder. The frozen protocols (kNN, linear probe, t-SNE) share one feature pass:
 features are cached per checkpoint, data, split, pooling and precision (:mod:`mimkit.eval.cache`); the
-feature pass runs under bf16 autocast unless ``--precision fp32``.
+feature pass runs in the precision the device runs natively (``--precision auto``: bf16 where the CPU or GPU
+has native bf16, else fp32 / fp16) unless ``--precision`` says otherwise.
 
     mimkit eval knn runs/mae --k 10 20 100 --compare-random
     mimkit eval linear runs/mae --pool token --set epochs=90 "blrs=[0.1, 0.3, 1.0]"
@@ -34,6 +35,7 @@ import torch.nn as nn
 from mimkit.data import DataConfig, ImageDataset, build_dataset
 from mimkit.engine.config import _build, merge, parse_overrides, to_dict
 from mimkit.engine.dist import resolve_device
+from mimkit.engine.precision import PRECISIONS, auto_to_native, resolve_precision
 from mimkit.eval.cache import cached_features, default_cache_dir, feature_key
 from mimkit.eval.finetune import FinetuneConfig, build_classifier, finetune
 from mimkit.eval.knn import knn_accuracy
@@ -238,6 +240,7 @@ def _features(
     precision: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _, encoder, checkpoint, extra = name_encoder
+    precision = auto_to_native(precision, device)  # cached under what ran, so bf16 and fp32 never mix
     key = feature_key(checkpoint, data_cfg, split, pool, {**extra, "precision": precision})
     return cached_features(encoder, dataset, key, cache_dir, pool, batch_size, device, precision)
 
@@ -267,7 +270,7 @@ def run_eval_knn(
     use_cache: bool = True,
     seed: int = 0,
     teacher: bool = False,
-    precision: str = "bf16",
+    precision: str = "auto",
 ) -> dict[str, dict[int, float]]:
     """Weighted kNN top-1 (%) for every ``k`` from one feature pass.
 
@@ -311,7 +314,7 @@ def run_eval_linear(
     use_cache: bool = True,
     seed: int = 0,
     teacher: bool = False,
-    precision: str = "bf16",
+    precision: str = "auto",
 ) -> dict[str, dict[str, Any]]:
     """Linear probe (BatchNorm + Linear, LARS, blr chosen on held-out training features).
 
@@ -460,7 +463,7 @@ def run_eval_tsne(
     use_cache: bool = True,
     seed: int = 0,
     teacher: bool = False,
-    precision: str = "bf16",
+    precision: str = "auto",
 ) -> Path:
     """PNG of the t-SNE of test-set features coloured by class (needs scikit-learn)."""
     loaded = load_encoder(checkpoint, encoder_name, source, root, teacher)
@@ -525,7 +528,10 @@ def _common(p: argparse.ArgumentParser, frozen: bool) -> None:
         p.add_argument("--batch-size", type=int, default=512, help="feature-extraction batch size")
         p.add_argument("--device", default="auto")
         p.add_argument(
-            "--precision", choices=["bf16", "fp32"], default="bf16", help="autocast of the feature pass"
+            "--precision",
+            choices=PRECISIONS,
+            default="auto",
+            help="of the feature pass (auto: bf16 where the device has it natively, else fp32)",
         )
         p.add_argument("--cache-dir", help="feature cache (default: <run>/eval/feature_cache)")
         p.add_argument(
@@ -611,6 +617,8 @@ def run_eval(args: argparse.Namespace) -> int:
     in one line.
     """
     common = _common_kwargs(args)
+    if hasattr(args, "precision"):  # one line saying what the feature passes run in (a warning if emulated)
+        resolve_precision(args.precision, resolve_device(args.device))
     limits = dict(train_limit=args.train_limit, test_limit=args.test_limit)
     frozen = {
         name: getattr(args, name)

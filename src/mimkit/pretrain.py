@@ -6,6 +6,7 @@ Also rebuilds a trained method from a run's checkpoint (``load_pretrained``), fo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from mimkit.data import DataConfig, build_augment, build_dataset, build_loader
 from mimkit.engine import dist
 from mimkit.engine.checkpoint import last_checkpoint, seed_everything
 from mimkit.engine.config import PretrainConfig, _build, save_config, to_dict
+from mimkit.engine.precision import auto_to_native
 from mimkit.engine.trainer import Trainer
 from mimkit.methods import create_method
 from mimkit.models import create_encoder
@@ -90,11 +92,15 @@ def pretrain(cfg: PretrainConfig) -> Path:
             )
         )
     run_dir = Path(cfg.output_dir)
-    resolved = to_dict(cfg)
+    # the run's config records the precision it ran in: "auto" resolved for this machine
+    native = auto_to_native(cfg.train.precision, env.device)
+    ran = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=native))
+    resolved = to_dict(ran)
     resolved["data_stats"] = data_stats(dataset)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        note = f"train.precision {cfg.train.precision} ran as {native} on {env.device}"
+        save_config(ran, run_dir / "config.yaml", header=note if cfg.train.precision != native else "")
         n_params = sum(p.numel() for p in method.parameters()) / 1e6
         log.info(
             "pretraining %s on %s (%d images%s) with %s (%.1fM parameters) -> %s",

@@ -54,8 +54,11 @@ def test_unknown_key_is_named_with_suggestion():
 
 
 def test_bad_values_named():
-    with pytest.raises(ValueError, match="train.precision must be one of bf16, fp32, got 'fp16'"):
-        load_config(None, ["train.precision=fp16"])
+    with pytest.raises(ValueError, match="train.precision must be one of auto, bf16, fp16, fp32, got 'fp8'"):
+        load_config(None, ["train.precision=fp8"])
+    for bad in ("0", "-1", "abc", "true"):  # a budget must be a positive number: one line naming the key
+        with pytest.raises(ValueError, match="train.max_minutes.? must be a number"):
+            load_config(None, [f"train.max_minutes={bad}"])
     with pytest.raises(ValueError, match="train.epochs must be a positive integer, got 0"):
         load_config(None, ["train.epochs=0"])
     with pytest.raises(ValueError, match="not of the form"):

@@ -1,6 +1,7 @@
 """The trainer on a tiny MAE and an in-memory loader: exact resume, atomic checkpoints, NaN handling."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -238,3 +239,77 @@ def test_compile_without_a_cxx_compiler_is_one_clear_error(tmp_path, images, mon
     monkeypatch.setattr("mimkit.engine.trainer.shutil.which", lambda name: None)
     with pytest.raises(ValueError, match="train.compile=true on the CPU needs a C\\+\\+ compiler"):
         make_trainer(tmp_path, images, compile=True)
+
+
+def budget_trainer(run_dir, images, **cfg):
+    """A trainer whose clock reads one second per optimizer step done: a fake, deterministic clock."""
+    trainer = make_trainer(run_dir, images, epochs=6, min_lr=0.0, **cfg)  # 30 steps scheduled
+    trainer.clock = lambda: float(trainer.step)
+    return trainer
+
+
+def test_time_budget_fits_the_schedule_and_ends_it_cleanly(tmp_path, images):
+    from mimkit.engine.trainer import CALIBRATION_SKIP, CALIBRATION_STEPS
+
+    trainer = budget_trainer(tmp_path, images, max_minutes=0.3)  # 18 s at 1 s per step
+    trainer.fit()
+    # timed from step 2 to 12 (1 s each), 6 s left buy 6 more steps: 18 in all, not the scheduled 30
+    assert (CALIBRATION_SKIP, CALIBRATION_STEPS) == (2, 10)
+    assert trainer.planned_steps == 18 and trainer.step == 18 and trainer.total_steps == 30
+    # warm-up (1 epoch = 5 of 30 steps) keeps its share of the 18 steps: 3; then cosine down to min_lr
+    base = trainer.base_lr
+    assert trainer.lr_at(1) == pytest.approx(base / 3)
+    assert trainer.lr_at(10) == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 7 / 15)))
+    assert trainer.lr_at(18) == pytest.approx(0.0, abs=1e-12)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 18  # the last step is logged
+    assert records[-1]["lr"] == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 14 / 15)))
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["step"] == 18 and saved["planned_steps"] == 18 and saved["elapsed_s"] == 18.0
+    again = budget_trainer(tmp_path, images, max_minutes=0.3)  # the same command again: nothing left to do
+    again.fit()
+    assert again.step == 18
+
+
+def test_time_budget_run_resumes_exactly(tmp_path, images):
+    straight = budget_trainer(tmp_path / "a", images, max_minutes=0.3)
+    straight.fit()
+    budget_trainer(tmp_path / "b", images, max_minutes=0.3, max_steps=14).fit()  # stopped after the plan
+    torch.manual_seed(999)
+    rest = budget_trainer(tmp_path / "b", images, max_minutes=0.3)
+    rest.fit()
+    assert rest.step == straight.step == 18 and rest.planned_steps == 18
+    for a, b in zip(straight.model.parameters(), rest.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_time_budget_stops_when_spent_even_if_the_machine_slowed(tmp_path, images, caplog):
+    trainer = make_trainer(tmp_path, images, epochs=6, max_minutes=0.3)
+    # 1 s per step while timed, 3 s per step after: the 18-step plan would take 30 s, the budget is 18
+    trainer.clock = lambda: float(trainer.step if trainer.step <= 12 else 12 + 3 * (trainer.step - 12))
+    with caplog.at_level("INFO", logger="mimkit"):
+        trainer.fit()
+    assert trainer.planned_steps == 18 and trainer.step == 14  # 12 + 3 * 2 = 18 s: out of time
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 14
+    assert any("budget ran out before the planned 18 steps" in r.getMessage() for r in caplog.records)
+
+
+def test_fp16_trains_with_a_gradient_scaler_and_resumes_it(tmp_path, images):
+    with pytest.warns(RuntimeWarning, match="fp16 is not native on this cpu"):  # CPUs emulate fp16
+        trainer = make_trainer(tmp_path, images, precision="fp16", max_steps=2)
+    assert trainer.scaler is not None
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.fit()
+    assert trainer.step == 2
+    moved = [not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True)]
+    assert sum(moved) > len(moved) // 2  # the steps were taken, not skipped as overflows
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["scaler"]["scale"] == trainer.scaler.get_scale()
+    saved["scaler"]["scale"] = 1024.0  # as if overflows had lowered it: resume must bring it back
+    torch.save(saved, tmp_path / "last.pt")
+    with pytest.warns(RuntimeWarning):
+        resumed = make_trainer(tmp_path, images, precision="fp16")
+    assert resumed.scaler.get_scale() == 65536.0  # a fresh scaler's
+    resumed.resume(tmp_path / "last.pt")
+    assert resumed.scaler.get_scale() == 1024.0

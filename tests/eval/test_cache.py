@@ -60,7 +60,7 @@ def _tiny_encoder_and_data():
 
 def test_second_call_loads_from_the_cache(tmp_path, monkeypatch):
     encoder, data, _ = _tiny_encoder_and_data()
-    f1, y1 = cached_features(encoder, data, "k1", tmp_path, pool="avg", device="cpu")
+    f1, y1 = cached_features(encoder, data, "k1", tmp_path, pool="avg", device="cpu", precision="fp32")
     assert f1.shape == (10, 16) and y1.tolist() == (torch.arange(10) % 2).tolist()
     assert (tmp_path / "features-k1.pt").is_file()
 
@@ -68,22 +68,24 @@ def test_second_call_loads_from_the_cache(tmp_path, monkeypatch):
         raise AssertionError("extracted again")
 
     monkeypatch.setattr(cache, "extract_pooled", boom)
-    f2, y2 = cached_features(encoder, data, "k1", tmp_path, pool="avg", device="cpu")
+    f2, y2 = cached_features(encoder, data, "k1", tmp_path, pool="avg", device="cpu", precision="fp32")
     assert torch.equal(f1, f2) and torch.equal(y1, y2)
     with pytest.raises(AssertionError, match="extracted again"):
-        cached_features(encoder, data, "k2", tmp_path, pool="avg", device="cpu")
+        cached_features(encoder, data, "k2", tmp_path, pool="avg", device="cpu", precision="fp32")
 
 
 def test_several_poolings_from_one_pass(tmp_path, monkeypatch):
     encoder, data, images = _tiny_encoder_and_data()
-    token, _ = cached_features(encoder, data, "t", None, pool="token", device="cpu")
-    avg, _ = cached_features(encoder, data, "a", None, pool="avg", device="cpu")
+    token, _ = cached_features(encoder, data, "t", None, pool="token", device="cpu", precision="fp32")
+    avg, _ = cached_features(encoder, data, "a", None, pool="avg", device="cpu", precision="fp32")
     # "avg" cached already: only "token" is extracted, by one forward pass per batch
-    cached_features(encoder, data, "a", tmp_path, pool="avg", device="cpu")
+    cached_features(encoder, data, "a", tmp_path, pool="avg", device="cpu", precision="fp32")
     calls = []
     forward = encoder.forward_features
     monkeypatch.setattr(encoder, "forward_features", lambda x: calls.append(len(x)) or forward(x))
-    both = cache.cached_pooled_features(encoder, data, {"token": "t", "avg": "a"}, tmp_path, batch_size=4)
+    both = cache.cached_pooled_features(
+        encoder, data, {"token": "t", "avg": "a"}, tmp_path, batch_size=4, precision="fp32"
+    )
     assert calls == [4, 4, 2]
     assert torch.allclose(both["token"][0], token) and torch.allclose(both["avg"][0], avg)
     assert both["token"][1].tolist() == (torch.arange(10) % 2).tolist()
@@ -92,5 +94,7 @@ def test_several_poolings_from_one_pass(tmp_path, monkeypatch):
     assert torch.allclose(token, tokens[:, 0], atol=1e-5)
     assert torch.allclose(avg, tokens[:, 1:].mean(1), atol=1e-5)
     calls.clear()
-    cache.cached_pooled_features(encoder, data, {"token": "t", "avg": "a"}, tmp_path, batch_size=4)
+    cache.cached_pooled_features(
+        encoder, data, {"token": "t", "avg": "a"}, tmp_path, batch_size=4, precision="fp32"
+    )
     assert calls == []  # both from the cache now

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from mimkit.data.config import DataConfig
+from mimkit.engine.precision import PRECISIONS
 
 T = TypeVar("T")
 
@@ -39,9 +40,6 @@ def read_yaml(text: Any) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
-PRECISIONS = ("bf16", "fp32")
-
-
 @dataclass
 class TrainConfig:
     """Optimisation and bookkeeping of one training run (shared by pretraining and fine-tuning)."""
@@ -56,13 +54,16 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float | None = None
-    precision: str = "bf16"  # bf16 autocast (CPU and CUDA) or fp32
+    # auto: bf16 where native, fp16 + gradient scaler on GPUs without bf16, fp32 otherwise (engine.precision)
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
     compile: bool = False  # torch.compile the training step (inductor; on the CPU it needs a C++ compiler)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_every: int = 20  # optimizer steps between logged metrics (the only host syncs)
     save_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
     max_steps: int | None = None  # stop (and checkpoint) after this many optimizer steps in total
+    # wall-clock budget of the training loop: the schedule is fitted to it after a few timed steps
+    max_minutes: float | None = None
     resume: bool = True  # continue from the run directory's last checkpoint if there is one
     progress: bool = True
     tensorboard: bool = True
@@ -90,6 +91,11 @@ class TrainConfig:
             raise ValueError(f"train.clip_grad must be > 0 or null, got {self.clip_grad!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"train.max_steps must be >= 1 or null, got {self.max_steps!r}")
+        minutes = self.max_minutes
+        if minutes is not None and (
+            isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes > 0
+        ):
+            raise ValueError(f"train.max_minutes must be a number > 0 or null, got {self.max_minutes!r}")
         if self.save_every_steps < 0:
             raise ValueError(f"train.save_every_steps must be >= 0, got {self.save_every_steps!r}")
 
@@ -235,6 +241,8 @@ def load_config(
     return _build(cls, values, "")
 
 
-def save_config(cfg: Any, path: str | os.PathLike) -> None:
+def save_config(cfg: Any, path: str | os.PathLike, header: str = "") -> None:
+    """Write ``cfg`` as YAML (readable by :func:`load_config`), after ``header`` as comment lines."""
     with open(path, "w") as f:
+        f.writelines(f"# {line}\n" for line in header.splitlines())
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)

@@ -3,8 +3,14 @@
 It knows nothing of a particular method: each batch goes through ``model.training_step(batch)``, which
 returns a dict with a scalar ``loss`` (and optionally other ``loss_*`` scalars to log). After each
 optimizer step it calls ``model.on_train_step_end(step, total_steps)`` when the model has one (EMA
-teachers). Everything else — schedule, accumulation, bf16 autocast, clipping, checkpoints, exact resume,
-progress, metrics — lives here once.
+teachers). Everything else — schedule, accumulation, autocast (:mod:`mimkit.engine.precision`), fp16 loss
+scaling, clipping, a wall-clock budget, checkpoints, exact resume, progress, metrics — lives here once.
+
+A wall-clock budget (``train.max_minutes``) times a few steps after the first ones, then fits the number of
+steps to the budget: warm-up and cosine decay are compressed to that many steps, so the run ends with its
+lr schedule complete rather than cut in the middle. The plan and the time spent are stored in the
+checkpoint, so a resumed run keeps the same schedule; the loop also stops (and checkpoints) when the budget
+is spent, should the machine have slowed down.
 """
 
 from __future__ import annotations
@@ -27,9 +33,28 @@ from mimkit.engine import dist
 from mimkit.engine.config import TrainConfig
 from mimkit.engine.metrics import LogProgress, MetricsWriter
 from mimkit.engine.optim import build_adamw, param_groups
+from mimkit.engine.precision import autocast, grad_scaler, resolve_precision
 from mimkit.engine.schedule import cosine_lr
 
 log = logging.getLogger("mimkit")
+
+
+# wall-clock budget: steps run before timing starts (allocation, compilation), then steps timed
+CALIBRATION_SKIP, CALIBRATION_STEPS = 2, 10
+
+
+def budget_steps(step: int, elapsed_s: float, s_per_step: float, budget_s: float, total_steps: int) -> int:
+    """How many optimizer steps a run gets in all under a wall-clock budget.
+
+    Args:
+        step: steps done so far; elapsed_s: seconds they took; s_per_step: the measured time of one step;
+        budget_s: the budget; total_steps: the steps of the full schedule (``epochs``), the upper bound.
+
+    Returns:
+        ``step`` plus the whole steps the remaining time buys, at most ``total_steps``.
+    """
+    more = math.floor(max(budget_s - elapsed_s, 0.0) / max(s_per_step, 1e-12))
+    return max(step, min(total_steps, step + more))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -102,6 +127,7 @@ class Trainer:
         callbacks: objects with ``on_epoch_end(epoch, model) -> metrics`` (e.g. online kNN).
         build_optimizer: ``(param_groups, lr) -> Optimizer``; default AdamW with ``cfg.betas`` (the linear
             probe passes LARS).
+        clock: seconds from a monotonic clock, for ``cfg.max_minutes`` (tests pass a fake one).
     """
 
     def __init__(
@@ -116,9 +142,14 @@ class Trainer:
         layer_scale: Callable[[str], float] | None = None,
         callbacks: Iterable[Callback] = (),
         build_optimizer: Callable[[list[dict], float], torch.optim.Optimizer] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.env = env or dist.DistEnv(device=dist.resolve_device(cfg.device))
         self.cfg = cfg
+        self.clock = clock
+        # bf16 where native, fp16 with a loss scaler on GPUs without bf16, fp32 otherwise
+        self.precision = resolve_precision(cfg.precision, self.env.device, announce=self.env.is_main)
+        self.scaler = grad_scaler(self.precision, self.env.device.type)
         self.run_dir = Path(run_dir)
         self.model = model.to(self.env.device)
         self.step_module = dist.wrap(_Step(self.model), self.env)
@@ -150,6 +181,8 @@ class Trainer:
         self.step = 0  # optimizer steps done
         self.epoch = 0
         self.micro_in_epoch = 0  # micro-batches of the current epoch already consumed
+        self.elapsed_s = 0.0  # time spent in the training loop, over all sessions of the run
+        self.planned_steps: int | None = None  # the schedule's length once fitted to train.max_minutes
         self.metrics = MetricsWriter(self.run_dir, enabled=self.env.is_main, tensorboard=cfg.tensorboard)
 
     # ----------------------------------------------------------------------------- checkpoints
@@ -161,6 +194,9 @@ class Trainer:
             "epoch": self.epoch,
             "micro_in_epoch": self.micro_in_epoch,
             "rng": ckpt.rng_state(),
+            "elapsed_s": self.elapsed_s,
+            "planned_steps": self.planned_steps,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "config": self.config,
             "grid_size": list(getattr(getattr(self.model, "encoder", self.model), "grid_size", []) or []),
         }
@@ -184,13 +220,24 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.micro_in_epoch = state["step"], state["epoch"], state["micro_in_epoch"]
+        self.elapsed_s = float(state.get("elapsed_s", 0.0))
+        self.planned_steps = state.get("planned_steps")
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
         if self.env.is_main:
             log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
 
     # ----------------------------------------------------------------------------- training
+    @property
+    def schedule_steps(self) -> int:
+        """The length of the lr (and EMA) schedule: ``epochs`` worth of steps, or the budget's plan."""
+        return self.planned_steps or self.total_steps
+
     def lr_at(self, step: int) -> float:
-        return cosine_lr(step, self.base_lr, self.total_steps, self.warmup_steps, self.cfg.min_lr)
+        total = self.schedule_steps
+        warmup = self.warmup_steps * total / self.total_steps  # the same share of a shorter schedule
+        return cosine_lr(step, self.base_lr, total, warmup, self.cfg.min_lr)
 
     def _set_lr(self) -> float:
         lr = self.lr_at(self.step)
@@ -199,11 +246,11 @@ class Trainer:
         return lr
 
     def _autocast(self):
-        enabled = self.cfg.precision == "bf16"
-        return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return autocast(self.precision.precision, self.env.device.type)
 
     def fit(self) -> dict[str, float]:
-        """Train until ``epochs`` (or ``max_steps``) are done; resumes from ``run_dir/last.pt`` if present.
+        """Train until ``epochs`` (or ``max_steps``, or ``max_minutes``) are done; resumes from
+        ``run_dir/last.pt`` if present.
 
         Returns:
             The last logged metrics.
@@ -217,14 +264,20 @@ class Trainer:
             self.resume(last)
         else:
             ckpt.seed_everything(cfg.seed + self.env.rank)
-        stop_at = min(self.total_steps, cfg.max_steps or self.total_steps)
+        budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
+        stop_at = self._stop_at()
         progress = self._progress(stop_at)
+        self._announce()
         self.model.train()
         last_metrics: dict[str, float] = {}
         sums: dict[str, torch.Tensor] = {}
         count, images_seen, t_log = 0, 0, time.perf_counter()
+        first_step, total_images, t_fit = self.step, 0, time.perf_counter()
+        elapsed0, t0 = self.elapsed_s, self.clock()
+        calibrate_from = self.step + CALIBRATION_SKIP if self.planned_steps is None else None
+        t_calibrate = 0.0
         try:
-            while self.step < stop_at and self.epoch < cfg.epochs:
+            while self.step < stop_at and self.epoch < cfg.epochs and not self._out_of_time(budget_s):
                 self.loader.set_epoch(self.epoch)
                 self.loader.set_start_batch(self.micro_in_epoch)
                 for images, labels in self.loader:
@@ -234,10 +287,28 @@ class Trainer:
                             sums[key] = sums.get(key, 0.0) + value.detach().float()
                     count += 1
                     images_seen += images.shape[0] * self.env.world_size
+                    total_images += images.shape[0] * self.env.world_size
                     self.micro_in_epoch += 1
                     if self.micro_in_epoch % cfg.accum_steps:
                         continue
                     lr = self._optimizer_step()
+                    if budget_s is not None:
+                        timing = calibrate_from is not None and self.step - calibrate_from in (
+                            0,
+                            CALIBRATION_STEPS,
+                        )
+                        if timing and self.env.device.type == "cuda":
+                            torch.cuda.synchronize(self.env.device)  # two syncs per run, to time the steps
+                        now = self.clock()
+                        self.elapsed_s = elapsed0 + now - t0
+                        if timing and self.step == calibrate_from:
+                            t_calibrate = now
+                        elif timing:
+                            s_per_step = (now - t_calibrate) / CALIBRATION_STEPS
+                            self._plan(budget_s, s_per_step)
+                            calibrate_from, stop_at = None, self._stop_at()
+                            if progress is not None:
+                                progress.total = stop_at
                     if progress is not None:
                         progress.update(1)
                     if self.step % cfg.log_every == 0 or self.step == stop_at:
@@ -246,7 +317,7 @@ class Trainer:
                     if cfg.save_every_steps and self.step % cfg.save_every_steps == 0:
                         self._check_finite(sums)
                         self.save()
-                    if self.step >= stop_at:
+                    if self.step >= stop_at or self._out_of_time(budget_s):
                         break
                 if self.micro_in_epoch >= self.steps_per_epoch * cfg.accum_steps:
                     self.epoch, self.micro_in_epoch = self.epoch + 1, 0
@@ -257,7 +328,60 @@ class Trainer:
             if progress is not None:
                 progress.close()
             self.metrics.close()
+        self._summary(first_step, total_images, time.perf_counter() - t_fit, budget_s)
         return last_metrics
+
+    def _stop_at(self) -> int:
+        return min(self.schedule_steps, self.cfg.max_steps or self.total_steps)
+
+    def _out_of_time(self, budget_s: float | None) -> bool:
+        return budget_s is not None and self.elapsed_s >= budget_s
+
+    def _plan(self, budget_s: float, s_per_step: float) -> None:
+        """Fit the schedule to the budget from the measured step time (once per run; stored)."""
+        self.planned_steps = budget_steps(self.step, self.elapsed_s, s_per_step, budget_s, self.total_steps)
+        if self.env.is_main:
+            log.info(
+                "time budget %.1f min: %.3f s per step measured, so %d of the %d scheduled steps "
+                "(%.2f of %d epochs); warm-up and cosine decay fitted to them",
+                budget_s / 60,
+                s_per_step,
+                self.planned_steps,
+                self.total_steps,
+                self.planned_steps / self.steps_per_epoch,
+                self.cfg.epochs,
+            )
+
+    def _announce(self) -> None:
+        """One line: the precision and attention path the steps take (main process)."""
+        if not self.env.is_main:
+            return
+        from mimkit.models.layers import attention_path
+
+        log.info(
+            "training on %s: %s; attention: %s%s",
+            self.env.device,
+            self.precision.reason,
+            attention_path(self.env.device.type, self.precision.precision, training=True),
+            "; torch.compile" if self.cfg.compile else "",
+        )
+
+    def _summary(self, first_step: int, images: int, seconds: float, budget_s: float | None) -> None:
+        if not self.env.is_main or self.step == first_step:
+            return
+        ran_out = self._out_of_time(budget_s) and self.step < self._stop_at()
+        log.info(
+            "trained steps %d-%d (%d images) in %.1f s: %.1f images/s (%s)%s",
+            first_step + 1,
+            self.step,
+            images,
+            seconds,
+            images / max(seconds, 1e-9),
+            self.precision.precision,
+            f"; the {budget_s / 60:g}-minute budget ran out before the planned {self._stop_at()} steps"
+            if ran_out
+            else "",
+        )
 
     def _micro_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         device = self.env.device
@@ -270,19 +394,26 @@ class Trainer:
             out = self.step_module((images, labels))
         if "loss" not in out or out["loss"].ndim != 0:
             raise ValueError(f"{type(self.model).__name__}.training_step must return a scalar 'loss'")
-        (out["loss"] / self.cfg.accum_steps).backward()
+        loss = out["loss"] / self.cfg.accum_steps
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         return out
 
     def _optimizer_step(self) -> float:
         lr = self._set_lr()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip (and step) the true gradients
         if self.cfg.clip_grad is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when a gradient overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         hook = getattr(self.model, "on_train_step_end", None)
         if hook is not None:
-            hook(self.step, self.total_steps)
+            hook(self.step, self.schedule_steps)
         return lr
 
     def _check_finite(self, sums: dict[str, torch.Tensor]) -> None:
@@ -291,7 +422,7 @@ class Trainer:
             raise NonFiniteLossError(
                 f"the loss became {float(loss)} by step {self.step} (epoch {self.epoch}); stopped without "
                 f"saving, {self.run_dir / ckpt.LAST} holds the last good state. Lower the lr, set "
-                "train.clip_grad, or keep train.precision=bf16"
+                "train.clip_grad, or use train.precision=bf16 or fp32 (fp16's range is the narrowest)"
             )
 
     def _log(self, sums, count, images_seen, t_log, lr, progress) -> dict[str, float]:

@@ -109,7 +109,7 @@ def cached_features(
     pool: str = "token",
     batch_size: int = 512,
     device: torch.device | str = "cpu",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of every image of ``dataset`` under one pooling, from the cache if there.
 
@@ -129,7 +129,7 @@ def cached_pooled_features(
     cache_dir: str | os.PathLike | None,
     batch_size: int = 512,
     device: torch.device | str = "cpu",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Features of every image of ``dataset`` for each pooling of ``keys``, cached per pooling.
 

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from mimkit.engine.precision import auto_to_native, autocast
+
 
 @torch.no_grad()
 def extract_pooled(
@@ -15,7 +17,7 @@ def extract_pooled(
     transform: nn.Module,
     device: torch.device | str = "cpu",
     pools: Sequence[str] = ("token",),
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Features of every image under several poolings, from one forward pass per batch.
 
@@ -24,19 +26,21 @@ def extract_pooled(
         loader: yields ``(images uint8 [N, C, H, W], labels [N])`` in a fixed order.
         transform: uint8 batch -> normalised float batch (on ``device``).
         pools: any of ``"token"`` (class token) and ``"avg"`` (mean of patch tokens).
-        precision: ``"bf16"`` autocast or ``"fp32"``.
+        precision: ``"auto"`` (bf16 where native, else fp32 on the CPU / fp16 on older GPUs), ``"bf16"``,
+            ``"fp16"`` or ``"fp32"`` (:mod:`mimkit.engine.precision`).
 
     Returns:
         ``{pool: features [N, D] float32}`` (not normalised), ``labels`` [N] int64.
     """
     device = torch.device(device)
+    precision = auto_to_native(precision, device)
     was_training = encoder.training
     encoder.eval().to(device)
     feats: dict[str, list[torch.Tensor]] = {pool: [] for pool in pools}
     labels = []
     for images, target in loader:
         images = transform(images.to(device))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(precision, device.type):
             tokens = encoder.forward_features(images)
             for pool, out in feats.items():
                 out.append(encoder.pool(tokens, pool).float().cpu())
@@ -51,7 +55,7 @@ def extract_features(
     transform: nn.Module,
     device: torch.device | str = "cpu",
     pool: str = "token",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features of every image: :func:`extract_pooled` with one pooling.
 

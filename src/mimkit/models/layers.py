@@ -52,6 +52,13 @@ def use_fused_attention(x: torch.Tensor) -> bool:
     return not (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu"))
 
 
+def attention_path(device_type: str, precision: str, training: bool) -> str:
+    """In words, what :func:`use_fused_attention` picks for a device, a precision and training or not."""
+    if device_type == "cpu" and training and precision in ("bf16", "fp16"):
+        return "plain softmax(q k^T) v (on the CPU under autocast it trains faster than SDPA's fused kernel)"
+    return "fused scaled_dot_product_attention"
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused ``qkv`` projection (q, k, v in that order).
 
