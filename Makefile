@@ -28,7 +28,7 @@ data:
 demo: env data
 	$(VENV)/bin/mimkit pretrain --config configs/mae_fashion_mnist_demo.yaml output_dir=$(DEMO_DIR)
 	$(VENV)/bin/mimkit reconstruct $(DEMO_DIR) --out $(DEMO_DIR)/reconstruction.png
-	$(VENV)/bin/mimkit knn $(DEMO_DIR) --compare-random --train-limit 10000 --test-limit 2000
+	$(VENV)/bin/mimkit knn $(DEMO_DIR) --compare-random --train-limit 5000 --test-limit 1000
 
 test: env data
 	$(PY) -m pytest -q

@@ -51,7 +51,7 @@ def test_an_unknown_precision_is_one_line_listing_the_valid_ones():
 
 
 def test_cpu_flags_decide_native_bf16():
-    assert cpu_capabilities({"avx2", "avx512f", "avx512_bf16"}) == Capabilities(
+    assert cpu_capabilities({"avx2", "avx512f", "avx512_bf16"}, environ={}) == Capabilities(
         "cpu", True, False, "AVX-512 bf16"
     )
     assert cpu_capabilities({"avx2", "amx_tile", "amx_bf16", "avx512_bf16"}).detail == "AMX bf16"
@@ -59,6 +59,10 @@ def test_cpu_flags_decide_native_bf16():
     assert not cpu_capabilities({"avx2", "fma"}).bf16
     assert cpu_capabilities({"avx2", "fma"}).detail == "AVX2 without bf16"
     assert not cpu_capabilities({"avx2", "avx512f"}).bf16  # AVX-512 alone (Skylake) emulates bf16
+    # oneDNN capped below its bf16 kernels: bf16 is emulated however capable the CPU
+    capped = cpu_capabilities({"avx512_bf16"}, environ={"ONEDNN_MAX_CPU_ISA": "avx2"})
+    assert not capped.bf16 and capped.detail == "AVX-512 bf16 capped by oneDNN ISA AVX2"
+    assert cpu_capabilities({"amx_bf16"}, environ={"DNNL_MAX_CPU_ISA": "AVX512_CORE_AMX"}).bf16
 
 
 def test_emulated_bf16_warns_once_with_this_machines_measured_cost(caplog):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -96,10 +97,22 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def cpu_capabilities(flags: set[str] | None = None) -> Capabilities:
-    """Native bf16 on this CPU? ``flags`` overrides the probe (tests)."""
+# oneDNN (torch's CPU bf16 matrix products) can be capped below its bf16 kernels by an environment variable
+_ONEDNN_CAPS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def cpu_capabilities(flags: set[str] | None = None, environ: dict[str, str] | None = None) -> Capabilities:
+    """Native bf16 on this CPU? ``flags`` and ``environ`` override the probe and ``os.environ`` (tests).
+
+    The CPU needs bf16 matrix instructions, and oneDNN must be allowed to use them: ``ONEDNN_MAX_CPU_ISA``
+    (or ``DNNL_MAX_CPU_ISA``) set to an ISA without them, e.g. ``AVX2``, makes bf16 emulated again.
+    """
     flags = _cpu_flags() if flags is None else flags
+    environ = os.environ if environ is None else environ
+    cap = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "").upper()
     for flag, label in _CPU_BF16:
+        if flag in flags and cap in _ONEDNN_CAPS_WITHOUT_BF16:
+            return Capabilities("cpu", bf16=False, fp16=False, detail=f"{label} capped by oneDNN ISA {cap}")
         if flag in flags:
             return Capabilities("cpu", bf16=True, fp16=False, detail=label)
     best = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), None)
