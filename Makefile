@@ -1,6 +1,6 @@
 # Two entry points for a newcomer on a fresh machine (Debian/Ubuntu, Python >= 3.10):
 #   make demo   # environment + Fashion-MNIST + MAE pretraining + reconstruction PNG + kNN scores
-#   make test   # environment + Fashion-MNIST + the test suite
+#   make test   # environment + Fashion-MNIST + the docs built strictly + the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +10,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= runs/demo
 
-.PHONY: env data demo test bench clean
+.PHONY: env data demo test docs bench clean
 
 env: $(VENV)/.installed
 
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,tensorboard,eval]"
+	$(PY) -m pip install -q -e ".[test,tensorboard,eval,docs]"
 	touch $@
 
 data:
@@ -30,8 +30,12 @@ demo: env data
 	$(VENV)/bin/mimkit reconstruct $(DEMO_DIR) --out $(DEMO_DIR)/reconstruction.png
 	$(VENV)/bin/mimkit knn $(DEMO_DIR) --compare-random --train-limit 5000 --test-limit 1000
 
-test: env data
+test: env data docs
 	$(PY) -m pytest -q
+
+# the documentation site, built strictly: a broken link, anchor or API reference is an error
+docs: env
+	$(PY) -m mkdocs build --strict --quiet --site-dir build/site
 
 bench: env data
 	$(PY) -m pip install -q "transformers>=4.40"

@@ -87,8 +87,12 @@ def serve_steps(
     step: Callable[[], None],
     sync: Callable[[], None] | None = None,
     peak_device_mb: Callable[[], float] | None = None,
+    calls: dict[str, Callable[[], Any]] | None = None,
 ) -> None:
     """Worker side: answer ``{"warmup": W, "steps": S}`` requests until the parent sends ``None``.
+
+    ``{"call": name}`` runs ``calls[name]()`` and sends back ``{name: result}``: a measurement that must
+    not overlap the other workers' (the parent asks for it while they wait).
 
     Each request runs ``W`` untimed then ``S`` timed calls of ``step`` and sends back ``times`` (seconds
     per step), ``cpu_s`` (this process's CPU time over the request) and ``peak_rss_mb``. ``sync`` (e.g.
@@ -97,6 +101,9 @@ def serve_steps(
     """
     sync = sync or (lambda: None)
     while (msg := conn.recv()) is not None:
+        if "call" in msg:
+            conn.send({msg["call"]: (calls or {})[msg["call"]]()})
+            continue
         cpu0 = cpu_seconds()
         for _ in range(msg["warmup"]):
             step()
@@ -123,6 +130,7 @@ def run_rounds(
     quiet_wait: float = 0.0,
     skip_failed: bool = False,
     progress: Callable[[int, Hashable, list[float]], None] | None = None,
+    calls: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Start ``worker(key, worker_args, conn)`` for every key (spawned processes), time them in rounds.
 
@@ -138,6 +146,8 @@ def run_rounds(
         quiet_wait: before each round, wait up to this many seconds for the machine to be idle.
         skip_failed: drop the keys whose worker reported an error (default: raise ``RuntimeError``).
         progress: called after each visit with ``(round index, key, times)``.
+        calls: after the rounds, each worker in turn is asked for each of these (see :func:`serve_steps`);
+            the answers are in its results under the same names.
 
     Returns:
         ``info`` (key -> the worker's info dict; failed ones hold ``"error"``), ``results`` (key ->
@@ -189,6 +199,10 @@ def run_rounds(
                     res["other_load"].append(max(0.0, busy - msg["cpu_s"]) / (wall * ncpu))
                 if progress is not None:
                     progress(r, key, msg["times"])
+        for key in live:  # one worker at a time, the others idle
+            for name in calls:
+                workers[key][1].send({"call": name})
+                results[key].update(workers[key][1].recv())
     finally:
         for proc, conn in workers.values():
             try:

@@ -26,13 +26,21 @@ and is no larger than the recipe's, 4 px (one token); the note under the table s
 every token whatever the cell, so the cost does not depend on it. ``--encoder vit_tiny_patch4_32`` runs
 the comparison at 32x32 with the recipe's 8 px cell (the SimMIM-ViT recipe's own shape).
 
+Against the machine's limits, in the same run (benchmarks/_roofline.py): each row also gets the model
+FLOPs per image, the rate it achieves, the machine's measured 2048^3 matrix-product peak in the step's
+precision (MFU = achieved / peak), and the step's **floor**: its own matrix products (same shapes, strides
+and dtypes, recorded while it ran) replayed alone. ``floor share`` = floor / step time: 1.0 would be a step
+that does nothing but its matrix products. The peer, transformers' ``ViTMAEForPreTraining`` with MAE's
+recipe shape (as in mae_throughput.py; forward, backward, fused AdamW, no gradient clipping), runs in the
+same rounds in fp32 and, where bf16 is native, in bf16: its best row is "the peer".
+
 How it measures (shared with mae_throughput.py, see benchmarks/_timing.py): each method runs in its own
 worker process (own allocator state and peak RSS); the parent asks the workers for ``--steps`` timed steps
 one at a time, in a rotating order, round after round, so that load from other processes hits every
 method alike. A row's time is the median of all its timed steps. Before timing, one extra step per method
 counts the tokens entering the encoders' first block and the step's FLOPs (``FlopCounterMode``).
 
-    python benchmarks/method_cost.py                                 # 28x28 grey, batch 256, bf16
+    python benchmarks/method_cost.py                                 # 28x28 grey, batch 256, precision auto
     python benchmarks/method_cost.py --encoder vit_tiny_patch4_32    # at 32x32 (SimMIM's 8 px cells)
     python benchmarks/method_cost.py --precision fp32 --methods mae,simmim --out runs/method_cost
     python benchmarks/method_cost.py --steps 2 --rounds 1 --warmup 1 # smoke test
@@ -61,7 +69,8 @@ RECIPES = {
     "sit": "sit_fashion_mnist.yaml",
     "gmml": "gmml_fashion_mnist.yaml",
 }
-PRECISIONS = ("bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32")
+PEER = "transformers-mae"  # keys "transformers-mae fp32" / "... bf16": the peer's MAE, one per precision
 
 
 def fit_mask_cell(wanted: int, grid_size: tuple[int, int], patch_size: int) -> tuple[int, str | None]:
@@ -178,10 +187,71 @@ def count_step(model, step, batch: int) -> dict[str, float]:
     }
 
 
+def record_matmuls(step, device) -> tuple[dict[str, int], dict[str, Any]]:
+    """The step's matrix products, recorded during one step: ``({"matmul_calls": n}, {"floor_s": replay})``
+    where ``replay()`` times them alone (asked for by the parent when no other worker runs)."""
+    from _roofline import MatmulRecorder, replay_seconds
+
+    recorder = MatmulRecorder()
+    with recorder:
+        step()
+    return {"matmul_calls": sum(recorder.calls.values())}, {
+        "floor_s": lambda: replay_seconds(recorder.calls, device)
+    }
+
+
+def peer_worker(key: str, args: dict[str, Any], conn) -> None:
+    """transformers' ViTMAE with MAE's recipe shape at one precision: count, floor, then timed steps."""
+    import torch
+    from mae_throughput import SHAPE, build_transformers, make_optimizer
+
+    precision = key.split()[-1]
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    torch.manual_seed(0)
+    from mimkit.engine.dist import resolve_device
+
+    device = resolve_device(args["device"])
+    try:
+        model, loss_fn = build_transformers(SHAPE, "sdpa")
+        model.to(device).train()
+        opt = make_optimizer(model, "fused")
+    except Exception as err:
+        conn.send({"error": f"{type(err).__name__}: {err}"})
+        return
+    images = torch.randn(
+        args["batch"], SHAPE["in_chans"], SHAPE["img_size"], SHAPE["img_size"], device=device
+    )
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = loss_fn(images)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    counts = count_step(model, step, args["batch"])
+    matmuls, calls = record_matmuls(step, device)
+    conn.send(
+        {
+            "recipe": "transformers ViTMAEForPreTraining, MAE recipe shape",
+            "options": {"attn_implementation": "sdpa", "precision": precision},
+            "notes": [],
+            **counts,
+            **matmuls,
+            "params": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        }
+    )
+    serve_steps(conn, step, torch.cuda.synchronize if device.type == "cuda" else None, calls=calls)
+
+
 def worker(method: str, args: dict[str, Any], conn) -> None:
     """One method in its own process: build it and a Trainer, count one step, then time steps on request."""
     if args["keep_freed_memory"]:
         keep_freed_memory()
+    if method.startswith(PEER):
+        return peer_worker(method, args, conn)
     import tempfile
 
     import torch
@@ -214,6 +284,8 @@ def worker(method: str, args: dict[str, Any], conn) -> None:
         sync = torch.cuda.synchronize if device.type == "cuda" else None
         try:
             counts = count_step(model, step, args["batch"])
+            matmuls, calls = record_matmuls(step, device)
+            counts.update(matmuls)
         except Exception as err:
             conn.send({"error": f"{type(err).__name__} in the first step: {err}"})
             return
@@ -230,7 +302,7 @@ def worker(method: str, args: dict[str, Any], conn) -> None:
                 "torch": torch.__version__,
             }
         )
-        serve_steps(conn, step, sync)
+        serve_steps(conn, step, sync, calls=calls)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -248,7 +320,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--methods", default=",".join(RECIPES), help=f"comma list of {', '.join(RECIPES)} (default all)"
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
-    parser.add_argument("--precision", default="bf16", choices=PRECISIONS, help="bf16 autocast or fp32")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto (bf16 where the device has it natively, else fp32), bf16 autocast or fp32",
+    )
+    parser.add_argument(
+        "--no-peer", dest="peer", action="store_false", help="leave out transformers' ViTMAE rows"
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per method per round (default 3)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before a method's first round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds; the methods alternate within each")
@@ -283,7 +363,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Start one worker per method, run the rounds, return the rows (one per method) and notes."""
+    """Start one worker per method (and per peer precision), run the rounds, return the rows and notes."""
+    from _roofline import matmul_peak_gflops
+
+    from mimkit.engine.dist import resolve_device
+    from mimkit.engine.precision import DTYPES, auto_to_native, device_capabilities
+
+    device = resolve_device(args.device)
+    requested, args.precision = args.precision, auto_to_native(args.precision, device)
+    peak = matmul_peak_gflops(DTYPES[args.precision], device)
+    keys = list(args.method_list)
+    if args.peer:
+        peer_precisions = ["fp32"] + (["bf16"] if device_capabilities(device).bf16 else [])
+        keys += [f"{PEER} {p}" for p in peer_precisions]
     wargs = {
         k: getattr(args, k)
         for k in (
@@ -303,7 +395,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"round {r + 1}/{args.rounds} {method:>7s}: {rate:7.1f} img/s", file=sys.stderr, flush=True)
 
     timed = run_rounds(
-        args.method_list,
+        keys,
         worker,
         wargs,
         args.rounds,
@@ -312,6 +404,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.quiet_wait,
         skip_failed=True,
         progress=report,
+        calls=["floor_s"],
     )
     info, results = timed["info"], timed["results"]
     notes = [f"{m}: not run, {i['error']}" for m, i in info.items() if "error" in i]
@@ -335,13 +428,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "params": i["params"],
                 "trainable": i["trainable"],
                 "peak_rss_mb": res["peak_rss_mb"],
+                "gflop_per_s": i["gflop_per_img"] * args.batch / med,
+                "mfu": i["gflop_per_img"] * args.batch / med / peak,
+                "floor_s": res["floor_s"],
+                "floor_share": res["floor_s"] / med,
+                "matmul_calls": i["matmul_calls"],
                 "steps_timed": len(res["times"]),
                 "other_load": statistics.mean(res["other_load"]) if res["other_load"] else None,
             }
         )
     mae = next((r for r in rows if r["method"] == "mae"), None)
+    peers = [r for r in rows if r["method"].startswith(PEER)]
+    best_peer = max(peers, key=lambda r: r["img_per_s"]) if peers else None
     for row in rows:
         row["cost_vs_mae"] = row["ms_per_img"] / mae["ms_per_img"] if mae else None
+    if mae and best_peer:
+        notes.append(
+            f"mimkit MAE {mae['img_per_s']:.1f} img/s against the peer's best ({best_peer['method']}) "
+            f"{best_peer['img_per_s']:.1f}: {mae['img_per_s'] / best_peer['img_per_s']:.2f}x"
+        )
     first = next((i for i in info.values() if "error" not in i), {})
     return {
         "rows": rows,
@@ -352,6 +457,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": first.get("device"),
         "torch": first.get("torch"),
         "quiet_rounds": timed["quiet_rounds"],
+        "precision_requested": requested,
+        "precision": args.precision,
+        "peak_gflops": peak,
+        "peak_shape": "2048^3",
     }
 
 
@@ -365,15 +474,20 @@ def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
     if not out["rows"]:
         return "No method ran.\n\n" + "\n".join(f"- {n}" for n in out["notes"]) + "\n"
     h, w = out["img_size"]
+    from _timing import cpu_name
+
+    where = out["device"] if out["device"] != "cpu" else f"CPU {cpu_name()}"
     lines = [
         f"Training step per method: encoder `{args.encoder}` ({out['encoder_params'] / 1e6:.2f}M parameters) "
-        f"on {h}x{w}x{args.in_chans}, batch {args.batch}, {args.precision}, device {out['device']} "
-        f"({out['threads']} threads), torch {out['torch']}; median of {args.rounds} rounds x {args.steps} "
-        "steps per method.",
+        f"on {h}x{w}x{args.in_chans}, batch {args.batch}, precision {out['precision_requested']} -> "
+        f"{out['precision']}, {where} ({out['threads']} threads), torch {out['torch']}; median of "
+        f"{args.rounds} rounds x {args.steps} steps per row. Machine peak ({out['peak_shape']} matrix "
+        f"product, {out['precision']}): **{out['peak_gflops']:.0f} GFLOP/s**.",
         "",
-        "| method | ms/step | img/s | ms/img | cost vs MAE | GFLOP/img | encoder tokens/img | params "
-        "(trainable) | rounds (img/s) | peak RSS (MB) | other load |",
-        "|---|---:|---:|---:|---:|---:|---|---|---|---:|---:|",
+        "| row | ms/step | img/s | cost vs MAE | GFLOP/img | GFLOP/s | MFU (of peak) | floor ms/step "
+        "| floor share | encoder tokens/img | params (trainable) | rounds (img/s) | peak RSS (MB) "
+        "| other load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|---:|",
     ]
     for row in out["rows"]:
         ratio = "n/a" if row["cost_vs_mae"] is None else f"{row['cost_vs_mae']:.2f}x"
@@ -381,7 +495,8 @@ def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
         rates = row["img_per_s_rounds"]
         lines.append(
             f"| {row['method']} | {row['s_per_step'] * 1e3:.0f} | {row['img_per_s']:.1f} "
-            f"| {row['ms_per_img']:.2f} | {ratio} | {row['gflop_per_img']:.3f} | {_tokens(row)} "
+            f"| {ratio} | {row['gflop_per_img']:.3f} | {row['gflop_per_s']:.0f} | {100 * row['mfu']:.1f}% "
+            f"| {row['floor_s'] * 1e3:.0f} | {100 * row['floor_share']:.0f}% | {_tokens(row)} "
             f"| {row['params'] / 1e6:.2f}M ({row['trainable'] / 1e6:.2f}M) "
             f"| {min(rates):.0f}-{max(rates):.0f} | {row['peak_rss_mb']:.0f} | {load} |"
         )
@@ -396,6 +511,9 @@ def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
         "matrix products and attention (`torch.utils.flop_counter`). Encoder tokens/img: tokens entering the "
         "first block of the trained encoder (class token included; MAE: visible only), plus the frozen "
         "teacher's.",
+        "- MFU: GFLOP/s over the machine's peak. Floor: the step's own matrix products (GEMMs and "
+        "convolutions, forward and backward, as dispatched; not fused attention kernels) replayed alone; "
+        "floor share = floor / step time (the target is >= 85% for MAE). benchmarks/_roofline.py.",
         "- other load: share of the machine's CPU time used by other processes while a method ran.",
     ]
     for row in out["rows"]:

@@ -45,7 +45,8 @@ def test_the_run_records_and_says_what_it_ran_in(tmp_path, tiny, caplog):
         )
     lines = [r.getMessage() for r in caplog.records]
     # which precision (and why), which attention path, and the measured rate: one line each
-    assert any(line.startswith("training on cpu: auto -> ") and "attention: " in line for line in lines)
+    assert any(line.startswith("precision: auto -> ") for line in lines)
+    assert any(line.startswith("training on cpu in ") and "attention: " in line for line in lines)
     assert any(
         line.startswith("trained steps 1-10 (640 images) in ") and "images/s" in line for line in lines
     )
@@ -216,3 +217,73 @@ def test_other_methods_pretrain_and_reconstruct(config, tiny, panels, tmp_path, 
     assert main(["reconstruct", str(tmp_path), "--out", str(tmp_path / "r.png"), "--num", "2"]) == 0
     assert panels in shown and shown["reconstruction"].shape == shown[panels].shape
     assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_knn_and_eval_knn_are_one_command_with_the_same_defaults():
+    from mimkit.cli import _parser
+
+    alias = vars(_parser().parse_args(["knn", "runs/x"]))
+    full = vars(_parser().parse_args(["eval", "knn", "runs/x"]))
+    assert alias.pop("command") == "knn" and full.pop("command") == "eval"
+    assert alias == full and alias["ks"] == [10, 20, 100, 200] and alias["precision"] == "auto"
+
+
+def test_a_hostile_or_foreign_last_pt_in_the_output_dir_is_one_line(tmp_path, tiny, capsys):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    hostile, foreign = tmp_path / "hostile", tmp_path / "foreign"
+    hostile.mkdir(), foreign.mkdir()
+    with open(hostile / "last.pt", "wb") as f:
+        pickle.dump({"model": Evil()}, f, protocol=2)
+    torch.save({"model": {}}, foreign / "last.pt")  # a weights file, not a training checkpoint
+    for out, expected in ((hostile, "cannot read checkpoint"), (foreign, "not a mimkit training checkpoint")):
+        argv = ["pretrain", "--config", "configs/mae_fashion_mnist.yaml", f"output_dir={out}", *tiny]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mimkit: error: ") and expected in err and "\n" not in err
+        assert "pwned" not in err
+
+
+def test_only_the_main_process_prints_the_run_directory(run_dir, tiny, capsys, monkeypatch):
+    argv = ["pretrain", "--config", "configs/mae_fashion_mnist.yaml", f"output_dir={run_dir}", *tiny]
+    monkeypatch.setattr("mimkit.cli.run_pretrain", lambda config, overrides: run_dir)  # the training part
+    monkeypatch.setenv("RANK", "1")  # as torchrun sets it for the second process
+    assert main(argv) == 0
+    assert "run directory" not in capsys.readouterr().out
+    monkeypatch.setenv("RANK", "0")
+    assert main(argv) == 0
+    assert "run directory" in capsys.readouterr().out
+
+
+def test_reconstruction_leaves_matplotlibs_backend_alone(run_dir, tmp_path):
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    assert main(["reconstruct", str(run_dir), "--out", str(tmp_path / "r.png"), "--num", "2"]) == 0
+    assert matplotlib.get_backend() == before
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("method.decoder_dim=0", "decoder_dim must be an integer >= 1, got 0"),
+        ("method.decoder_dim=18", "decoder_dim must be a multiple of 4"),
+        ("method.decoder_heads=0", "decoder_heads must be a positive integer"),
+    ],
+)
+def test_bad_decoder_sizes_are_one_line(tmp_path, tiny, capsys, override, message):
+    argv = [
+        "pretrain",
+        "--config",
+        "configs/mae_fashion_mnist.yaml",
+        f"output_dir={tmp_path}",
+        *tiny,
+        override,
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

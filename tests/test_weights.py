@@ -90,8 +90,9 @@ def test_weights_only_refuses_code(tmp_path):
 
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump({"model": Evil()}, f, protocol=2)  # torch.save's protocol
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
+    with pytest.raises(ValueError, match="cannot read checkpoint") as err:
         load_weights(tiny_encoder(), tmp_path / "evil.pt")
+    assert "\n" not in str(err.value) and "never code" in str(err.value)  # one line, not torch's page
 
 
 def test_missing_file_and_no_weights(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -17,9 +18,7 @@ import torch
 
 from mimkit.data import EvalTransform, build_dataset
 from mimkit.engine import NonFiniteLossError, load_config
-from mimkit.engine.dist import resolve_device
-from mimkit.engine.precision import PRECISIONS, resolve_precision
-from mimkit.eval_cli import add_eval_parsers, eval_data_config, run_eval, run_eval_knn
+from mimkit.eval_cli import add_eval_parsers, add_knn_parser, eval_data_config, run_eval
 from mimkit.models import create_encoder
 from mimkit.pretrain import load_pretrained, pretrain, resolve_checkpoint
 from mimkit.viz import save_reconstruction_grid
@@ -88,24 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the masks shown")
     p.add_argument("--data-root", help="read the images from here instead of the run's data root")
 
-    p = sub.add_parser("knn", help="kNN accuracy (k=20, cosine, DINO weighting) of a frozen encoder")
-    p.add_argument("checkpoint", nargs="?", help="run directory, mimkit checkpoint, or encoder file")
-    p.add_argument("--encoder", dest="encoder_name", help="encoder name, for a plain encoder file (or none)")
-    p.add_argument("--k", dest="ks", type=int, nargs="+", default=[20])
-    p.add_argument("--pool", choices=["token", "avg"], default="token")
-    p.add_argument("--compare-random", action="store_true", help="also score the same encoder at random init")
-    p.add_argument("--source", help="data source (default: the run's)")
-    p.add_argument("--data-root", dest="root")
-    p.add_argument("--train-limit", type=int, help="use only the first N training images as the bank")
-    p.add_argument("--test-limit", type=int, help="use only the first N test images")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="of the feature pass (auto: bf16 where the device has it natively, else fp32)",
-    )
+    add_knn_parser(sub, "knn", help="kNN accuracy of a frozen encoder (the same as `mimkit eval knn`)")
 
     p = sub.add_parser("export", help="write the encoder as .safetensors (standard ViT names)")
     p.add_argument("checkpoint")
@@ -126,33 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             run_dir = run_pretrain(args.config, args.overrides)
-            print(f"run directory: {run_dir}")
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, the main process speaks
+                print(f"run directory: {run_dir}")
         elif args.command == "reconstruct":
             path = run_reconstruct(args.checkpoint, args.out, args.num, args.split, args.seed, args.data_root)
             print(f"wrote {path}")
-        elif args.command == "knn":
-            resolve_precision(args.precision, resolve_device(args.device))  # says what the pass runs in
-            results = run_eval_knn(
-                args.checkpoint,
-                args.encoder_name,
-                tuple(args.ks),
-                args.pool,
-                args.compare_random,
-                args.source,
-                args.root,
-                args.train_limit,
-                args.test_limit,
-                args.batch_size,
-                args.device,
-                precision=args.precision,
-            )
-            for name, accs in results.items():
-                scores = "  ".join(f"k={k}: {acc:.2f}%" for k, acc in accs.items())
-                print(f"kNN top-1 ({args.pool} features) {name:>12}: {scores}")
+        elif args.command in ("knn", "eval"):
+            return run_eval(args)
         elif args.command == "export":
             print(f"wrote {run_export(args.checkpoint, args.out, args.encoder_name)}")
-        elif args.command == "eval":
-            return run_eval(args)
     except (ValueError, FileNotFoundError, ImportError, NonFiniteLossError) as err:
         print(f"mimkit: error: {err}", file=sys.stderr)
         return 2 if not isinstance(err, NonFiniteLossError) else 1

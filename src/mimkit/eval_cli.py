@@ -539,6 +539,18 @@ def _common(p: argparse.ArgumentParser, frozen: bool) -> None:
         )
 
 
+KNN_HELP = "weighted kNN (cosine, exp(sim/0.07) votes) for several k, one feature pass"
+
+
+def add_knn_parser(subparsers: argparse._SubParsersAction, name: str, help: str = KNN_HELP) -> None:
+    """The kNN protocol's parser; ``mimkit knn`` and ``mimkit eval knn`` are the same command."""
+    p = subparsers.add_parser(name, help=help)
+    _common(p, frozen=True)
+    p.add_argument("--k", dest="ks", type=int, nargs="+", default=[10, 20, 100, 200])
+    p.add_argument("--compare-random", action="store_true", help="also score the encoder at random init")
+    p.set_defaults(protocol="knn")
+
+
 def add_eval_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``eval <protocol>`` to the main parser's subcommands; returns the ``eval`` parser."""
     parser = subparsers.add_parser(
@@ -546,12 +558,7 @@ def add_eval_parsers(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     sub = parser.add_subparsers(dest="protocol", required=True)
 
-    p = sub.add_parser(
-        "knn", help="weighted kNN (cosine, exp(sim/0.07) votes) for several k, one feature pass"
-    )
-    _common(p, frozen=True)
-    p.add_argument("--k", dest="ks", type=int, nargs="+", default=[10, 20, 100, 200])
-    p.add_argument("--compare-random", action="store_true", help="also score the encoder at random init")
+    add_knn_parser(sub, "knn")
 
     p = sub.add_parser(
         "linear", help="linear probe: BatchNorm + Linear, LARS, blr chosen on held-out train data"

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mimkit.engine.checkpoint import load_checkpoint
 from mimkit.models.pos_embed import resample_pos_embed
 
 # Reference MAE ('visualize' files) -> mimkit MAE names. Anything else in such a file is the encoder's.
@@ -41,10 +42,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         from safetensors.torch import load_file
 
         return {"model": load_file(str(path))}
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors, truncated files, objects that weights_only refuses
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: {type(err).__name__}: {err}") from None
+    ckpt = load_checkpoint(path)  # one-line ValueError for unreadable or hostile files
     if not isinstance(ckpt, dict):
         raise ValueError(f"checkpoint {str(path)!r} holds a {type(ckpt).__name__}, not a dict of weights")
     return ckpt

@@ -125,3 +125,12 @@ def test_a_diverging_blr_is_skipped_and_leaves_the_others_as_they_were(tmp_path)
     assert result["test_top1"] == alone["test_top1"] == 100.0
     with pytest.raises(ValueError, match=r"every blr of \[1000000.0\] diverged"):
         linear_probe(train_f, train_y, test_f, test_y, tmp_path / "bad", cfg(blrs=[1e6]))
+
+
+def test_the_result_line_rounds_the_accuracy(tmp_path, caplog):
+    train_f, train_y = clusters(30)
+    test_f, test_y = clusters(7, seed=1)  # 28 test images: accuracies like 96.42857... need rounding
+    with caplog.at_level("INFO", logger="mimkit"):
+        result = linear_probe(train_f, train_y, test_f, test_y, tmp_path, cfg(refit=False))
+    line = next(r.getMessage() for r in caplog.records if "test top-1" in r.getMessage())
+    assert line.endswith(f"test top-1 {result['test_top1']:.2f}%") and " chosen on 12 held-out" in line

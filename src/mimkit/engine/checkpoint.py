@@ -33,6 +33,24 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def load_checkpoint(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors.
+
+    Only tensors and plain containers are unpickled: a file that holds code (a hostile or foreign pickle)
+    is refused, as is a truncated or non-torch file, with a ``ValueError`` naming the file and the first
+    line of torch's reason instead of its multi-line text.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, truncated zip, wrong format, ...
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+        reason = first.removeprefix("Weights only load failed.").strip() or type(err).__name__
+        raise ValueError(
+            f"cannot read checkpoint {str(path)!r}: {type(err).__name__}: {reason[:200]} "
+            "(mimkit loads tensors only, never code)"
+        ) from None
+
+
 def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The run directory's latest checkpoint, if any."""
     path = Path(run_dir) / LAST

@@ -209,7 +209,14 @@ class Trainer:
 
     def resume(self, path: str | os.PathLike) -> None:
         """Restore model, optimizer, position in the data and RNG state from a checkpoint."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = ckpt.load_checkpoint(path)
+        needed = ("model", "optimizer", "step", "epoch", "micro_in_epoch", "rng")
+        missing = [k for k in needed if k not in state] if isinstance(state, dict) else list(needed)
+        if missing:
+            raise ValueError(
+                f"{path} is not a mimkit training checkpoint (no {missing or 'dict'}); move it away, use "
+                "another output_dir, or train.resume=false"
+            )
         saved = {k: state.get("config", {}).get(k) for k in ("encoder", "method")}
         wanted = {k: self.config.get(k) for k in ("encoder", "method")}
         if self.config and state.get("config") and saved != wanted:
@@ -359,9 +366,9 @@ class Trainer:
         from mimkit.models.layers import attention_path
 
         log.info(
-            "training on %s: %s; attention: %s%s",
+            "training on %s in %s; attention: %s%s",
             self.env.device,
-            self.precision.reason,
+            self.precision.precision,
             attention_path(self.env.device.type, self.precision.precision, training=True),
             "; torch.compile" if self.cfg.compile else "",
         )

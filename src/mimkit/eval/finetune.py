@@ -58,7 +58,7 @@ def _finetune_train() -> TrainConfig:
 
 @dataclass
 class FinetuneConfig:
-    """A fine-tuning recipe; the defaults are MAE's (METHODS.md, "Fine-tune").
+    """A fine-tuning recipe; the defaults are MAE's (docs/methods.md, "Evaluation protocols").
 
     Attributes:
         train: optimisation and bookkeeping (epochs, blr, batch size, precision, ...).

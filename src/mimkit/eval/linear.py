@@ -38,7 +38,7 @@ log = logging.getLogger("mimkit")
 
 @dataclass
 class LinearProbeConfig:
-    """The linear-probe recipe; defaults as METHODS.md ("Linear probe") except the blr sweep.
+    """The linear-probe recipe; defaults as docs/methods.md ("Evaluation protocols") except the blr sweep.
 
     Attributes:
         blrs: base learning rates trained at once (lr = blr * batch / 256); MAE uses 0.1.
@@ -316,7 +316,7 @@ def linear_probe(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "linear_probe.json").write_text(json.dumps(result, indent=2) + "\n")
     log.info(
-        "linear probe: blr %s chosen on %d held-out features (%.2f%%); test top-1 %s",
+        "linear probe: blr %g chosen on %d held-out features (%.2f%%); test top-1 %.2f%%",
         best_blr,
         held_idx.numel(),
         float(held[best]),

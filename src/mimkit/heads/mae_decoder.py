@@ -33,6 +33,16 @@ class MAEDecoder(nn.Module):
         fused_attn: bool | str = "auto",
     ):
         super().__init__()
+        for name, value, low in (("decoder_dim", decoder_dim, 1), ("decoder_depth", depth, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"MAE's {name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
+            raise ValueError(f"MAE's decoder_heads must be a positive integer, got {num_heads!r}")
+        if decoder_dim % 4 or decoder_dim % num_heads:
+            raise ValueError(
+                f"MAE's decoder_dim must be a multiple of 4 (its 2-D sin-cos position embedding) and of "
+                f"decoder_heads={num_heads}, got {decoder_dim}"
+            )
         self.grid_size = grid_size
         self.embed = nn.Linear(embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))

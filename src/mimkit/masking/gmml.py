@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 
 FILLS = ("zeros", "noise", "replace")
-# Largest target area per fill (METHODS.md: up to ~70% for noise / zeros, ~30% for replacement).
+# Largest target area per fill (docs/methods.md: up to ~70% for noise / zeros, ~30% for replacement).
 DEFAULT_MAX_RATIO = {"zeros": 0.7, "noise": 0.7, "replace": 0.3}
 
 

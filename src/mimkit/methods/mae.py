@@ -25,7 +25,9 @@ class MAE(nn.Module):
     Args:
         encoder: a :class:`~mimkit.models.VisionTransformer` (anything with ``forward_encoder(x,
             ids_keep=...)``, ``patch_size``, ``grid_size``, ``in_chans``, ``embed_dim``).
-        decoder_dim, decoder_depth, decoder_heads: decoder size (reference 512, 8, 16).
+        decoder_dim: decoder width (reference 512).
+        decoder_depth: decoder blocks (reference 8).
+        decoder_heads: decoder attention heads (reference 16).
         mask_ratio: fraction of patches removed, in (0, 1).
         norm_pix_loss: regress per-patch normalised pixels.
     """

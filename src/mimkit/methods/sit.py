@@ -61,16 +61,20 @@ class SiT(nn.Module):
         align: 1 (unaligned, default) or the patch size (rectangles snapped to patches).
         noise_std: standard deviation of the noise fill (the images are normalised).
         recon_loss: ``"masked"`` (L1 on corrupted pixels, GMML) or ``"full"`` (L1 on the whole image, SiT).
-        recon_hidden_dim, recon_layers: reconstruction MLP width (reference 2048) and depth.
+        recon_hidden_dim: reconstruction MLP width (reference 2048).
+        recon_layers: reconstruction MLP depth.
         contrastive: add the projection head, the EMA teacher and NT-Xent (``False`` = GMML).
         alpha: weight of the reconstruction loss, ``>= 0`` (5 for small datasets, 1 for ImageNet);
             only used with ``contrastive``.
         temperature: NT-Xent temperature.
-        proj_hidden_dim, proj_dim, proj_layers: projection head (reference 4096, 256, 3 Linear layers).
+        proj_hidden_dim: projection head width (reference 4096).
+        proj_dim: projection output width (reference 256).
+        proj_layers: Linear layers in the projection head (reference 3).
         momentum: teacher momentum at step 0; it rises to 1 on a cosine over training.
         augment: make the views here (``False``: the batch is used as is, for pipelines that augment).
-        pixel_mean, pixel_std: the data pipeline's normalisation, so colour jitter / solarise work on
-            real ``[0, 1]`` pixels; ``None`` uses each batch's per-channel range instead.
+        pixel_mean: the data pipeline's per-channel mean, so colour jitter / solarise work on real
+            ``[0, 1]`` pixels; ``None`` uses each batch's per-channel range instead.
+        pixel_std: the data pipeline's per-channel standard deviation (with ``pixel_mean``).
         augment_options: extra :class:`~mimkit.data.multiview.TwoViewAugment` options (``blur_p``, ...).
     """
 
@@ -179,7 +183,8 @@ class SiT(nn.Module):
         """L1 on the corrupted pixels (``"masked"``) or on every pixel (``"full"``), in float32.
 
         Args:
-            pred, target: ``[N, C, H, W]``.
+            pred: reconstruction ``[N, C, H, W]``.
+            target: clean images ``[N, C, H, W]``.
             mask: ``[N, 1, H, W]``, 1 = corrupted.
         """
         if self.recon_loss == "masked":
@@ -197,7 +202,8 @@ class SiT(nn.Module):
         """Losses on already augmented views (``view2`` is needed with the contrastive part).
 
         Args:
-            view1, view2: ``[N, C, H, W]`` clean (normalised) views of the same ``N`` images.
+            view1: ``[N, C, H, W]`` clean (normalised) view of ``N`` images.
+            view2: a second view of the same images, or None without the contrastive part.
             generator: optional, for a reproducible corruption.
 
         Returns:

@@ -339,7 +339,8 @@ class SwinTransformer(nn.Module):
         depths: blocks per stage.
         num_heads: heads per stage (same length as ``depths``).
         window_size: window side in tokens (7 at 224 px, 6 at 192 px in SimMIM).
-        mlp_ratio, qkv_bias: block options.
+        mlp_ratio: MLP hidden width over the stage width.
+        qkv_bias: bias in the ``qkv`` projections.
         drop_path_rate: stochastic depth, rising linearly to this value over all blocks.
         global_pool: ``"avg"`` only (mean of the final tokens); kept for the ViT's option set.
         num_classes: 0 for no classification head.
@@ -348,8 +349,12 @@ class SwinTransformer(nn.Module):
         fused_attn: ``True`` / ``False`` / ``"auto"``, as for the ViT.
 
     Attributes:
-        patch_size, in_chans, embed_dim, img_size, grid_size (the patch-embedding grid), num_features
-        (final width), out_stride (total downsampling), depth (total blocks), num_prefix_tokens (0).
+        grid_size: the patch-embedding grid ``(H / p, W / p)``.
+        num_features: width of the final stage.
+        out_stride: total downsampling of the encoder, in pixels.
+        depth: total number of blocks.
+        num_prefix_tokens: 0 (no class token); ``patch_size``, ``in_chans``, ``embed_dim`` and ``img_size``
+            are the constructor's.
     """
 
     CLASSIFIER_OPTIONS: ClassVar[dict[str, Any]] = {"global_pool": "avg"}

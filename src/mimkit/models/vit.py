@@ -28,7 +28,10 @@ class VisionTransformer(nn.Module):
         img_size: input ``H`` (square) or ``(H, W)``; both divisible by ``patch_size``.
         patch_size: side of the square patches, in pixels.
         in_chans: image channels (1 for grey).
-        embed_dim, depth, num_heads, mlp_ratio: transformer size.
+        embed_dim: token width.
+        depth: number of blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: MLP hidden width over ``embed_dim``.
         drop_path_rate: stochastic depth, rising linearly to this value over the blocks.
         global_pool: ``"token"`` (class token) or ``"avg"`` (mean of patch tokens) for :meth:`pool`.
         num_classes: 0 for no classification head.

@@ -31,10 +31,7 @@ def save_reconstruction_grid(
         outputs: from ``method.reconstruct(images)``: normalised ``[N, C, H, W]`` tensors.
         mean, std: the normalisation to undo (per channel, pixel units in [0, 1]).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend state touched
 
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -44,7 +41,8 @@ def save_reconstruction_grid(
 
     columns = [("original", images)] + [(t, outputs[k]) for k, t in PANELS if k in outputs]
     n = images.shape[0]
-    fig, axes = plt.subplots(n, len(columns), figsize=(1.6 * len(columns), 1.6 * n), squeeze=False)
+    fig = Figure(figsize=(1.6 * len(columns), 1.6 * n))
+    axes = fig.subplots(n, len(columns), squeeze=False)
     for col, (name, batch) in enumerate(columns):
         pixels = to_pixels(batch)
         for row in range(n):
@@ -64,5 +62,4 @@ def save_reconstruction_grid(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
