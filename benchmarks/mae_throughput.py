@@ -226,7 +226,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side per round (default 3)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before a side's first round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds; the sides alternate within each")
-    parser.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        help="comma list of fp32, bf16; auto (default): fp32, and bf16 where the device has it natively",
+    )
     parser.add_argument(
         "--peer",
         action=argparse.BooleanOptionalAction,
@@ -267,6 +271,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
+    if args.precision == "auto":  # an emulated bf16 row would take hours on an AVX2-only CPU
+        from mimkit.engine.precision import device_capabilities
+
+        native = device_capabilities(args.device).bf16
+        args.precision = "fp32,bf16" if native else "fp32"
     args.precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     if not args.precisions or any(p not in PRECISIONS for p in args.precisions):
         parser.error(f"--precision {args.precision!r}: use a comma list of {', '.join(PRECISIONS)}")
