@@ -120,6 +120,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
         batch_transform=augment,
         env=env,
         config=resolved,
+        identity={"encoder": cfg.encoder, "method": cfg.method},  # a resume must be the same model
+        extras={"grid_size": list(method.encoder.grid_size)},  # read by load_weights to resample pos-embeds
         callbacks=callbacks,
     )
     trainer.fit()

@@ -69,6 +69,7 @@ def make_trainer(run_dir, images, **cfg):
         run_dir,
         batch_transform=augment,
         config={"encoder": {"name": "tiny"}, "method": {"name": "mae"}},
+        identity={"encoder": {"name": "tiny"}, "method": {"name": "mae"}},
     )
 
 
@@ -172,10 +173,42 @@ def test_resume_refuses_another_models_run(tmp_path, images):
         TensorLoader(images, 8),
         TrainConfig(progress=False, tensorboard=False),
         tmp_path,
-        config={"encoder": {"name": "other"}, "method": {"name": "mae"}},
+        identity={"encoder": {"name": "other"}, "method": {"name": "mae"}},
     )
     with pytest.raises(ValueError, match="another output_dir"):
         other.fit()
+
+
+def test_the_trainer_reads_no_method_specific_entries(tmp_path, images):
+    # what a resume must match comes from the caller, whatever its keys; the config is stored, not read
+    run = make_trainer(tmp_path, images, max_steps=1)
+    run.config, run.identity, run.extras = {"anything": 1}, {"features": "abc"}, {"grid_size": [2, 2]}
+    run.fit()
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["identity"] == {"features": "abc"} and saved["grid_size"] == [2, 2]
+    same = make_trainer(tmp_path, images, max_steps=2)
+    same.identity = {"features": "abc"}
+    same.fit()
+    assert same.step == 2
+    other = make_trainer(tmp_path, images, max_steps=3)
+    other.identity = {"features": "xyz"}
+    with pytest.raises(ValueError, match="written by a run with {'features': 'abc'}"):
+        other.fit()
+
+
+def test_checkpoints_from_before_identities_are_checked_on_their_config(tmp_path, images):
+    make_trainer(tmp_path, images, max_steps=1).fit()
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    del state["identity"]  # as written by earlier versions: only the config names the model
+    torch.save(state, tmp_path / "last.pt")
+    other = make_trainer(tmp_path, images, max_steps=2)
+    other.identity = {"encoder": {"name": "other"}, "method": {"name": "mae"}}
+    with pytest.raises(ValueError, match="another output_dir"):
+        other.fit()
+    unrelated = make_trainer(tmp_path, images, max_steps=2)
+    unrelated.identity = {"features": "abc"}  # keys the old config never had: nothing to compare
+    unrelated.fit()
+    assert unrelated.step == 2
 
 
 def test_progress_in_a_log_file_is_one_line_per_log_interval(tmp_path, images, caplog, monkeypatch):

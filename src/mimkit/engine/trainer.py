@@ -122,7 +122,11 @@ class Trainer:
         run_dir: checkpoints (``last.pt``), ``metrics.jsonl`` and TensorBoard events go here.
         batch_transform: applied on the device to the uint8 images (augmentation + normalisation).
         env: process/device environment (from :func:`mimkit.engine.dist.setup`); single CPU/GPU if None.
-        config: the resolved config, stored in every checkpoint.
+        config: the resolved config, stored in every checkpoint (the trainer does not read it).
+        identity: what a checkpoint must match to be resumed by this run (e.g. the encoder and method
+            configs); stored in every checkpoint and compared on resume. None: no check.
+        extras: more entries for every checkpoint, stored as given (e.g. the encoder's ``grid_size``, which
+            :func:`mimkit.load_weights` reads to resample position embeddings).
         layer_scale: per-parameter lr multiplier (layer-wise lr decay).
         callbacks: objects with ``on_epoch_end(epoch, model) -> metrics`` (e.g. online kNN).
         build_optimizer: ``(param_groups, lr) -> Optimizer``; default AdamW with ``cfg.betas`` (the linear
@@ -139,6 +143,8 @@ class Trainer:
         batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         env: dist.DistEnv | None = None,
         config: dict[str, Any] | None = None,
+        identity: dict[str, Any] | None = None,
+        extras: dict[str, Any] | None = None,
         layer_scale: Callable[[str], float] | None = None,
         callbacks: Iterable[Callback] = (),
         build_optimizer: Callable[[list[dict], float], torch.optim.Optimizer] | None = None,
@@ -159,6 +165,8 @@ class Trainer:
         self.loader = loader
         self.batch_transform = batch_transform
         self.config = config or {}
+        self.identity = identity
+        self.extras = dict(extras or {})
         self.callbacks = list(callbacks)
 
         self.micro_per_epoch = len(loader)
@@ -198,7 +206,8 @@ class Trainer:
             "planned_steps": self.planned_steps,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "config": self.config,
-            "grid_size": list(getattr(getattr(self.model, "encoder", self.model), "grid_size", []) or []),
+            "identity": self.identity,
+            **self.extras,
         }
 
     def save(self) -> Path | None:
@@ -217,13 +226,7 @@ class Trainer:
                 f"{path} is not a mimkit training checkpoint (no {missing or 'dict'}); move it away, use "
                 "another output_dir, or train.resume=false"
             )
-        saved = {k: state.get("config", {}).get(k) for k in ("encoder", "method")}
-        wanted = {k: self.config.get(k) for k in ("encoder", "method")}
-        if self.config and state.get("config") and saved != wanted:
-            raise ValueError(
-                f"{path} was written by a run with {saved}, not {wanted}; "
-                "use another output_dir or train.resume=false"
-            )
+        self._check_identity(state, path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.micro_in_epoch = state["step"], state["epoch"], state["micro_in_epoch"]
@@ -234,6 +237,22 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         if self.env.is_main:
             log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+
+    def _check_identity(self, state: dict[str, Any], path: str | os.PathLike) -> None:
+        """Refuse to resume a checkpoint written by another run (another model, data or recipe)."""
+        if self.identity is None:
+            return
+        saved = state.get("identity")
+        wanted = self.identity
+        if saved is None:  # written before checkpoints kept an identity: compare what its config holds
+            old = state.get("config") or {}
+            keys = [k for k in self.identity if k in old]
+            saved, wanted = {k: old[k] for k in keys}, {k: self.identity[k] for k in keys}
+        if saved != wanted:
+            raise ValueError(
+                f"{path} was written by a run with {saved}, not {wanted}; "
+                "use another output_dir or train.resume=false"
+            )
 
     # ----------------------------------------------------------------------------- training
     @property

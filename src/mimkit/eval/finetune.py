@@ -504,12 +504,12 @@ def finetune(
         cfg.randaug_m,
         cfg.reprob,
     ).to(env.device)
-    # "encoder" and "method" must match for the trainer to resume a run: the number of training images
-    # keeps a run of one label fraction from resuming another's; recipe.json keeps a changed recipe from
-    # resuming (or reporting) a run made with another.
+    # recipe.json keeps a changed recipe from resuming (or reporting) a run made with another; the
+    # identity keeps a run of one label fraction (number of training images) from resuming another's.
     check_recipe(run_dir, cfg, write=env.is_main)
     method = {"name": "finetune", "train_blocks": cfg.train_blocks, "train_images": len(train_set)}
     run_config = _plain({"finetune": asdict(cfg), **(config or {}), "method": method})
+    identity = {key: run_config[key] for key in ("encoder", "method") if key in run_config}
     trainer = Trainer(
         classifier,
         loader,
@@ -518,6 +518,8 @@ def finetune(
         batch_transform=augment,
         env=env,
         config=run_config,
+        identity=identity,
+        extras={"grid_size": list(classifier.encoder.grid_size)},
         layer_scale=classifier.layer_scale,
     )
     trainer.fit()

@@ -217,17 +217,25 @@ def train_heads(
     train_cfg = cfg.train_config(batch / 256, batch_size=batch)
     loader = build_loader(FeatureSet(features, labels), batch, shuffle=True, drop_last=True, seed=cfg.seed)
     scales = {f"heads.{i}.{p}": float(blr) for i, blr in enumerate(blrs) for p in ("weight", "bias")}
-    config = {
-        "encoder": {"features": _fingerprint(features, labels), "dim": features.shape[1]},
-        "method": {"name": "linear_probe", "blrs": [float(b) for b in blrs]},
-        "probe": asdict(cfg),
+    # a resume must be on the same features with the same sweep
+    identity = {
+        "features": _fingerprint(features, labels),
+        "dim": features.shape[1],
+        "blrs": [float(b) for b in blrs],
     }
 
     def lars(groups: list[dict], lr: float) -> LARS:  # per-head lr through each group's lr_scale (its blr)
         return LARS(groups, lr=lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
 
     trainer = Trainer(
-        probe, loader, train_cfg, run_dir, config=config, layer_scale=scales.__getitem__, build_optimizer=lars
+        probe,
+        loader,
+        train_cfg,
+        run_dir,
+        config={"probe": asdict(cfg), **identity},
+        identity=identity,
+        layer_scale=scales.__getitem__,
+        build_optimizer=lars,
     )
     trainer.fit()
     return probe
