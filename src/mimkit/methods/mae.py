@@ -15,6 +15,7 @@ from mimkit.losses import masked_mse, normalize_patches
 from mimkit.masking import random_token_mask
 from mimkit.masking.random_tokens import check_ratio
 from mimkit.methods.registry import METHODS
+from mimkit.models.masked import check_masked_encoder
 from mimkit.models.patches import patchify, unpatchify
 
 
@@ -42,11 +43,9 @@ class MAE(nn.Module):
         norm_pix_loss: bool = False,
     ):
         super().__init__()
-        if not hasattr(encoder, "forward_encoder") or not hasattr(encoder, "num_patches"):
-            raise ValueError(
-                f"MAE needs a ViT encoder that can drop tokens, got {type(encoder).__name__}; "
-                "use a vit_* encoder (hierarchical encoders such as Swin go with SimMIM)"
-            )
+        check_masked_encoder(
+            encoder, "MAE", drops_tokens=True, hint="use a vit_* encoder (Swin goes with SimMIM)"
+        )
         self.encoder = encoder
         self.mask_ratio = check_ratio(mask_ratio)
         self.norm_pix_loss = norm_pix_loss

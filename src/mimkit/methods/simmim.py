@@ -20,6 +20,7 @@ from mimkit.heads import PixelShuffleHead
 from mimkit.losses import masked_l1
 from mimkit.masking import BlockMaskGenerator
 from mimkit.methods.registry import METHODS
+from mimkit.models.masked import check_masked_encoder
 
 
 def encoder_out_stride(encoder: nn.Module) -> int:
@@ -48,13 +49,7 @@ class SimMIM(nn.Module):
 
     def __init__(self, encoder: nn.Module, mask_patch_size: int = 32, mask_ratio: float = 0.6):
         super().__init__()
-        needed = ("forward_encoder", "patch_size", "grid_size", "in_chans", "embed_dim")
-        missing = [name for name in needed if not hasattr(encoder, name)]
-        if missing:
-            raise ValueError(
-                f"SimMIM needs an encoder with the masked-encoder interface; {type(encoder).__name__} lacks "
-                f"{missing}; use a vit_* or swin_* encoder"
-            )
+        check_masked_encoder(encoder, "SimMIM", hint="use a vit_* or swin_* encoder")
         self.encoder = encoder
         self.patch_size = encoder.patch_size
         self.in_chans = encoder.in_chans

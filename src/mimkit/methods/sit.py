@@ -32,6 +32,7 @@ from mimkit.losses.contrastive import nt_xent
 from mimkit.losses.l1 import masked_l1
 from mimkit.masking.gmml import check_fills, check_geometry, check_max_ratios, gmml_corrupt
 from mimkit.methods.registry import METHODS
+from mimkit.models.masked import check_masked_encoder
 
 RECON_LOSSES = ("masked", "full")
 
@@ -102,14 +103,7 @@ class SiT(nn.Module):
         augment_options: dict[str, Any] | None = None,
     ):
         super().__init__()
-        needed = (
-            "forward_encoder", "cls_token", "patch_size", "grid_size", "img_size", "in_chans", "embed_dim",
-        )  # fmt: skip
-        if not all(hasattr(encoder, a) for a in needed):
-            raise ValueError(
-                f"SiT needs a ViT encoder with a class token ({', '.join(needed)}), "
-                f"got {type(encoder).__name__}"
-            )
+        check_masked_encoder(encoder, "SiT", class_token=True, hint="use a vit_* encoder")
         if recon_loss not in RECON_LOSSES:
             raise ValueError(f"recon_loss must be one of {list(RECON_LOSSES)}, got {recon_loss!r}")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:

@@ -49,6 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mimkit.models.layers import DropPath, Mlp, PatchEmbed, to_2tuple, use_fused_attention
+from mimkit.models.masked import replace_masked_tokens
 from mimkit.models.registry import ENCODERS
 
 # Value added to the attention logits of token pairs the mask separates (the reference's constant).
@@ -358,6 +359,7 @@ class SwinTransformer(nn.Module):
     """
 
     CLASSIFIER_OPTIONS: ClassVar[dict[str, Any]] = {"global_pool": "avg"}
+    drops_tokens: ClassVar[bool] = False  # masked-encoder contract: windows need every token (no MAE)
 
     def __init__(
         self,
@@ -480,12 +482,7 @@ class SwinTransformer(nn.Module):
             )
         tokens = self.patch_embed(x)  # [N, L, D]
         if mask is not None:
-            if mask_token is None:
-                raise ValueError("forward_encoder(mask=...) needs a mask_token of shape [1, 1, embed_dim]")
-            if tuple(mask.shape) != tuple(tokens.shape[:2]):
-                raise ValueError(f"mask must be [N, L] = {tuple(tokens.shape[:2])}, got {tuple(mask.shape)}")
-            w = mask.unsqueeze(-1).to(tokens.dtype)  # [N, L, 1]
-            tokens = tokens * (1.0 - w) + mask_token.to(tokens.dtype) * w
+            tokens = replace_masked_tokens(tokens, mask, mask_token)
         for stage in self.layers:
             tokens = stage(tokens)
         return self.norm(tokens)

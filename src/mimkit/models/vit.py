@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from mimkit.models.layers import Block, PatchEmbed, init_weights_mae, to_2tuple
+from mimkit.models.masked import replace_masked_tokens
 from mimkit.models.pos_embed import sincos_2d
 
 
@@ -42,6 +43,7 @@ class VisionTransformer(nn.Module):
     """
 
     CLASSIFIER_OPTIONS: ClassVar[dict[str, Any]] = {"global_pool": "avg", "fc_norm": True}
+    drops_tokens: ClassVar[bool] = True  # masked-encoder contract (models/masked.py): MAE may drop tokens
 
     def __init__(
         self,
@@ -132,10 +134,7 @@ class VisionTransformer(nn.Module):
         """
         tokens = self.patch_embed(x)  # [N, L, D]
         if mask is not None:
-            if mask_token is None:
-                raise ValueError("forward_encoder(mask=...) needs a mask_token of shape [1, 1, D]")
-            w = mask.unsqueeze(-1).to(tokens.dtype)  # [N, L, 1]
-            tokens = tokens * (1.0 - w) + mask_token.to(tokens.dtype) * w
+            tokens = replace_masked_tokens(tokens, mask, mask_token)
         tokens = tokens + self.pos_embed[:, 1:]
         if ids_keep is not None:
             index = ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
