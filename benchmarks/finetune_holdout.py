@@ -30,7 +30,7 @@ import torch
 
 from mimkit.eval import label_efficiency
 from mimkit.eval.label_efficiency import run_label_efficiency, subset_dataset
-from mimkit.eval_cli import load_encoder, load_splits
+from mimkit.eval.sources import load_encoder, load_splits
 
 _spec = importlib.util.spec_from_file_location(
     "quality_fashion_mnist", Path(__file__).with_name("quality_fashion_mnist.py")

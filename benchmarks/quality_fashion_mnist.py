@@ -76,7 +76,7 @@ from mimkit.eval.label_efficiency import (
 )
 from mimkit.eval.linear import LinearProbeConfig, holdout_summary, linear_probe
 from mimkit.eval.online_knn import OnlineKNN
-from mimkit.eval_cli import load_recipe
+from mimkit.eval.protocols import load_recipe
 from mimkit.pretrain import build_encoder, build_method, data_stats
 from mimkit.weights import export_encoder_safetensors
 

@@ -18,7 +18,8 @@ import torch
 
 from mimkit.data import EvalTransform, build_dataset
 from mimkit.engine import NonFiniteLossError, load_config
-from mimkit.eval_cli import add_eval_parsers, add_knn_parser, eval_data_config, run_eval
+from mimkit.eval.sources import eval_data_config
+from mimkit.eval_cli import add_eval_parsers, add_knn_parser, run_eval
 from mimkit.models import create_encoder
 from mimkit.pretrain import load_pretrained, pretrain, resolve_checkpoint
 from mimkit.viz import save_reconstruction_grid

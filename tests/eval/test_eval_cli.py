@@ -10,7 +10,9 @@ from PIL import Image
 
 from mimkit.cli import main as cli_main
 from mimkit.data import load_idx
-from mimkit.eval_cli import add_eval_parsers, load_encoder, run_eval, run_eval_knn
+from mimkit.eval.protocols import evaluate_knn
+from mimkit.eval.sources import DataChoice, EncoderChoice, FeatureOptions, load_encoder
+from mimkit.eval_cli import add_eval_parsers, run_eval
 from mimkit.models import create_encoder
 from mimkit.weights import extract_state_dict, read_checkpoint
 
@@ -38,7 +40,8 @@ def test_knn_several_k_shares_cached_features(run_dir, capsys):
     cached = list((run_dir / "eval" / "feature_cache").glob("features-*.pt"))
     assert len(cached) == 4  # {pretrained, random} x {train, test}
     stamps = {p: p.stat().st_mtime_ns for p in cached}
-    results = run_eval_knn(str(run_dir), ks=(5,), compare_random=True, train_limit=300, test_limit=100)
+    limits = DataChoice(train_limit=300, test_limit=100)
+    results = evaluate_knn(EncoderChoice(str(run_dir)), limits, ks=(5,), compare_random=True)
     assert {p: p.stat().st_mtime_ns for p in cached} == stamps  # read, not rewritten
     assert all(0 <= acc[5] <= 100 for acc in results.values())
 
@@ -208,7 +211,7 @@ def test_checkpoint_without_encoder(tmp_path):
     path = tmp_path / "head_only.pt"
     torch.save({"model": {"head.weight": torch.zeros(10, 4)}}, path)
     with pytest.raises(ValueError, match=f"{path} holds no encoder") as err:
-        run_eval_knn(str(path), encoder_name="vit_tiny_patch4_28")
+        evaluate_knn(EncoderChoice(str(path), encoder_name="vit_tiny_patch4_28"))
     assert "\n" not in str(err.value)
 
 
@@ -219,7 +222,7 @@ def test_dataset_without_labels(run_dir, tmp_path):
         for i in range(30):
             Image.new("L", (28, 28), color=i * 8).save(folder / f"{split}img{i}.png")
     with pytest.raises(ValueError, match=f"needs labeled data.*{folder}") as err:
-        run_eval_knn(str(run_dir), source="folder", root=str(folder))
+        evaluate_knn(EncoderChoice(str(run_dir)), DataChoice(source="folder", root=str(folder)))
     assert "\n" not in str(err.value)
 
 
@@ -230,4 +233,35 @@ def test_label_fraction_outside_unit_interval(run_dir):
 
 def test_k_larger_than_bank(run_dir):
     with pytest.raises(ValueError, match=r"k=500 is outside \[1, 300\]"):
-        run_eval_knn(str(run_dir), ks=(20, 500), train_limit=300, test_limit=100)
+        evaluate_knn(EncoderChoice(str(run_dir)), DataChoice(train_limit=300, test_limit=100), ks=(20, 500))
+
+
+def test_shared_inputs_are_checked_when_made():
+    with pytest.raises(ValueError, match="pool must be one of token, avg, got 'max'"):
+        FeatureOptions(pool="max")
+    with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp16, fp32"):
+        FeatureOptions(precision="fp8")
+    with pytest.raises(ValueError, match="test_limit must be a positive number of images, got 0"):
+        DataChoice(test_limit=0)
+
+
+def test_every_protocol_takes_the_shared_arguments_from_the_same_parents():
+    parser = argparse.ArgumentParser(prog="mimkit")
+    add_eval_parsers(parser.add_subparsers(dest="command", required=True))
+    shared = ["run", "--encoder", "vit_tiny_patch4_28", "--teacher", "--seed", "3", "--source", "folder"]
+    shared += ["--data-root", "d", "--train-limit", "5", "--test-limit", "6"]
+    for protocol in ("knn", "linear", "finetune", "label-efficiency", "tsne"):
+        args = vars(parser.parse_args(["eval", protocol, *shared]))
+        assert {k: args[k] for k in ("checkpoint", "encoder_name", "teacher", "seed")} == {
+            "checkpoint": "run",
+            "encoder_name": "vit_tiny_patch4_28",
+            "teacher": True,
+            "seed": 3,
+        }
+        assert (args["source"], args["root"], args["train_limit"], args["test_limit"]) == (
+            "folder",
+            "d",
+            5,
+            6,
+        )
+        assert ("pool" in args) == (protocol in ("knn", "linear", "tsne"))  # frozen protocols only

@@ -1,0 +1,252 @@
+"""Where an evaluation's encoder and data come from, and how its features are computed.
+
+Three small typed objects carry the inputs every protocol shares (built once from the command line's
+parent parsers, or directly from Python): :class:`EncoderChoice` (a mimkit run or checkpoint, an
+encoder-only file with its architecture's name, or a name alone for a random encoder; the student or SiT's
+EMA teacher), :class:`DataChoice` (the run's data unless another source or root is given, and limits) and
+:class:`FeatureOptions` (pooling, batch, device, precision, cache). :func:`load_encoder` resolves a choice
+into a :class:`LoadedEncoder` and the data config to evaluate on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from mimkit.data import DataConfig, ImageDataset, build_dataset
+from mimkit.engine.precision import PRECISIONS
+from mimkit.eval.cache import default_cache_dir
+from mimkit.pretrain import build_encoder, load_pretrained, resolve_checkpoint
+from mimkit.weights import extract_state_dict, load_weights, read_checkpoint
+
+POOLS = ("token", "avg")
+
+
+@dataclass(frozen=True)
+class EncoderChoice:
+    """Where the evaluated encoder comes from.
+
+    Attributes:
+        checkpoint: a mimkit run directory or checkpoint, or an encoder-only file (with ``encoder_name``);
+            None with ``encoder_name``: a randomly initialised encoder.
+        encoder_name: the architecture an encoder-only file fits (``mimkit.list_encoders()``).
+        teacher: take a SiT run's momentum (EMA) teacher instead of the student.
+        seed: seed of random-init encoders and of label subsets.
+    """
+
+    checkpoint: str | None = None
+    encoder_name: str | None = None
+    teacher: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataChoice:
+    """Which data: the run's own unless ``source`` / ``root`` say otherwise; limits count images per split."""
+
+    source: str | None = None
+    root: str | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("train_limit", "test_limit"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive number of images, got {value!r}")
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    """How the frozen protocols compute features: pooling, batch, device, precision and cache."""
+
+    pool: str = "token"
+    batch_size: int = 512
+    device: str = "auto"
+    precision: str = "auto"
+    cache_dir: str | None = None
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+
+@dataclass
+class LoadedEncoder:
+    """What a checkpoint argument resolves to.
+
+    Attributes:
+        encoder: the loaded encoder, or None (``--encoder NAME`` without a checkpoint).
+        encoder_cfg: ``{"name", ..., "img_size", "in_chans"}``: rebuilds the same architecture.
+        data: the data config to evaluate on (the run's, without augmentation, with its normalisation).
+        checkpoint: the checkpoint file, or None.
+        run_dir: the mimkit run directory the checkpoint belongs to, or None for other files.
+        teacher: ``encoder`` is the method's momentum teacher, not the student.
+    """
+
+    encoder: nn.Module | None
+    encoder_cfg: dict[str, Any]
+    data: DataConfig
+    checkpoint: Path | None
+    run_dir: Path | None
+    teacher: bool = False
+
+    @property
+    def label(self) -> str:
+        """The name of the loaded encoder's rows in results: "teacher" or "pretrained"."""
+        return "teacher" if self.teacher else "pretrained"
+
+
+def _check_has_encoder(path: Path) -> None:
+    """A one-line ValueError naming ``path`` if the file holds no encoder weights."""
+    try:
+        state = extract_state_dict(read_checkpoint(path))
+    except ValueError as err:
+        raise ValueError(f"{path} holds no encoder: {err}") from None
+    if not any(k.endswith("patch_embed.proj.weight") for k in state):
+        shown = ", ".join(sorted(state)[:4])
+        raise ValueError(
+            f"{path} holds no encoder: none of its {len(state)} weights is a patch embedding "
+            f"('patch_embed.*' or 'encoder.patch_embed.*'; it has {shown}, ...); give a pretraining run or "
+            "checkpoint, or an encoder file with --encoder NAME"
+        )
+
+
+def load_encoder(
+    checkpoint: str | os.PathLike | None,
+    encoder_name: str | None = None,
+    source: str | None = None,
+    root: str | None = None,
+    teacher: bool = False,
+) -> LoadedEncoder:
+    """Resolve a checkpoint argument (see the module docstring) into an encoder and the data to use.
+
+    ``teacher`` takes the method's momentum (EMA) teacher encoder instead of the student, as DINO-style
+    evaluations do; only a mimkit pretraining checkpoint of a method with a teacher (SiT) has one.
+
+    Raises:
+        ValueError: no checkpoint and no encoder name; a checkpoint without encoder weights; weights that
+            do not fit ``encoder_name``; ``teacher`` for a checkpoint without a teacher.
+        FileNotFoundError: no such checkpoint or run directory.
+    """
+    path = resolve_checkpoint(checkpoint) if checkpoint is not None else None
+    if path is not None:
+        _check_has_encoder(path)
+    if teacher and (path is None or encoder_name is not None):
+        raise ValueError("--teacher needs a mimkit pretraining run or checkpoint (without --encoder)")
+    if encoder_name is None:
+        if path is None:
+            raise ValueError("give a checkpoint (or run directory), or --encoder NAME for a random encoder")
+        method, cfg, stats = load_pretrained(path)
+        encoder = method.encoder
+        if teacher:
+            encoder = getattr(method, "teacher_encoder", None)
+            if encoder is None:
+                raise ValueError(
+                    f"{path} holds no teacher encoder: its method {cfg.method['name']!r} has none "
+                    "(SiT keeps one); drop --teacher"
+                )
+        encoder_cfg = dict(cfg.encoder)
+        if stats:
+            encoder_cfg.update(img_size=list(stats["img_size"]), in_chans=stats["channels"])
+        data = eval_data_config(cfg.data, stats, source, root)
+        return LoadedEncoder(encoder, encoder_cfg, data, path, path.parent, teacher)
+    data = DataConfig(source=source or "fashion_mnist", augment="none", **({"root": root} if root else {}))
+    sample = build_dataset(dataclasses.replace(data, limit=1), "train")
+    encoder_cfg = {"name": encoder_name, "img_size": list(sample.img_size), "in_chans": sample.channels}
+    encoder = None
+    if path is not None:
+        encoder = build_encoder(encoder_cfg)
+        load_weights(encoder, path)
+    return LoadedEncoder(encoder, encoder_cfg, data, path, None)
+
+
+def eval_data_config(
+    cfg_data: DataConfig, stats: dict[str, Any], source: str | None, root: str | None
+) -> DataConfig:
+    """A run's data for evaluation: same source and size, no augmentation, the run's normalisation."""
+    changes: dict[str, Any] = {"augment": "none", "limit": None, "crop_scale": None, "crop_ratio": None}
+    if source:
+        changes["source"] = source
+    if root:
+        changes["root"] = root
+    if stats:
+        changes.update(
+            img_size=list(stats["img_size"]),
+            channels=stats["channels"],
+            normalize=[list(stats["mean"]), list(stats["std"])],
+        )
+    return dataclasses.replace(cfg_data, **changes)
+
+
+def require_labels(dataset: ImageDataset, protocol: str) -> None:
+    if dataset.num_classes == 0:
+        raise ValueError(
+            f"{protocol} needs labeled data, but the {dataset.split} split at {dataset.root!r} has no class "
+            "labels (folders: one sub-folder per class; IDX: a labels file)"
+        )
+
+
+def load_splits(
+    data: DataConfig, train_limit: int | None, test_limit: int | None, protocol: str
+) -> tuple[ImageDataset, ImageDataset, DataConfig, DataConfig]:
+    """``(train, test, train data config, test data config)``, both splits labeled (else a ValueError)."""
+    train_cfg = dataclasses.replace(data, limit=train_limit)
+    test_cfg = dataclasses.replace(data, limit=test_limit)
+    train_set = build_dataset(train_cfg, "train")
+    require_labels(train_set, protocol)
+    test_set = build_dataset(test_cfg, "test", train_dataset=train_set)
+    require_labels(test_set, protocol)
+    return train_set, test_set, train_cfg, test_cfg
+
+
+def _random_encoder(encoder_cfg: dict[str, Any], seed: int) -> nn.Module:
+    """The encoder at random init, drawn from ``seed`` (as ``mimkit knn --compare-random``)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_encoder(encoder_cfg)
+
+
+def encoders_to_evaluate(
+    loaded: LoadedEncoder, compare_random: bool, seed: int
+) -> Iterator[tuple[str, nn.Module, Path | None, dict[str, Any]]]:
+    """``(name, encoder, checkpoint, cache-key extras)`` of the pretrained and/or random-init encoder."""
+    if loaded.encoder is not None:
+        # the student's key has no "weights" entry, so caches written before --teacher existed stay valid
+        extra = {"encoder": loaded.encoder_cfg} | ({"weights": "teacher"} if loaded.teacher else {})
+        yield loaded.label, loaded.encoder, loaded.checkpoint, extra
+    if compare_random or loaded.encoder is None:
+        extra = {"encoder": loaded.encoder_cfg, "init": "random", "seed": seed}
+        yield "random init", _random_encoder(loaded.encoder_cfg, seed), None, extra
+
+
+def cache_dir_for(loaded: LoadedEncoder, cache_dir: str | os.PathLike | None, use_cache: bool) -> Path | None:
+    if not use_cache:
+        return None
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return loaded.run_dir / "eval" / "feature_cache" if loaded.run_dir is not None else default_cache_dir()
+
+
+def out_dir_for(loaded: LoadedEncoder, out_dir: str | os.PathLike | None, protocol: str) -> Path:
+    if out_dir is not None:
+        return Path(out_dir)
+    name = f"{protocol}_teacher" if loaded.teacher else protocol  # its runs never resume the student's
+    return (loaded.run_dir / "eval" if loaded.run_dir is not None else Path("runs") / "eval") / name
+
+
+def load_choice(encoder: EncoderChoice, data: DataChoice) -> LoadedEncoder:
+    """:func:`load_encoder` for the typed choices."""
+    return load_encoder(encoder.checkpoint, encoder.encoder_name, data.source, data.root, encoder.teacher)
