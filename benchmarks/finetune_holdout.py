@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 
-from mimkit.eval import label_efficiency
-from mimkit.eval.label_efficiency import run_label_efficiency, subset_dataset
+from mimkit.data import subsets
+from mimkit.data.subsets import subset_dataset
+from mimkit.eval.label_efficiency import run_label_efficiency
 from mimkit.eval.sources import load_encoder, load_splits
 
 _spec = importlib.util.spec_from_file_location(
@@ -44,7 +45,7 @@ EPOCHS = {0.01: 55, 0.1: 16, 1.0: 5}
 
 def holdout_split(labels: torch.Tensor, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(training indices, held-out indices)``, both sorted: ``per_class`` images of each class held out
-    (:func:`~mimkit.eval.label_efficiency.holdout_split`'s draw), at least one left to train on."""
+    (:func:`~mimkit.data.subsets.holdout_split`'s draw), at least one left to train on."""
     counts = torch.bincount(labels)
     smallest = int(counts[counts > 0].min())
     if not 1 <= per_class < smallest:
@@ -52,7 +53,7 @@ def holdout_split(labels: torch.Tensor, per_class: int, seed: int) -> tuple[torc
             f"--holdout must be at least 1 and leave training images in every class "
             f"(smallest class: {smallest} images), got {per_class}"
         )
-    return label_efficiency.holdout_split(labels, None, seed, count=per_class)
+    return subsets.holdout_split(labels, None, seed, count=per_class)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,22 +58,16 @@ import torch
 import torch.nn as nn
 
 from mimkit.data import ImageDataset, build_augment, build_dataset, build_loader
+from mimkit.data.subsets import check_fraction, per_class_subset, subset_dataset
 from mimkit.data.transforms import EvalTransform
 from mimkit.engine import dist
 from mimkit.engine.config import PretrainConfig, load_config, save_config, to_dict
 from mimkit.engine.trainer import Trainer
 from mimkit.eval.cache import cached_features, cached_pooled_features, feature_key
-from mimkit.eval.finetune import FinetuneConfig, build_classifier, finetune
+from mimkit.eval.classifier import build_classifier
+from mimkit.eval.finetune import FinetuneConfig, finetune
 from mimkit.eval.knn import knn_accuracy
-from mimkit.eval.label_efficiency import (
-    CHANCE_MARK,
-    CHANCE_WHY,
-    check_fraction,
-    finished_runs,
-    per_class_subset,
-    run_label_efficiency,
-    subset_dataset,
-)
+from mimkit.eval.label_efficiency import CHANCE_MARK, CHANCE_WHY, finished_runs, run_label_efficiency
 from mimkit.eval.linear import LinearProbeConfig, holdout_summary, linear_probe
 from mimkit.eval.online_knn import OnlineKNN
 from mimkit.eval.protocols import load_recipe
@@ -129,7 +123,7 @@ def training_subset(
 ) -> tuple[ImageDataset, dict[str, Any]]:
     """``round(fraction * n_c)`` (>= 1) images of each class ``c`` of ``train_set``, drawn with ``seed``.
 
-    The draw is :func:`mimkit.eval.label_efficiency.per_class_subset`'s (the label-efficiency subsets'),
+    The draw is :func:`mimkit.data.subsets.per_class_subset`'s (the label-efficiency subsets'),
     the normalisation stays that of the whole training split. ``fraction`` 1 returns ``train_set`` itself.
 
     Returns:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mimkit.eval.label_efficiency import per_class_subset
+from mimkit.data.subsets import per_class_subset
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("finetune_holdout", ROOT / "benchmarks/finetune_holdout.py")

@@ -26,9 +26,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from mimkit.data.subsets import DEFAULT_FRACTIONS
 from mimkit.engine.dist import resolve_device
 from mimkit.engine.precision import PRECISIONS, resolve_precision
-from mimkit.eval.label_efficiency import DEFAULT_FRACTIONS
 from mimkit.eval.linear import holdout_summary
 from mimkit.eval.protocols import (
     evaluate_finetune,

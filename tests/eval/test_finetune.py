@@ -9,19 +9,13 @@ import pytest
 import torch
 
 from mimkit.data.datasets import ImageDataset
+from mimkit.data.mixing import MixUpCutMix, smooth_one_hot
+from mimkit.data.transforms import FinetuneAugment
 from mimkit.engine.config import TrainConfig
 from mimkit.engine.trainer import Trainer
-from mimkit.eval.finetune import (
-    Classifier,
-    FinetuneAugment,
-    FinetuneConfig,
-    MixUpCutMix,
-    at_chance,
-    build_classifier,
-    final_train_loss,
-    finetune,
-    smooth_one_hot,
-)
+from mimkit.eval.classifier import Classifier, build_classifier
+from mimkit.eval.finetune import FinetuneConfig, finetune
+from mimkit.eval.records import at_chance, final_train_loss
 from mimkit.models import create_encoder
 
 ENC = {

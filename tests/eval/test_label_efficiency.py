@@ -8,16 +8,10 @@ import torch
 from PIL import Image
 
 from mimkit.data.datasets import ImageDataset
+from mimkit.data.subsets import label_subsets, per_class_subset, subset_dataset
 from mimkit.engine.config import TrainConfig
 from mimkit.eval.finetune import FinetuneConfig
-from mimkit.eval.label_efficiency import (
-    finished_runs,
-    label_subsets,
-    per_class_subset,
-    run_label_efficiency,
-    subset_dataset,
-    write_label_efficiency_report,
-)
+from mimkit.eval.label_efficiency import finished_runs, run_label_efficiency, write_label_efficiency_report
 from mimkit.models import create_encoder
 
 LABELS = torch.tensor([0] * 200 + [1] * 100 + [2] * 30)[

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from mimkit.eval.label_efficiency import holdout_split
+from mimkit.data.subsets import holdout_split
 from mimkit.eval.linear import LinearProbe, LinearProbeConfig, linear_probe, train_heads
 
 

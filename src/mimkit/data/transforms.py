@@ -279,3 +279,66 @@ def build_augment(cfg: DataConfig, dataset) -> PretrainAugment:
 def build_eval_transform(dataset) -> EvalTransform:
     """Normalisation only, at the size and with the statistics of ``dataset``."""
     return EvalTransform(dataset.img_size, dataset.mean, dataset.std)
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+# kornia's default RandAugment candidates; "color" (saturation) needs RGB and is left out for other images.
+_COLOR_OPS = ("color",)
+
+
+class FinetuneAugment(nn.Module):
+    """The fine-tuning augmentation of a whole batch, on its device.
+
+    ``uint8 [N, C, H, W]`` -> RandomResizedCrop (bicubic, ``crop_scale``, ratio 3/4-4/3) + flip -> RandAugment
+    (kornia; the ``n`` operations are drawn per batch, their magnitude sign per image) -> ``(x - mean) / std``
+    -> random erasing (kornia; erased boxes are filled with 0, the mean, where timm fills with noise)
+    -> float32 ``[N, C, *img_size]``.
+    """
+
+    def __init__(
+        self,
+        img_size: int | Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        crop_scale: Sequence[float] = (0.08, 1.0),
+        hflip: bool = True,
+        randaug_n: int = 2,
+        randaug_m: int = 9,
+        reprob: float = 0.25,
+    ):
+        super().__init__()
+        import kornia.augmentation as K
+        from kornia.augmentation.auto import RandAugment
+        from kornia.augmentation.auto.rand_augment.rand_augment import default_policy
+
+        self.img_size = size_pair(img_size, "img_size")
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+        self.scale = check_range_pair(list(crop_scale), "crop_scale", 0.0, 1.0)
+        self.ratio = (3 / 4, 4 / 3)
+        self.hflip = hflip
+        self.randaug = None
+        if randaug_n > 0:
+            channels = self.mean.shape[1]
+            policy = [p for p in default_policy if channels == 3 or p[0][0] not in _COLOR_OPS]
+            self.randaug = RandAugment(n=min(randaug_n, len(policy)), m=randaug_m, policy=policy)
+        self.erase = K.RandomErasing(p=reprob, value=0.0) if reprob > 0 else None
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+        n, _, height, width = x.shape
+        boxes = random_resized_crop_boxes(n, height, width, self.scale, self.ratio, device=x.device)
+        flip = torch.rand(n, device=x.device) < 0.5 if self.hflip else None
+        x = crop_resize(x, boxes, self.img_size, flip).clamp_(0.0, 1.0)
+        if self.randaug is not None:
+            x = self.randaug(x).clamp_(0.0, 1.0)
+        x = (x - self.mean) / self.std
+        if self.erase is not None:
+            x = self.erase(x)
+        return x

@@ -28,10 +28,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mimkit.data.loader import build_loader
+from mimkit.data.subsets import holdout_split
 from mimkit.engine.config import TrainConfig
 from mimkit.engine.lars import LARS
 from mimkit.engine.trainer import Trainer
-from mimkit.eval.label_efficiency import holdout_split
 
 log = logging.getLogger("mimkit")
 

@@ -14,10 +14,10 @@ import torch.nn as nn
 
 from mimkit.data.datasets import ImageDataset
 from mimkit.data.loader import build_loader
+from mimkit.data.subsets import per_class_subset, subset_dataset
 from mimkit.data.transforms import EvalTransform
 from mimkit.eval.features import extract_features
 from mimkit.eval.knn import knn_accuracy
-from mimkit.eval.label_efficiency import per_class_subset, subset_dataset
 
 
 def _sample(dataset: ImageDataset, size: int | None, seed: int, what: str) -> ImageDataset:

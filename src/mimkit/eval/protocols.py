@@ -21,20 +21,15 @@ import torch
 import torch.nn as nn
 
 from mimkit.data import DataConfig, ImageDataset, build_dataset
+from mimkit.data.subsets import DEFAULT_FRACTIONS, check_fraction, label_subsets, subset_dataset
 from mimkit.engine.config import _build, merge, parse_overrides, to_dict
 from mimkit.engine.dist import resolve_device
 from mimkit.engine.precision import auto_to_native
 from mimkit.eval.cache import cached_features, feature_key
-from mimkit.eval.finetune import FinetuneConfig, build_classifier, finetune
+from mimkit.eval.classifier import build_classifier
+from mimkit.eval.finetune import FinetuneConfig, finetune
 from mimkit.eval.knn import knn_accuracy
-from mimkit.eval.label_efficiency import (
-    DEFAULT_FRACTIONS,
-    check_fraction,
-    label_subsets,
-    run_label_efficiency,
-    scratch_recipe,
-    subset_dataset,
-)
+from mimkit.eval.label_efficiency import run_label_efficiency, scratch_recipe
 from mimkit.eval.linear import LinearProbeConfig, linear_probe
 from mimkit.eval.sources import (
     DataChoice,

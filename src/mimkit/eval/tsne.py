@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mimkit.eval.label_efficiency import per_class_subset
+from mimkit.data.subsets import per_class_subset
 
 
 def tsne_embedding(
