@@ -44,7 +44,9 @@ def final_train_loss(run_dir: str | os.PathLike, tail: float = 0.1) -> float | N
 
 
 def at_chance(result: dict[str, Any]) -> bool:
-    """Whether a fine-tuning run (:func:`~mimkit.eval.finetune.finetune`'s result) ended with its training loss at chance level.
+    """Whether a fine-tuning run ended with its training loss at chance level.
+
+    ``result`` is :func:`~mimkit.eval.finetune.finetune`'s.
 
     Cross-entropy against a uniform prediction is ``ln(classes)`` whatever the targets (one-hot, smoothed
     or mixed), so a final training loss at ``AT_CHANCE`` of that or above means the classifier collapsed to
