@@ -100,7 +100,7 @@ def build(method: str, args: dict[str, Any]):
         ``(model, train_config, info)``; info holds the recipe file, the method options and notes.
     """
     from mimkit import create_encoder, create_method
-    from mimkit.engine.config import load_config
+    from mimkit.engine.config import load_config, named_options
 
     recipe = CONFIGS / RECIPES[method]
     cfg = load_config(recipe)
@@ -110,7 +110,7 @@ def build(method: str, args: dict[str, Any]):
     if args["img_size"]:
         encoder_options["img_size"] = args["img_size"]
     encoder = create_encoder(args["encoder"], **encoder_options)
-    options = {k: v for k, v in cfg.method.items() if k != "name"}
+    _, options = named_options(cfg.method)
     notes = []
     if "mask_patch_size" in options:
         options["mask_patch_size"], note = fit_mask_cell(

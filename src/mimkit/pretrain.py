@@ -14,10 +14,10 @@ from typing import Any
 
 import torch.nn as nn
 
-from mimkit.data import DataConfig, build_augment, build_dataset, build_loader
+from mimkit.data import build_augment, build_dataset, build_loader
 from mimkit.engine import dist
 from mimkit.engine.checkpoint import last_checkpoint, seed_everything
-from mimkit.engine.config import PretrainConfig, _build, save_config, to_dict
+from mimkit.engine.config import PretrainConfig, _build, named_options, save_config, to_dict
 from mimkit.engine.precision import auto_to_native
 from mimkit.engine.trainer import Trainer
 from mimkit.methods import create_method
@@ -27,13 +27,13 @@ from mimkit.weights import load_weights, read_checkpoint
 log = logging.getLogger("mimkit")
 
 
-def build_encoder(encoder_cfg: dict[str, Any], data: DataConfig | None = None, dataset=None) -> nn.Module:
+def build_encoder(encoder_cfg: dict[str, Any], dataset=None) -> nn.Module:
     """The encoder of a config; input size and channels follow the data unless the config sets them."""
-    options = {k: v for k, v in encoder_cfg.items() if k != "name"}
+    name, options = named_options(encoder_cfg)
     if dataset is not None:
         options.setdefault("img_size", tuple(dataset.img_size))
         options.setdefault("in_chans", dataset.channels)
-    return create_encoder(encoder_cfg["name"], **options)
+    return create_encoder(name, **options)
 
 
 def data_stats(dataset) -> dict[str, Any]:
@@ -47,10 +47,15 @@ def data_stats(dataset) -> dict[str, Any]:
     }
 
 
-def build_method(cfg: PretrainConfig, dataset=None) -> nn.Module:
-    encoder = build_encoder(cfg.encoder, cfg.data, dataset)
-    options = {k: v for k, v in cfg.method.items() if k != "name"}
-    return create_method(cfg.method["name"], encoder=encoder, **options)
+def build_method(cfg: PretrainConfig, dataset=None, stats: dict[str, Any] | None = None) -> nn.Module:
+    """The method of a config around its encoder; the input follows ``dataset`` (or a run's recorded
+    ``stats``: image size and channels) unless the encoder section sets it."""
+    encoder_cfg = dict(cfg.encoder)
+    if stats:
+        encoder_cfg.setdefault("img_size", tuple(stats["img_size"]))
+        encoder_cfg.setdefault("in_chans", stats["channels"])
+    name, options = named_options(cfg.method)
+    return create_method(name, encoder=build_encoder(encoder_cfg, dataset), **options)
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
@@ -157,12 +162,6 @@ def load_pretrained(path: str | os.PathLike) -> tuple[nn.Module, PretrainConfig,
         )
     stats = config.get("data_stats", {})
     cfg = _build(PretrainConfig, {k: v for k, v in config.items() if k != "data_stats"}, "")
-    encoder_cfg = dict(cfg.encoder)
-    if stats:
-        encoder_cfg.setdefault("img_size", tuple(stats["img_size"]))
-        encoder_cfg.setdefault("in_chans", stats["channels"])
-    encoder = build_encoder(encoder_cfg)
-    options = {k: v for k, v in cfg.method.items() if k != "name"}
-    method = create_method(cfg.method["name"], encoder=encoder, **options)
+    method = build_method(cfg, stats=stats)
     load_weights(method, raw)
     return method, cfg, stats

@@ -86,8 +86,23 @@ def test_bad_options():
         tiny_mae(mask_ratio=1.0)
     with pytest.raises(ValueError, match="unknown method 'maee'.*mae"):
         create_method("maee", encoder="vit_tiny_patch4_28")
-    with pytest.raises(ValueError, match="bad option for method 'mae'"):
+    with pytest.raises(
+        ValueError, match=r"unknown option\(s\) \['decoder_width'\] for method 'mae'; valid: .*decoder_dim"
+    ):
         tiny_mae(decoder_width=3)
+    with pytest.raises(ValueError, match="unknown option for method 'gmml'.*'decoder_width'"):  # a preset
+        create_method("gmml", encoder="vit_tiny_patch4_28", decoder_width=3)
+
+
+def test_a_type_error_inside_a_method_is_not_called_a_bad_option(monkeypatch):
+    from mimkit.methods import registry
+
+    def broken(encoder, mask_ratio=0.5):
+        raise TypeError("a bug inside the constructor")
+
+    monkeypatch.setitem(registry.METHODS._entries, "broken", broken)
+    with pytest.raises(TypeError, match="a bug inside the constructor"):
+        create_method("broken", encoder="vit_tiny_patch4_28", mask_ratio=0.6)
 
 
 def test_encoder_never_sees_mask_tokens():

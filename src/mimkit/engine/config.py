@@ -139,6 +139,11 @@ class PretrainConfig:
                 )
 
 
+def named_options(section: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A named section (``encoder``, ``method``): ``{"name": n, **options}`` -> ``(n, options)``."""
+    return section["name"], {k: v for k, v in section.items() if k != "name"}
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, YAML-able dict of a config dataclass."""
     return dataclasses.asdict(cfg)

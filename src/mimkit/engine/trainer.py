@@ -61,7 +61,9 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped without overwriting the last good checkpoint."""
 
 
-class BatchLoader(Protocol):
+class ResumableLoader(Protocol):
+    """What the trainer needs of a loader: batches in a per-epoch order it can restart mid-epoch."""
+
     def __iter__(self): ...
     def __len__(self) -> int: ...
     def set_epoch(self, epoch: int) -> None: ...
@@ -137,7 +139,7 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        loader: BatchLoader,
+        loader: ResumableLoader,
         cfg: TrainConfig,
         run_dir: str | os.PathLike,
         batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,

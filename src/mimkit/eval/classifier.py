@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from mimkit.data.config import size_pair
 from mimkit.data.mixing import MixUpCutMix, smooth_one_hot
+from mimkit.engine.config import named_options
 from mimkit.weights import load_weights
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ def build_classifier(
         cfg = FinetuneConfig()
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    options = {k: v for k, v in encoder_cfg.items() if k != "name"}
+    _, options = named_options(encoder_cfg)
     # the family's reference classifier; MAE's (avg pool + fc_norm) for an encoder that does not say
     family = encoder_class(encoder_cfg["name"])
     options.update(getattr(family, "CLASSIFIER_OPTIONS", {"global_pool": "avg", "fc_norm": True}))

@@ -50,6 +50,9 @@ def check_max_ratios(fills: tuple[str, ...], max_ratio: float | Sequence[float] 
     return tuple(float(r) for r in ratios)
 
 
+MAX_RECTS = 64  # rectangles drawn per image (the union stops growing once it covers the target area)
+
+
 def check_geometry(size: tuple[int, int], max_side: float, align: int, max_rects: int) -> None:
     """ValueError unless ``max_side`` is in (0, 1], ``align`` divides ``size``, ``max_rects`` is in 1..255."""
     if isinstance(max_side, bool) or not isinstance(max_side, (int, float)) or not 0.0 < max_side <= 1.0:
@@ -71,7 +74,7 @@ def gmml_mask(
     max_ratio: float,
     max_side: float = 0.3,
     align: int = 1,
-    max_rects: int = 64,
+    max_rects: int = MAX_RECTS,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -152,7 +155,7 @@ def gmml_corrupt(
     max_side: float = 0.3,
     align: int = 1,
     noise_std: float = 1.0,
-    max_rects: int = 64,
+    max_rects: int = MAX_RECTS,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Corrupt groups of pixels, batched on the images' device.

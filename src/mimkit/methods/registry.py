@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch.nn as nn
@@ -21,12 +22,22 @@ def create_method(name: str, encoder: nn.Module | str, **kwargs: Any) -> nn.Modu
         **kwargs: the method's own options (``mask_ratio``, ``decoder_dim``, ...).
     """
     factory = METHODS.get(name)
+    # unknown options are found from the signature, so a TypeError raised inside a constructor is not
+    # mistaken for one
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        valid = sorted(k for k in params if k != "encoder")
+        unknown = sorted(set(kwargs) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for method {name!r}; valid: {', '.join(valid)}")
     if isinstance(encoder, str):
         encoder = create_encoder(encoder)
     try:
         return factory(encoder=encoder, **kwargs)
-    except TypeError as err:  # an unknown keyword: say which method and which option
-        raise ValueError(f"bad option for method {name!r}: {err}") from None
+    except TypeError as err:  # a factory taking **kwargs (a preset) passed on an option nobody takes
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise ValueError(f"unknown option for method {name!r}: {err}") from None
 
 
 def list_methods() -> list[str]:

@@ -30,7 +30,7 @@ from mimkit.engine.schedule import cosine_momentum
 from mimkit.heads.sit import ProjectionHead, SiTReconstructionHead
 from mimkit.losses.contrastive import nt_xent
 from mimkit.losses.l1 import masked_l1
-from mimkit.masking.gmml import check_fills, check_geometry, check_max_ratios, gmml_corrupt
+from mimkit.masking.gmml import MAX_RECTS, check_fills, check_geometry, check_max_ratios, gmml_corrupt
 from mimkit.methods.registry import METHODS
 from mimkit.models.masked import check_masked_encoder
 
@@ -116,7 +116,7 @@ class SiT(nn.Module):
             raise ValueError(f"noise_std must be >= 0, got {noise_std!r}")
         self.fills = check_fills(fill)
         self.max_ratios = check_max_ratios(self.fills, max_ratio)
-        check_geometry(tuple(encoder.img_size), max_side, align, 64)
+        check_geometry(tuple(encoder.img_size), max_side, align, MAX_RECTS)
         self.max_side = float(max_side)
         self.align = align
         self.noise_std = float(noise_std)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from mimkit.data.transforms import denormalize
+
 # The columns a method's ``reconstruct`` may return, in the order they are shown, with their titles.
 PANELS = (
     ("masked", "masked input"),
@@ -33,18 +35,12 @@ def save_reconstruction_grid(
     """
     from matplotlib.figure import Figure  # no pyplot: no global backend state touched
 
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-
-    def to_pixels(x: torch.Tensor) -> torch.Tensor:
-        return (x.detach().float().cpu() * std_t + mean_t).clamp(0, 1)
-
     columns = [("original", images)] + [(t, outputs[k]) for k, t in PANELS if k in outputs]
     n = images.shape[0]
     fig = Figure(figsize=(1.6 * len(columns), 1.6 * n))
     axes = fig.subplots(n, len(columns), squeeze=False)
     for col, (name, batch) in enumerate(columns):
-        pixels = to_pixels(batch)
+        pixels = denormalize(batch.detach().float().cpu(), mean, std)
         for row in range(n):
             ax = axes[row][col]
             img = pixels[row].permute(1, 2, 0).numpy()
