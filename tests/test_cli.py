@@ -287,3 +287,39 @@ def test_bad_decoder_sizes_are_one_line(tmp_path, tiny, capsys, override, messag
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_sigterm_checkpoints_and_exits_with_the_requeue_code(tmp_path, tiny, capsys, monkeypatch):
+    import signal
+
+    from mimkit.engine.runctl import EXIT_PREEMPTED
+    from mimkit.engine.trainer import Trainer
+
+    real = Trainer._optimizer_step
+
+    def step_then_sigterm(self):
+        lr = real(self)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # as SLURM or a cloud scheduler sends it
+        return lr
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", step_then_sigterm)
+    argv = ["pretrain", "--config", "configs/mae_fashion_mnist.yaml", f"output_dir={tmp_path}", *tiny]
+    assert main(argv) == EXIT_PREEMPTED == 75
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("mimkit: stopped by SIGTERM after step 3") and "run the same command" in err
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 3
+    monkeypatch.setattr(Trainer, "_optimizer_step", real)
+    assert main(argv) == 0  # the same command resumes and finishes
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 10
+
+
+def test_a_run_directory_in_use_is_refused_in_one_line(tmp_path, tiny, capsys):
+    import socket
+
+    (tmp_path / ".lock").write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "since": "t"}))
+    argv = ["pretrain", "--config", "configs/mae_fashion_mnist.yaml", f"output_dir={tmp_path}", *tiny]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mimkit: error: run directory") and "in use by pid 1" in err and "\n" not in err
+    assert not (tmp_path / "config.yaml").exists()  # nothing written into the other run's directory

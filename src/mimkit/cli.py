@@ -18,6 +18,7 @@ import torch
 
 from mimkit.data import EvalTransform, build_dataset
 from mimkit.engine import NonFiniteLossError, load_config
+from mimkit.engine.runctl import EXIT_PREEMPTED, Preempted
 from mimkit.eval.sources import eval_data_config
 from mimkit.eval_cli import add_eval_parsers, add_knn_parser, run_eval
 from mimkit.models import create_encoder
@@ -118,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_eval(args)
         elif args.command == "export":
             print(f"wrote {run_export(args.checkpoint, args.out, args.encoder_name)}")
+    except Preempted as err:  # checkpoint written: a job script requeues the same command on this code
+        if err.checkpoint is not None:  # the process that wrote it speaks
+            print(f"mimkit: {err}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except (ValueError, FileNotFoundError, ImportError, NonFiniteLossError) as err:
         print(f"mimkit: error: {err}", file=sys.stderr)
         return 2 if not isinstance(err, NonFiniteLossError) else 1

@@ -19,6 +19,7 @@ from mimkit.engine import dist
 from mimkit.engine.checkpoint import last_checkpoint, seed_everything
 from mimkit.engine.config import PretrainConfig, _build, named_options, save_config, to_dict
 from mimkit.engine.precision import auto_to_native
+from mimkit.engine.runctl import RunLock
 from mimkit.engine.trainer import Trainer
 from mimkit.methods import create_method
 from mimkit.models import create_encoder
@@ -102,34 +103,36 @@ def pretrain(cfg: PretrainConfig) -> Path:
     ran = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=native))
     resolved = to_dict(ran)
     resolved["data_stats"] = data_stats(dataset)
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        note = f"train.precision {cfg.train.precision} ran as {native} on {env.device}"
-        save_config(ran, run_dir / "config.yaml", header=note if cfg.train.precision != native else "")
-        n_params = sum(p.numel() for p in method.parameters()) / 1e6
-        log.info(
-            "pretraining %s on %s (%d images%s) with %s (%.1fM parameters) -> %s",
-            cfg.method["name"],
-            cfg.data.source,
-            len(dataset),
-            f", {dataset.skipped} unreadable skipped" if dataset.skipped else "",
-            cfg.encoder["name"],
-            n_params,
+    # one writer per run directory, from its config file to its last checkpoint (the trainer re-enters)
+    with RunLock(run_dir, enabled=env.is_main):
+        if env.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            note = f"train.precision {cfg.train.precision} ran as {native} on {env.device}"
+            save_config(ran, run_dir / "config.yaml", header=note if cfg.train.precision != native else "")
+            n_params = sum(p.numel() for p in method.parameters()) / 1e6
+            log.info(
+                "pretraining %s on %s (%d images%s) with %s (%.1fM parameters) -> %s",
+                cfg.method["name"],
+                cfg.data.source,
+                len(dataset),
+                f", {dataset.skipped} unreadable skipped" if dataset.skipped else "",
+                cfg.encoder["name"],
+                n_params,
+                run_dir,
+            )
+        trainer = Trainer(
+            method,
+            loader,
+            cfg.train,
             run_dir,
+            batch_transform=augment,
+            env=env,
+            config=resolved,
+            identity={"encoder": cfg.encoder, "method": cfg.method},  # a resume must be the same model
+            extras={"grid_size": list(method.encoder.grid_size)},  # load_weights resamples pos-embeds by it
+            callbacks=callbacks,
         )
-    trainer = Trainer(
-        method,
-        loader,
-        cfg.train,
-        run_dir,
-        batch_transform=augment,
-        env=env,
-        config=resolved,
-        identity={"encoder": cfg.encoder, "method": cfg.method},  # a resume must be the same model
-        extras={"grid_size": list(method.encoder.grid_size)},  # read by load_weights to resample pos-embeds
-        callbacks=callbacks,
-    )
-    trainer.fit()
+        trainer.fit()
     return run_dir
 
 

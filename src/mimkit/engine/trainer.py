@@ -34,6 +34,7 @@ from mimkit.engine.config import TrainConfig
 from mimkit.engine.metrics import LogProgress, MetricsWriter
 from mimkit.engine.optim import build_adamw, param_groups
 from mimkit.engine.precision import autocast, grad_scaler, resolve_precision
+from mimkit.engine.runctl import Preempted, RunLock, StopSignals
 from mimkit.engine.schedule import cosine_lr
 
 log = logging.getLogger("mimkit")
@@ -286,78 +287,95 @@ class Trainer:
         Raises:
             NonFiniteLossError: the loss became NaN/inf (``last.pt`` is left at the last good state).
         """
-        cfg = self.cfg
-        last = ckpt.last_checkpoint(self.run_dir)
-        if cfg.resume and last is not None:
-            self.resume(last)
-        else:
-            ckpt.seed_everything(cfg.seed + self.env.rank)
-        budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
-        stop_at = self._stop_at()
-        progress = self._progress(stop_at)
-        self._announce()
-        self.model.train()
-        last_metrics: dict[str, float] = {}
-        sums: dict[str, torch.Tensor] = {}
-        count, images_seen, t_log = 0, 0, time.perf_counter()
-        first_step, total_images, t_fit = self.step, 0, time.perf_counter()
-        elapsed0, t0 = self.elapsed_s, self.clock()
-        calibrate_from = self.step + CALIBRATION_SKIP if self.planned_steps is None else None
-        t_calibrate = 0.0
-        try:
-            while self.step < stop_at and self.epoch < cfg.epochs and not self._out_of_time(budget_s):
-                self.loader.set_epoch(self.epoch)
-                self.loader.set_start_batch(self.micro_in_epoch)
-                for images, labels in self.loader:
-                    out = self._micro_step(images, labels)
-                    for key, value in out.items():
-                        if key.startswith("loss") and value.ndim == 0:
-                            sums[key] = sums.get(key, 0.0) + value.detach().float()
-                    count += 1
-                    images_seen += images.shape[0] * self.env.world_size
-                    total_images += images.shape[0] * self.env.world_size
-                    self.micro_in_epoch += 1
-                    if self.micro_in_epoch % cfg.accum_steps:
-                        continue
-                    lr = self._optimizer_step()
-                    if budget_s is not None:
-                        timing = calibrate_from is not None and self.step - calibrate_from in (
-                            0,
-                            CALIBRATION_STEPS,
-                        )
-                        if timing and self.env.device.type == "cuda":
-                            torch.cuda.synchronize(self.env.device)  # two syncs per run, to time the steps
-                        now = self.clock()
-                        self.elapsed_s = elapsed0 + now - t0
-                        if timing and self.step == calibrate_from:
-                            t_calibrate = now
-                        elif timing:
-                            s_per_step = (now - t_calibrate) / CALIBRATION_STEPS
-                            self._plan(budget_s, s_per_step)
-                            calibrate_from, stop_at = None, self._stop_at()
-                            if progress is not None:
-                                progress.total = stop_at
-                    if progress is not None:
-                        progress.update(1)
-                    if self.step % cfg.log_every == 0 or self.step == stop_at:
-                        last_metrics = self._log(sums, count, images_seen, t_log, lr, progress)
-                        sums, count, images_seen, t_log = {}, 0, 0, time.perf_counter()
-                    if cfg.save_every_steps and self.step % cfg.save_every_steps == 0:
-                        self._check_finite(sums)
-                        self.save()
-                    if self.step >= stop_at or self._out_of_time(budget_s):
-                        break
-                if self.micro_in_epoch >= self.steps_per_epoch * cfg.accum_steps:
-                    self.epoch, self.micro_in_epoch = self.epoch + 1, 0
-                    last_metrics.update(self._end_epoch())
-                self._check_finite(sums)
-                self.save()
-        finally:
-            if progress is not None:
-                progress.close()
-            self.metrics.close()
+        with RunLock(self.run_dir, enabled=self.env.is_main), StopSignals() as stop:
+            cfg = self.cfg
+            last = ckpt.last_checkpoint(self.run_dir)
+            if cfg.resume and last is not None:
+                self.resume(last)
+            else:
+                ckpt.seed_everything(cfg.seed + self.env.rank)
+            budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
+            stop_at = self._stop_at()
+            progress = self._progress(stop_at)
+            self._announce()
+            self.model.train()
+            last_metrics: dict[str, float] = {}
+            sums: dict[str, torch.Tensor] = {}
+            count, images_seen, t_log = 0, 0, time.perf_counter()
+            first_step, total_images, t_fit = self.step, 0, time.perf_counter()
+            elapsed0, t0 = self.elapsed_s, self.clock()
+            calibrate_from = self.step + CALIBRATION_SKIP if self.planned_steps is None else None
+            t_calibrate = 0.0
+            try:
+                while self.step < stop_at and self.epoch < cfg.epochs and not self._out_of_time(budget_s):
+                    self.loader.set_epoch(self.epoch)
+                    self.loader.set_start_batch(self.micro_in_epoch)
+                    for images, labels in self.loader:
+                        out = self._micro_step(images, labels)
+                        for key, value in out.items():
+                            if key.startswith("loss") and value.ndim == 0:
+                                sums[key] = sums.get(key, 0.0) + value.detach().float()
+                        count += 1
+                        images_seen += images.shape[0] * self.env.world_size
+                        total_images += images.shape[0] * self.env.world_size
+                        self.micro_in_epoch += 1
+                        if self.micro_in_epoch % cfg.accum_steps:
+                            continue
+                        lr = self._optimizer_step()
+                        if budget_s is not None:
+                            timing = calibrate_from is not None and self.step - calibrate_from in (
+                                0,
+                                CALIBRATION_STEPS,
+                            )
+                            if timing and self.env.device.type == "cuda":
+                                torch.cuda.synchronize(self.env.device)  # 2 syncs per run, to time steps
+                            now = self.clock()
+                            self.elapsed_s = elapsed0 + now - t0
+                            if timing and self.step == calibrate_from:
+                                t_calibrate = now
+                            elif timing:
+                                s_per_step = (now - t_calibrate) / CALIBRATION_STEPS
+                                self._plan(budget_s, s_per_step)
+                                calibrate_from, stop_at = None, self._stop_at()
+                                if progress is not None:
+                                    progress.total = stop_at
+                        if progress is not None:
+                            progress.update(1)
+                        if self.step % cfg.log_every == 0 or self.step == stop_at:
+                            last_metrics = self._log(sums, count, images_seen, t_log, lr, progress)
+                            sums, count, images_seen, t_log = {}, 0, 0, time.perf_counter()
+                        if cfg.save_every_steps and self.step % cfg.save_every_steps == 0:
+                            self._check_finite(sums)
+                            self.save()
+                        if self._stop_requested(stop):  # a signal: end on a saved step
+                            self._check_finite(sums)
+                            raise Preempted(stop.received or "a signal", self.step, self.save())
+                        if self.step >= stop_at or self._out_of_time(budget_s):
+                            break
+                    if self.micro_in_epoch >= self.steps_per_epoch * cfg.accum_steps:
+                        self.epoch, self.micro_in_epoch = self.epoch + 1, 0
+                        last_metrics.update(self._end_epoch())
+                    self._check_finite(sums)
+                    self.save()
+            finally:
+                if progress is not None:
+                    progress.close()
+                self.metrics.close()
         self._summary(first_step, total_images, time.perf_counter() - t_fit, budget_s)
         return last_metrics
+
+    def _stop_requested(self, stop: StopSignals) -> bool:
+        """Whether to stop after this optimizer step. In a distributed run the ranks agree on it at the
+        logging steps (one all-reduce there), so that all of them stop after the same step."""
+        if not self.env.distributed:
+            return stop.received is not None
+        if self.step % self.cfg.log_every:
+            return False
+        flag = torch.tensor([int(stop.received is not None)], device=self.env.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and stop.received is None:
+            stop.received = "a signal to another process"
+        return bool(flag.item())
 
     def _stop_at(self) -> int:
         return min(self.schedule_steps, self.cfg.max_steps or self.total_steps)
