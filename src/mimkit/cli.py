@@ -20,7 +20,7 @@ from mimkit.data import EvalTransform, build_dataset
 from mimkit.engine import NonFiniteLossError, load_config
 from mimkit.engine.runctl import EXIT_PREEMPTED, Preempted
 from mimkit.eval.sources import eval_data_config
-from mimkit.eval_cli import add_eval_parsers, add_knn_parser, run_eval
+from mimkit.eval_cli import add_embed_parser, add_eval_parsers, add_knn_parser, run_embed, run_eval
 from mimkit.models import create_encoder
 from mimkit.pretrain import load_pretrained, pretrain, resolve_checkpoint
 from mimkit.viz import save_reconstruction_grid
@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--encoder", dest="encoder_name", help="encoder name, for a plain encoder file")
 
+    add_embed_parser(sub)
     add_eval_parsers(sub)
     return parser
 
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path}")
         elif args.command in ("knn", "eval"):
             return run_eval(args)
+        elif args.command == "embed":
+            return run_embed(args)
         elif args.command == "export":
             print(f"wrote {run_export(args.checkpoint, args.out, args.encoder_name)}")
     except Preempted as err:  # checkpoint written: a job script requeues the same command on this code

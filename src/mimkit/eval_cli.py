@@ -29,6 +29,7 @@ from typing import Any
 from mimkit.data.subsets import DEFAULT_FRACTIONS
 from mimkit.engine.dist import resolve_device
 from mimkit.engine.precision import PRECISIONS, resolve_precision
+from mimkit.eval.embed import embed
 from mimkit.eval.linear import holdout_summary
 from mimkit.eval.protocols import (
     evaluate_finetune,
@@ -91,6 +92,34 @@ def _features_parent() -> argparse.ArgumentParser:
 def _pick(cls: type, args: argparse.Namespace) -> Any:
     """An input object from the parsed arguments of its parent parser."""
     return cls(**{f: getattr(args, f) for f in cls.__dataclass_fields__ if hasattr(args, f)})
+
+
+def add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``mimkit embed RUN --out emb.npy``: one embedding per image, with a CSV index."""
+    p = subparsers.add_parser(
+        "embed",
+        help="one embedding per image (.npy) with its path and label (.csv), resumable",
+        parents=[_encoder_parent(), _data_parent(), _features_parent()],
+    )
+    p.add_argument("--out", "-o", required=True, help="the .npy file; the index goes next to it as .csv")
+    p.add_argument("--split", choices=["train", "test"], default="train", help="which split (folders: train)")
+    p.add_argument("--workers", type=int, default=0, help="processes decoding images (folders)")
+    p.set_defaults(protocol="embed")
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    """Run ``mimkit embed``; prints where the embeddings went."""
+    features = _pick(FeatureOptions, args)
+    resolve_precision(features.precision, resolve_device(features.device))
+    r = embed(
+        _pick(EncoderChoice, args), args.out, _pick(DataChoice, args), features, args.split, args.workers
+    )
+    skipped = f", {r['skipped']} unreadable skipped" if r["skipped"] else ""
+    print(
+        f"wrote {r['rows']} embeddings of dimension {r['dim']} ({features.pool} features) to {r['path']} "
+        f"and their index to {r['index']} in {r['seconds']:.1f} s{skipped}"
+    )
+    return 0
 
 
 KNN_HELP = "weighted kNN (cosine, exp(sim/0.07) votes) for several k, one feature pass"
