@@ -154,7 +154,7 @@ def choose_precision(requested: str, caps: Capabilities) -> Resolved:
     return Resolved(requested, requested, f"{requested} autocast on {where}{note}", native=native)
 
 
-def matmul_gflops(dtype: torch.dtype, size: int = 256, device: torch.device | str = "cpu") -> float:
+def matmul_gflops(dtype: torch.dtype, size: int = 512, device: torch.device | str = "cpu") -> float:
     """The rate of a ``size``^3 matrix product in ``dtype`` on ``device``, in GFLOP/s (best of 3)."""
     device = torch.device(device)
     a = torch.randn(size, size, device=device).to(dtype)
@@ -193,7 +193,7 @@ def resolve_precision(
         fast = matmul_gflops(torch.float32, device=device)
         warnings.warn(
             f"precision {requested} is not native on this {device.type} ({caps.detail}): "
-            f"a 256^3 matrix product runs at "
+            f"a 512^3 matrix product runs at "
             f"{slow:.1f} GFLOP/s against {fast:.1f} in fp32 ({fast / max(slow, 1e-9):.0f}x slower); "
             "use precision auto or fp32",
             RuntimeWarning,
