@@ -99,3 +99,29 @@ def test_cli_and_bad_output(tiny_mae_run, tmp_path, capsys):
     assert "wrote 20 embeddings" in capsys.readouterr().out and out.is_file()
     assert main(["embed", str(tiny_mae_run), "--out", str(tmp_path / "c.parquet")]) == 2
     assert "must name a .npy file" in capsys.readouterr().err
+
+
+def test_files_decoded_on_the_fly_skip_the_unreadable_one_during_the_pass(
+    tiny_mae_run, tmp_path, monkeypatch
+):
+    import dataclasses
+
+    from mimkit.eval import embed as embed_module
+
+    real = embed_module.build_dataset
+    monkeypatch.setattr(
+        embed_module,
+        "build_dataset",
+        lambda cfg, split: real(dataclasses.replace(cfg, in_memory=False), split),
+    )
+    folder_with_a_corrupt_file(tmp_path / "imgs")
+    data = DataChoice(source="folder", root=str(tmp_path / "imgs"))
+    small = dataclasses.replace(FP32, batch_size=4)  # the corrupt file lands inside a batch
+    r = embed(EncoderChoice(str(tiny_mae_run)), tmp_path / "g.npy", data, small)
+    rows = read_index(tmp_path / "g.csv")
+    assert r["skipped"] == 1 and r["rows"] == 9 == np.load(tmp_path / "g.npy").shape[0]
+    assert "d2.png" not in [os.path.basename(row["path"]) for row in rows]
+    monkeypatch.undo()  # the same folder decoded up front: the corrupt file is skipped while loading
+    reference = embed(EncoderChoice(str(tiny_mae_run)), tmp_path / "h.npy", data, FP32)
+    assert reference["rows"] == 9
+    np.testing.assert_allclose(np.load(tmp_path / "g.npy"), np.load(tmp_path / "h.npy"), rtol=1e-5, atol=1e-6)
