@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from mimkit.engine.precision import matmul_gflops
+
 aten = torch.ops.aten
 # the ops whose time is matrix-product time: GEMMs and convolutions (patch embedding, pixel heads)
 MATMUL_OPS = {
@@ -97,15 +99,4 @@ def replay_seconds(calls: Counter, device: torch.device, reps: int = 5) -> float
 
 def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, size: int = 2048, reps: int = 5) -> float:
     """The best rate of a ``size``^3 matrix product in ``dtype`` on ``device``, in GFLOP/s."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    a @ b
-    sync()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * size**3 / best / 1e9
+    return matmul_gflops(dtype, size, device, reps)

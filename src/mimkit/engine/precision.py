@@ -154,8 +154,10 @@ def choose_precision(requested: str, caps: Capabilities) -> Resolved:
     return Resolved(requested, requested, f"{requested} autocast on {where}{note}", native=native)
 
 
-def matmul_gflops(dtype: torch.dtype, size: int = 512, device: torch.device | str = "cpu") -> float:
-    """The rate of a ``size``^3 matrix product in ``dtype`` on ``device``, in GFLOP/s (best of 3)."""
+def matmul_gflops(
+    dtype: torch.dtype, size: int = 512, device: torch.device | str = "cpu", reps: int = 3
+) -> float:
+    """The rate of a ``size``^3 matrix product in ``dtype`` on ``device``, in GFLOP/s (best of ``reps``)."""
     device = torch.device(device)
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
@@ -163,7 +165,7 @@ def matmul_gflops(dtype: torch.dtype, size: int = 512, device: torch.device | st
     a @ b
     sync()
     best = float("inf")
-    for _ in range(3):
+    for _ in range(reps):
         t0 = time.perf_counter()
         a @ b
         sync()

@@ -58,6 +58,32 @@ def budget_steps(step: int, elapsed_s: float, s_per_step: float, budget_s: float
     return max(step, min(total_steps, step + more))
 
 
+class _Budget:
+    """``train.max_minutes`` during one call of :meth:`Trainer.fit`: the time spent by the run over all its
+    sessions, and the one-off timing of ``CALIBRATION_STEPS`` steps that plans the schedule."""
+
+    def __init__(self, minutes: float | None, clock: Callable[[], float], elapsed_s: float, step: int,
+                 planned: bool, device: torch.device):  # fmt: skip
+        self.seconds = minutes * 60 if minutes else None
+        self.clock, self.device = clock, device
+        self.elapsed0, self.t0 = elapsed_s, clock()
+        self.calibrate_from = None if planned else step + CALIBRATION_SKIP
+        self.t_calibrate = 0.0
+
+    def after_step(self, step: int) -> tuple[float, float | None]:
+        """``(seconds spent by the run, seconds per step once timed, else None)`` after optimizer ``step``."""
+        timing = self.calibrate_from is not None and step - self.calibrate_from in (0, CALIBRATION_STEPS)
+        if timing and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # 2 syncs per run, to time the steps
+        now = self.clock()
+        s_per_step = None
+        if timing and step == self.calibrate_from:
+            self.t_calibrate = now
+        elif timing:
+            s_per_step, self.calibrate_from = (now - self.t_calibrate) / CALIBRATION_STEPS, None
+        return self.elapsed0 + now - self.t0, s_per_step
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped without overwriting the last good checkpoint."""
 
@@ -294,7 +320,15 @@ class Trainer:
                 self.resume(last)
             else:
                 ckpt.seed_everything(cfg.seed + self.env.rank)
-            budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
+            budget = _Budget(
+                cfg.max_minutes,
+                self.clock,
+                self.elapsed_s,
+                self.step,
+                self.planned_steps is not None,
+                self.env.device,
+            )
+            budget_s = budget.seconds
             stop_at = self._stop_at()
             progress = self._progress(stop_at)
             self._announce()
@@ -303,9 +337,6 @@ class Trainer:
             sums: dict[str, torch.Tensor] = {}
             count, images_seen, t_log = 0, 0, time.perf_counter()
             first_step, total_images, t_fit = self.step, 0, time.perf_counter()
-            elapsed0, t0 = self.elapsed_s, self.clock()
-            calibrate_from = self.step + CALIBRATION_SKIP if self.planned_steps is None else None
-            t_calibrate = 0.0
             try:
                 while self.step < stop_at and self.epoch < cfg.epochs and not self._out_of_time(budget_s):
                     self.loader.set_epoch(self.epoch)
@@ -323,20 +354,10 @@ class Trainer:
                             continue
                         lr = self._optimizer_step()
                         if budget_s is not None:
-                            timing = calibrate_from is not None and self.step - calibrate_from in (
-                                0,
-                                CALIBRATION_STEPS,
-                            )
-                            if timing and self.env.device.type == "cuda":
-                                torch.cuda.synchronize(self.env.device)  # 2 syncs per run, to time steps
-                            now = self.clock()
-                            self.elapsed_s = elapsed0 + now - t0
-                            if timing and self.step == calibrate_from:
-                                t_calibrate = now
-                            elif timing:
-                                s_per_step = (now - t_calibrate) / CALIBRATION_STEPS
+                            self.elapsed_s, s_per_step = budget.after_step(self.step)
+                            if s_per_step is not None:  # timed: fit the schedule to the budget, once
                                 self._plan(budget_s, s_per_step)
-                                calibrate_from, stop_at = None, self._stop_at()
+                                stop_at = self._stop_at()
                                 if progress is not None:
                                     progress.total = stop_at
                         if progress is not None:

@@ -9,14 +9,13 @@ folders, file order for IDX); files that cannot be decoded are skipped, counted 
 The pass is the evaluation's feature pass (same encoder resolution, normalisation, precision and
 pooling) and it resumes: rows are written into ``<out>.partial.npy`` batch by batch and
 ``<out>.progress.json`` records how far it got, so a killed run on a large folder continues where it
-stopped, if nothing about the run changed (checked by a fingerprint of the encoder, data and options).
+stopped, if nothing about the run changed (checked with the feature cache's key: encoder, data, options).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from mimkit.data.images import UnreadableImageError
 from mimkit.data.transforms import EvalTransform
 from mimkit.engine.dist import resolve_device
 from mimkit.engine.precision import auto_to_native, autocast
+from mimkit.eval.cache import feature_key
 from mimkit.eval.sources import DataChoice, EncoderChoice, FeatureOptions, load_choice
 
 log = logging.getLogger("mimkit")
@@ -61,10 +61,6 @@ def _collate(items: list[tuple[int, torch.Tensor | None]]):
     ok = [(i, img) for i, img in items if img is not None]
     images = torch.stack([img for _, img in ok]) if ok else None
     return [i for i, _ in ok], images, [i for i, img in items if img is None], items[-1][0]
-
-
-def _fingerprint(parts: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def embed(
@@ -109,18 +105,9 @@ def embed(
     model = loaded.encoder.eval().to(device)
     transform = EvalTransform(dataset.img_size, dataset.mean, dataset.std).to(device)
     dim = int(getattr(model, "num_features", getattr(model, "embed_dim", 0)))
-    key = _fingerprint(
-        {
-            "checkpoint": str(loaded.checkpoint),
-            "mtime": loaded.checkpoint.stat().st_mtime_ns if loaded.checkpoint else None,
-            "teacher": encoder.teacher,
-            "data": dataclasses.asdict(data_cfg),
-            "split": split,
-            "n": len(dataset),
-            "pool": features.pool,
-            "precision": precision,
-        }
-    )
+    # the feature cache's key: the checkpoint's bytes, the data, split, pooling, encoder and precision
+    extra = {"encoder": loaded.encoder_cfg, "teacher": encoder.teacher, "precision": precision}
+    key = feature_key(loaded.checkpoint, data_cfg, split, features.pool, extra)
     partial, progress_file = out.with_suffix(".partial.npy"), out.with_suffix(".progress.json")
     progress = json.loads(progress_file.read_text()) if progress_file.is_file() else {}
     resume = progress.get("fingerprint") == key and partial.is_file()
