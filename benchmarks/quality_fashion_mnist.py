@@ -17,11 +17,11 @@ fine-tuning with 1%, 10% and 100% of the labels. The report checks the method's 
         --test-limit 500 --linear-epochs 3 --out /tmp/quality_smoke
 
 How the budget is spent:
-- Pretraining: a few calibration steps measure seconds per step; the schedule (epochs, warm-up) is sized
-  to fill ``--minutes`` of training time, and the run goes epoch by epoch (each epoch a resumed trainer)
-  and stops early if the clock runs out anyway. Online kNN after every ``--curve-every`` epochs (on a
-  fixed 10,000 / 2,000 image sample) gives the curve of accuracy against pretraining time; its time is
-  not counted in the budget.
+- Pretraining: the library's trainer with ``train.max_minutes = --minutes``: it times ten steps after two,
+  then fits the schedule (cosine decay; warm-up the recipe's ``train.warmup_epochs``, at most a quarter of
+  it) to the steps the budget buys, at most ``--max-epochs`` epochs, and stops when the budget is spent.
+  Online kNN after every ``--curve-every`` epochs (on a fixed 10,000 / 2,000 image sample) gives the curve
+  of accuracy against pretraining time; its time is not counted in the budget.
 - Fine-tuning (``FT_RECIPE``; random init without layer-wise lr decay): seconds per step are calibrated
   the same way; 100% of the labels get ``--finetune-minutes`` of steps, 10% a third of that, 1% a tenth
   (warm-up 5% of each schedule). ``--fractions`` picks the label fractions; runs go fraction by fraction,
@@ -33,8 +33,8 @@ How the budget is spent:
 
 Writes ``results.md`` (every number, the budgets used, the curve), ``results.csv``, ``curve.csv``,
 ``curve.png``, the t-SNE plots and every run directory under ``--out``. Re-running the same command
-resumes the runs from their checkpoints instead of starting over (pretraining budgets are then not
-re-measured: delete ``--out`` for a fresh measurement).
+resumes the runs from their checkpoints instead of starting over (a pretraining run keeps the plan its
+checkpoint holds, and the time it spent: delete ``--out`` for a fresh measurement).
 """
 
 from __future__ import annotations
@@ -57,12 +57,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from mimkit.data import ImageDataset, build_augment, build_dataset, build_loader
+from mimkit.data import ImageDataset, build_dataset
 from mimkit.data.subsets import check_fraction, per_class_subset, subset_dataset
 from mimkit.data.transforms import EvalTransform
 from mimkit.engine import dist
 from mimkit.engine.config import PretrainConfig, load_config, save_config, to_dict
-from mimkit.engine.trainer import Trainer
 from mimkit.eval.cache import cached_features, cached_pooled_features, feature_key
 from mimkit.eval.classifier import build_classifier
 from mimkit.eval.finetune import FinetuneConfig, finetune
@@ -71,7 +70,7 @@ from mimkit.eval.label_efficiency import CHANCE_MARK, CHANCE_WHY, finished_runs,
 from mimkit.eval.linear import LinearProbeConfig, holdout_summary, linear_probe
 from mimkit.eval.online_knn import OnlineKNN
 from mimkit.eval.protocols import load_recipe
-from mimkit.pretrain import build_encoder, build_method, data_stats
+from mimkit.pretrain import build_encoder, build_method, build_trainer, data_stats
 from mimkit.weights import export_encoder_safetensors
 
 log = logging.getLogger("mimkit.bench")
@@ -149,35 +148,26 @@ def training_subset(
     return subset, record
 
 
-# ----------------------------------------------------------------------------- clocks and calibration
-
-
-class TrainClock:
-    """Training time: ``before`` (seconds trained by an earlier, resumed process) plus the wall-clock
-    time since construction, minus the time spent in evaluations (``excluded``)."""
-
-    def __init__(self, before: float = 0.0) -> None:
-        self.t0 = time.perf_counter()
-        self.before = before
-        self.excluded = 0.0
-
-    def seconds(self) -> float:
-        return self.before + time.perf_counter() - self.t0 - self.excluded
+# ----------------------------------------------------------------------------- the curve, calibration
 
 
 class CurveKNN:
-    """Trainer callback: online kNN of ``encoder_of(model)`` against training time (eval time excluded)."""
+    """Trainer callback: online kNN of ``encoder_of(model)`` against training time, kept in ``path``.
 
-    def __init__(self, knn: OnlineKNN, clock: TrainClock, encoder_of: Callable[[nn.Module], nn.Module]):
-        self.knn, self.clock, self.encoder_of = knn, clock, encoder_of
-        self.points: list[dict[str, float]] = []
+    ``seconds`` reads the training time (the trainer's ``elapsed_s``, which leaves the evaluations out);
+    a resumed run reads its earlier points back from ``path``.
+    """
+
+    def __init__(self, knn: OnlineKNN, encoder_of: Callable[[nn.Module], nn.Module], path: Path):
+        self.knn, self.encoder_of, self.path = knn, encoder_of, path
+        self.seconds: Callable[[], float] = lambda: 0.0
+        self.points: list[dict[str, float]] = json.loads(path.read_text()) if path.is_file() else []
 
     def measure(self, epoch: int, model: nn.Module) -> float:
-        seconds = self.clock.seconds()
-        t = time.perf_counter()
+        seconds = self.seconds()
         accuracy = self.knn(self.encoder_of(model))
-        self.clock.excluded += time.perf_counter() - t
         self.points.append({"epoch": epoch, "train_seconds": seconds, "knn_top1": accuracy})
+        self.path.write_text(json.dumps(self.points) + "\n")
         log.info("online kNN after epoch %d (%.0f s of training): %.2f%%", epoch, seconds, accuracy)
         return accuracy
 
@@ -310,66 +300,24 @@ def _check_peer(peer: PeerMAE, enc: nn.Module) -> None:
 
 
 def pretrain_for_budget(
-    name: str,
     make_model: Callable[[], nn.Module],
     cfg: PretrainConfig,
     dataset,
     test_set,
     run_dir: Path,
-    minutes: float,
     encoder_of: Callable[[nn.Module], nn.Module],
     args: argparse.Namespace,
     config: dict[str, Any],
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Pretrain ``make_model()`` for ``minutes`` of training time; returns the model and the budget used."""
-    env = dist.setup(cfg.train.device)
-    augment = build_augment(cfg.data, dataset).to(env.device)
-    loader = build_loader(dataset, cfg.train.batch_size, shuffle=True, drop_last=True, seed=cfg.train.seed)
-    steps_per_epoch = len(loader) // cfg.train.accum_steps
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"{len(dataset)} training images make no full batch of train.batch_size={cfg.train.batch_size} "
-            f"x train.accum_steps={cfg.train.accum_steps}: use more images or --set train.batch_size=..."
-        )
-    budget_file = run_dir / "budget.json"
-    if budget_file.is_file():  # a resumed benchmark keeps its schedule
-        budget = json.loads(budget_file.read_text())
-        log.info("%s: resuming the measured schedule %s", name, budget)
-        if budget.get("train_images", len(dataset)) != len(dataset):
-            raise ValueError(
-                f"{run_dir} was pretrained on {budget['train_images']} images, this run has {len(dataset)} "
-                "(another --subset-fraction or --train-limit?): use another --out, or delete it"
-            )
-    else:
+    """Pretrain ``make_model()`` for ``args.minutes`` of training time through the library's trainer
+    (``train.max_minutes``: it times a few steps and fits the schedule, of at most ``args.max_epochs``,
+    to the budget); an online kNN point after every ``args.curve_every`` epochs, its time not counted.
 
-        def fit_until(scratch: Path, steps: int) -> None:
-            train = dataclasses.replace(
-                cfg.train, epochs=10**6, max_steps=steps, progress=False, tensorboard=False, log_every=10**6
-            )
-            Trainer(make_model(), loader, train, scratch, batch_transform=augment, env=env).fit()
-
-        sps = seconds_per_step(fit_until, run_dir.parent / f".calibrate_{name}")
-        epochs = max(1, int(minutes * 60 / (sps * steps_per_epoch)))
-        budget = {
-            "minutes": minutes,
-            "seconds_per_step": sps,
-            "steps_per_epoch": steps_per_epoch,
-            "epochs": epochs,
-            "warmup_epochs": min(cfg.train.warmup_epochs, epochs / 4),
-            "train_images": len(dataset),
-        }
-        run_dir.mkdir(parents=True, exist_ok=True)
-        budget_file.write_text(json.dumps(budget, indent=2) + "\n")
-        log.info(
-            "%s: %.3f s/step x %d steps/epoch -> %d epochs in %.1f min",
-            name,
-            sps,
-            steps_per_epoch,
-            epochs,
-            minutes,
-        )
-    train_cfg = dataclasses.replace(
-        cfg.train, epochs=budget["epochs"], warmup_epochs=budget["warmup_epochs"], max_steps=None
+    Returns:
+        ``(model, record)``: the trained model and what the budget bought.
+    """
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, max_minutes=args.minutes, epochs=args.max_epochs)
     )
     knn = OnlineKNN(
         dataset,
@@ -380,52 +328,26 @@ def pretrain_for_budget(
         bank_size=min(10_000, len(dataset)),
         query_size=min(2_000, len(test_set)),
     )
-    curve = CurveKNN(knn, TrainClock(), encoder_of)
-    model = make_model().to(env.device)
-    curve_file = run_dir / "curve.json"
-    if curve_file.is_file():
-        curve.points = json.loads(curve_file.read_text())
-    elif not (run_dir / "last.pt").is_file():
-        curve.measure(0, model)
-    # a resumed run's clock goes on from the last epoch it finished; the first evaluation is not training
-    clock = curve.clock = TrainClock(curve.points[-1]["train_seconds"] if curve.points else 0.0)
-    stopped_early = False
-    epoch = 0
-    while epoch < budget["epochs"]:
-        trainer = Trainer(
-            model,
-            loader,
-            dataclasses.replace(train_cfg, max_steps=(epoch + 1) * steps_per_epoch),
-            run_dir,
-            batch_transform=augment,
-            env=env,
-            config=config,
-            callbacks=[curve],
-        )
-        trainer.fit()  # a resumed run's first call jumps to the epoch its checkpoint holds
-        epoch = max(epoch + 1, trainer.epoch)
-        curve_file.write_text(json.dumps(curve.points) + "\n")
-        if clock.seconds() > minutes * 60 * 1.05 and epoch < budget["epochs"]:
-            stopped_early = True
-            log.warning(
-                "%s: the %.1f-minute budget ran out after epoch %d of %d",
-                name,
-                minutes,
-                epoch,
-                budget["epochs"],
-            )
-            break
-    used = clock.seconds()
-    result = {
-        **budget,
-        "train_seconds": used,
-        "epochs_done": trainer.epoch,
+    run_dir.mkdir(parents=True, exist_ok=True)
+    curve = CurveKNN(knn, encoder_of, run_dir / "curve.json")
+    model = make_model()
+    identity = {"encoder": cfg.encoder, "method": config["method"], "train_images": len(dataset)}
+    trainer = build_trainer(cfg, dataset, model, run_dir, config=config, identity=identity, callbacks=[curve])
+    curve.seconds = lambda: trainer.elapsed_s
+    if not curve.points and not (run_dir / "last.pt").is_file():
+        curve.measure(0, trainer.model.to(trainer.env.device))
+    trainer.fit()
+    record = {
+        "minutes": args.minutes,
+        "train_seconds": trainer.elapsed_s,
+        "planned_steps": trainer.planned_steps,
         "steps": trainer.step,
-        "images_per_s": trainer.step * cfg.train.batch_size * cfg.train.accum_steps / max(used, 1e-9),
-        "stopped_early": stopped_early,
+        "epochs": trainer.step / trainer.steps_per_epoch,
+        "images_per_s": trainer.step * trainer.effective_batch / max(trainer.elapsed_s, 1e-9),
+        "stopped_early": trainer.step < trainer.schedule_steps,  # the clock ran out before the plan
         "curve": curve.points,
     }
-    return model, result
+    return model, record
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -697,9 +619,9 @@ def write_report(
     for name, b in meta["pretrain"].items():
         lines.append(
             f"- {name} pretraining: {b['train_seconds'] / 60:.1f} min of training "
-            f"(budget {b['minutes']:g} min), {b['epochs_done']} of {b['epochs']} planned epochs, "
-            f"{b['steps']} steps, {b['seconds_per_step']:.3f} s/step calibrated, "
-            f"{b['images_per_s']:.0f} images/s{'; stopped early by the clock' if b['stopped_early'] else ''}"
+            f"(budget {b['minutes']:g} min), {b['steps']} of {b['planned_steps']} planned steps "
+            f"({b['epochs']:.2f} epochs), {b['images_per_s']:.0f} images/s"
+            f"{'; stopped early by the clock' if b['stopped_early'] else ''}"
         )
     ft = meta.get("finetune")
     if ft:
@@ -770,6 +692,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--minutes", type=float, default=60.0, help="pretraining budget (training time) per model"
+    )
+    parser.add_argument(
+        "--max-epochs",
+        type=int,
+        default=400,
+        help="the longest schedule the pretraining budget may buy (train.epochs); warm-up keeps the recipe's "
+        "train.warmup_epochs, at most a quarter of the steps bought",
     )
     parser.add_argument(
         "--finetune-minutes", type=float, default=30.0, help="fine-tuning budget, 100%% labels"
@@ -938,16 +867,7 @@ def main(argv: list[str] | None = None) -> int:
         "subset": subset if args.subset_fraction < 1 else None,
     }
     pretrained, meta["pretrain"][row_name] = pretrain_for_budget(
-        "mimkit",
-        make_mimkit,
-        cfg,
-        train_set,
-        test_set,
-        run_mimkit,
-        args.minutes,
-        lambda m: m.encoder,
-        args,
-        resolved,
+        make_mimkit, cfg, train_set, test_set, run_mimkit, lambda m: m.encoder, args, resolved
     )
     curves = {row_name: meta["pretrain"][row_name]["curve"]}
 
@@ -984,13 +904,11 @@ def main(argv: list[str] | None = None) -> int:
             return build_peer(cfg, train_set.channels, tuple(train_set.img_size), seed)
 
         peer, meta["pretrain"]["transformers ViTMAE (peer)"] = pretrain_for_budget(
-            "transformers",
             make_peer,
             cfg,
             train_set,
             test_set,
             run_peer,
-            args.minutes,
             lambda m: peer_encoder(m, encoder_cfg),
             args,
             peer_config,

@@ -2,7 +2,6 @@
 
 import argparse
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
@@ -147,8 +146,10 @@ def test_training_subset_whole_and_invalid():
 
 
 def test_resumed_pretraining_goes_on_with_the_training_clock(tmp_path):
-    """A run resumed by a new process keeps the training time its first process spent: the curve's
-    time axis and the budget check go on from the last finished epoch instead of starting at zero."""
+    """A run resumed by a new process keeps the training time its first process spent (the trainer's
+    checkpoint holds it): the curve's time axis and the budget go on from there, the curve is read back."""
+    from mimkit.engine.checkpoint import load_checkpoint, save_atomic
+
     cfg = load_config(
         ROOT / "configs/mae_fashion_mnist.yaml",
         [
@@ -161,6 +162,7 @@ def test_resumed_pretraining_goes_on_with_the_training_clock(tmp_path):
             "method.decoder_heads=2",
             "data.augment=none",
             "train.batch_size=8",
+            "train.warmup_epochs=0",
             "train.precision=fp32",
             "train.device=cpu",
             "train.progress=false",
@@ -172,43 +174,55 @@ def test_resumed_pretraining_goes_on_with_the_training_clock(tmp_path):
         0, 256, (32, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
     data = ImageDataset(labels, ["a", "b"], 1, (8, 8), (0.5,), (0.25,), images=images)
-    args = argparse.Namespace(curve_every=1, pools=["avg"])
     run = tmp_path / "run"
-    run.mkdir()
 
-    def pretrain(epochs):
-        budget = {"minutes": 60.0, "seconds_per_step": 1.0, "steps_per_epoch": 4, "epochs": epochs}
-        (run / "budget.json").write_text(json.dumps({**budget, "warmup_epochs": 0, "train_images": 32}))
-        return quality.pretrain_for_budget(
-            "mimkit",
-            lambda: quality.build_method(cfg, data),
-            cfg,
-            data,
-            data,
-            run,
-            60.0,
-            lambda m: m.encoder,
-            args,
-            {},
-        )[1]
+    def pretrain(max_epochs):  # a 60-minute budget: only max_epochs (4 steps each) bounds these runs
+        args = argparse.Namespace(curve_every=1, pools=["avg"], minutes=60.0, max_epochs=max_epochs)
+        config = {"method": cfg.method}
+        make = lambda: quality.build_method(cfg, data)  # noqa: E731
+        return quality.pretrain_for_budget(make, cfg, data, data, run, lambda m: m.encoder, args, config)[1]
 
-    pretrain(1)
-    curve = json.loads((run / "curve.json").read_text())
-    assert [p["epoch"] for p in curve] == [0, 1]
-    curve[1]["train_seconds"] = 1000.0  # as if the first process had trained for 1000 s
-    (run / "curve.json").write_text(json.dumps(curve))
+    def set_elapsed(seconds):  # as if the first process had trained for this long
+        state = load_checkpoint(run / "last.pt")
+        save_atomic({**state, "elapsed_s": seconds}, run / "last.pt")
+
+    first = pretrain(1)
+    assert [p["epoch"] for p in first["curve"]] == [0, 1] and first["steps"] == 4
+    assert first["curve"][0]["train_seconds"] == 0.0
+    set_elapsed(1000.0)
     result = pretrain(2)  # a new process resumes the run from epoch 1 and trains epoch 2
     assert [p["epoch"] for p in result["curve"]] == [0, 1, 2]
+    assert result["curve"][:2] == first["curve"]  # read back, not measured again
     assert 1000.0 < result["curve"][2]["train_seconds"] < 1000.0 + 120.0
     assert result["train_seconds"] >= result["curve"][2]["train_seconds"]
-    assert result["epochs_done"] == 2 and not result["stopped_early"]
-    # the budget check uses the carried time too: 4000 s > 1.05 x 60 min stops the run before epoch 3
-    curve = result["curve"]
-    curve[2]["train_seconds"] = 4000.0
-    (run / "curve.json").write_text(json.dumps(curve))
+    assert result["steps"] == 8 and result["epochs"] == 2.0 and not result["stopped_early"]
+    # the budget counts the carried time too: 4000 s > 60 min, so no step of epoch 3 is taken
+    set_elapsed(4000.0)
     result = pretrain(3)
-    assert result["stopped_early"] and result["epochs_done"] == 2
+    assert result["stopped_early"] and result["steps"] == 8
     assert [p["epoch"] for p in result["curve"]] == [0, 1, 2]
+
+
+def test_a_run_directory_of_another_training_set_is_refused(tmp_path):
+    cfg = load_config(
+        ROOT / "configs/mae_fashion_mnist.yaml",
+        ["encoder.img_size=8", "encoder.embed_dim=16", "encoder.depth=1", "encoder.num_heads=2",
+         "method.decoder_dim=16", "method.decoder_depth=1", "method.decoder_heads=2", "data.augment=none",
+         "train.batch_size=8", "train.precision=fp32", "train.device=cpu", "train.progress=false",
+         "train.tensorboard=false"],
+    )  # fmt: skip
+    args = argparse.Namespace(curve_every=10, pools=["avg"], minutes=60.0, max_epochs=1)
+
+    def pretrain(n):
+        images = torch.zeros(n, 1, 8, 8, dtype=torch.uint8)
+        data = ImageDataset(torch.arange(n) % 2, ["a", "b"], 1, (8, 8), (0.5,), (0.25,), images=images)
+        make = lambda: quality.build_method(cfg, data)  # noqa: E731
+        config = {"method": cfg.method}
+        return quality.pretrain_for_budget(make, cfg, data, data, tmp_path, lambda m: m.encoder, args, config)
+
+    pretrain(32)
+    with pytest.raises(ValueError, match="'train_images': 32"):
+        pretrain(40)
 
 
 def test_finetune_recipe_layers_overrides_on_the_report_recipe():

@@ -59,15 +59,25 @@ def build_method(cfg: PretrainConfig, dataset=None, stats: dict[str, Any] | None
     return create_method(name, encoder=build_encoder(encoder_cfg, dataset), **options)
 
 
-def pretrain(cfg: PretrainConfig) -> Path:
-    """Run (or resume) the pretraining described by ``cfg``; returns the run directory."""
+def build_trainer(
+    cfg: PretrainConfig,
+    dataset,
+    method: nn.Module,
+    run_dir: str | os.PathLike,
+    *,
+    config: dict[str, Any] | None = None,
+    identity: dict[str, Any] | None = None,
+    callbacks=(),
+) -> Trainer:
+    """The trainer that pretrains ``method`` on ``dataset`` with ``cfg.train`` (its loader, the data's
+    augmentation on the device, checkpoints in ``run_dir``); call ``.fit()`` on it.
+
+    Args:
+        config: what the checkpoint records as the run's config (default: ``cfg`` with the data's stats).
+        identity: what a resume must match (default: the encoder and method sections).
+        callbacks: ``on_epoch_end(epoch, model)`` objects, e.g. online kNN; their time is not training time.
+    """
     env = dist.setup(cfg.train.device)
-    seed_everything(cfg.train.seed + env.rank)
-    dataset = build_dataset(cfg.data, "train")
-    if len(dataset) < cfg.train.batch_size:
-        raise ValueError(
-            f"the dataset has {len(dataset)} images, fewer than train.batch_size={cfg.train.batch_size}"
-        )
     loader = build_loader(
         dataset,
         cfg.train.batch_size,
@@ -78,8 +88,32 @@ def pretrain(cfg: PretrainConfig) -> Path:
         rank=env.rank,
         world_size=env.world_size,
     )
+    if config is None:
+        config = {**to_dict(cfg), "data_stats": data_stats(dataset)}
+    return Trainer(
+        method,
+        loader,
+        cfg.train,
+        Path(run_dir),
+        batch_transform=build_augment(cfg.data, dataset).to(env.device),
+        env=env,
+        config=config,
+        identity=identity or {"encoder": cfg.encoder, "method": cfg.method},  # a resume: the same model
+        extras={"grid_size": list(method.encoder.grid_size)} if hasattr(method, "encoder") else {},
+        callbacks=callbacks,
+    )
+
+
+def pretrain(cfg: PretrainConfig) -> Path:
+    """Run (or resume) the pretraining described by ``cfg``; returns the run directory."""
+    env = dist.setup(cfg.train.device)
+    seed_everything(cfg.train.seed + env.rank)
+    dataset = build_dataset(cfg.data, "train")
+    if len(dataset) < cfg.train.batch_size:
+        raise ValueError(
+            f"the dataset has {len(dataset)} images, fewer than train.batch_size={cfg.train.batch_size}"
+        )
     method = build_method(cfg, dataset)
-    augment = build_augment(cfg.data, dataset).to(env.device)
     callbacks = []
     if cfg.online_knn.every:
         from mimkit.eval.online_knn import OnlineKNN
@@ -120,19 +154,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 n_params,
                 run_dir,
             )
-        trainer = Trainer(
-            method,
-            loader,
-            cfg.train,
-            run_dir,
-            batch_transform=augment,
-            env=env,
-            config=resolved,
-            identity={"encoder": cfg.encoder, "method": cfg.method},  # a resume must be the same model
-            extras={"grid_size": list(method.encoder.grid_size)},  # load_weights resamples pos-embeds by it
-            callbacks=callbacks,
-        )
-        trainer.fit()
+        build_trainer(cfg, dataset, method, run_dir, config=resolved, callbacks=callbacks).fit()
     return run_dir
 
 

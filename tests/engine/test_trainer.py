@@ -276,7 +276,7 @@ def test_compile_without_a_cxx_compiler_is_one_clear_error(tmp_path, images, mon
 
 def budget_trainer(run_dir, images, **cfg):
     """A trainer whose clock reads one second per optimizer step done: a fake, deterministic clock."""
-    trainer = make_trainer(run_dir, images, epochs=6, min_lr=0.0, **cfg)  # 30 steps scheduled
+    trainer = make_trainer(run_dir, images, **{"epochs": 6, "min_lr": 0.0, **cfg})  # 6 epochs: 30 steps
     trainer.clock = lambda: float(trainer.step)
     return trainer
 
@@ -289,19 +289,43 @@ def test_time_budget_fits_the_schedule_and_ends_it_cleanly(tmp_path, images):
     # timed from step 2 to 12 (1 s each), 6 s left buy 6 more steps: 18 in all, not the scheduled 30
     assert (CALIBRATION_SKIP, CALIBRATION_STEPS) == (2, 10)
     assert trainer.planned_steps == 18 and trainer.step == 18 and trainer.total_steps == 30
-    # warm-up (1 epoch = 5 of 30 steps) keeps its share of the 18 steps: 3; then cosine down to min_lr
+    # warm-up (1 epoch = 5 steps) is capped at a quarter of the 18 steps: 4.5; then cosine down to min_lr
     base = trainer.base_lr
-    assert trainer.lr_at(1) == pytest.approx(base / 3)
-    assert trainer.lr_at(10) == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 7 / 15)))
+    assert trainer.lr_at(1) == pytest.approx(base / 4.5)
+    assert trainer.lr_at(10) == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 5.5 / 13.5)))
     assert trainer.lr_at(18) == pytest.approx(0.0, abs=1e-12)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 18  # the last step is logged
-    assert records[-1]["lr"] == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 14 / 15)))
+    assert records[-1]["lr"] == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 12.5 / 13.5)))
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
     assert saved["step"] == 18 and saved["planned_steps"] == 18 and saved["elapsed_s"] == 18.0
     again = budget_trainer(tmp_path, images, max_minutes=0.3)  # the same command again: nothing left to do
     again.fit()
     assert again.step == 18
+
+
+def test_time_budget_keeps_a_short_warm_up_and_the_whole_schedule_when_affordable(tmp_path, images):
+    # 3 epochs = 15 steps at 1 s each, budget 60 s: the plan is the whole schedule, warm-up its 5 steps
+    trainer = budget_trainer(tmp_path, images, max_minutes=1.0, epochs=3)
+    trainer.fit()
+    assert trainer.planned_steps == 15 and trainer.step == 15
+    assert trainer.lr_at(1) == pytest.approx(trainer.base_lr / 5)
+
+
+def test_time_budget_leaves_epoch_end_evaluation_out(tmp_path, images):
+    class SlowEval:  # each evaluation takes 100 s of the (fake) clock
+        def on_epoch_end(self, epoch, model):
+            spent[0] += 100.0
+            return {"eval": 1.0}
+
+    spent = [0.0]
+    trainer = make_trainer(tmp_path, images, epochs=6, min_lr=0.0, max_minutes=0.3)
+    trainer.callbacks = [SlowEval()]
+    trainer.clock = lambda: float(trainer.step) + spent[0]
+    trainer.fit()
+    # epochs end at steps 5, 10, 15 (inside the timing of steps 2-12, too): 18 steps as without them
+    assert trainer.planned_steps == 18 and trainer.step == 18 and trainer.elapsed_s == 18.0
+    assert spent[0] == 300.0
 
 
 def test_time_budget_run_resumes_exactly(tmp_path, images):

@@ -7,10 +7,11 @@ teachers). Everything else — schedule, accumulation, autocast (:mod:`mimkit.en
 scaling, clipping, a wall-clock budget, checkpoints, exact resume, progress, metrics — lives here once.
 
 A wall-clock budget (``train.max_minutes``) times a few steps after the first ones, then fits the number of
-steps to the budget: warm-up and cosine decay are compressed to that many steps, so the run ends with its
-lr schedule complete rather than cut in the middle. The plan and the time spent are stored in the
-checkpoint, so a resumed run keeps the same schedule; the loop also stops (and checkpoints) when the budget
-is spent, should the machine have slowed down.
+steps to the budget: the cosine decay is compressed to that many steps (warm-up keeps its length, at most a
+quarter of a shortened schedule), so the run ends with its lr schedule complete rather than cut in the
+middle. The budget is training time: the callbacks' evaluations at epoch ends do not count. The plan and the
+time spent are stored in the checkpoint, so a resumed run keeps the same schedule; the loop also stops (and
+checkpoints) when the budget is spent, should the machine have slowed down.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ class _Budget:
         self.elapsed0, self.t0 = elapsed_s, clock()
         self.calibrate_from = None if planned else step + CALIBRATION_SKIP
         self.t_calibrate = 0.0
+
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` (an evaluation between steps) out of the time spent and out of the timing."""
+        self.t0 += seconds
+        self.t_calibrate += seconds
 
     def after_step(self, step: int) -> tuple[float, float | None]:
         """``(seconds spent by the run, seconds per step once timed, else None)`` after optimizer ``step``."""
@@ -290,8 +296,9 @@ class Trainer:
         return self.planned_steps or self.total_steps
 
     def lr_at(self, step: int) -> float:
-        total = self.schedule_steps
-        warmup = self.warmup_steps * total / self.total_steps  # the same share of a shorter schedule
+        total, warmup = self.schedule_steps, self.warmup_steps
+        if total < self.total_steps:  # a schedule shortened by the budget: warm-up at most a quarter of it
+            warmup = min(warmup, total / 4)
         return cosine_lr(step, self.base_lr, total, warmup, self.cfg.min_lr)
 
     def _set_lr(self) -> float:
@@ -375,7 +382,7 @@ class Trainer:
                             break
                     if self.micro_in_epoch >= self.steps_per_epoch * cfg.accum_steps:
                         self.epoch, self.micro_in_epoch = self.epoch + 1, 0
-                        last_metrics.update(self._end_epoch())
+                        last_metrics.update(self._end_epoch(budget))
                     self._check_finite(sums)
                     self.save()
             finally:
@@ -510,10 +517,12 @@ class Trainer:
             )
         return values
 
-    def _end_epoch(self) -> dict[str, float]:
+    def _end_epoch(self, budget: _Budget) -> dict[str, float]:
         values: dict[str, float] = {}
+        t = self.clock()
         for callback in self.callbacks:
             values.update(callback.on_epoch_end(self.epoch, self.model) or {})
+        budget.exclude(self.clock() - t)  # evaluation is not training time
         if values:
             self.metrics.write(self.step, {"epoch": self.epoch, **values})
             self.model.train()
