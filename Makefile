@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,tensorboard,eval,docs]"
+	$(PY) -m pip install -q -e ".[test,tensorboard,eval,docs,field]"
 	touch $@
 
 data:

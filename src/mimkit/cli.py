@@ -23,7 +23,7 @@ from mimkit.eval.sources import eval_data_config
 from mimkit.eval_cli import add_embed_parser, add_eval_parsers, add_knn_parser, run_embed, run_eval
 from mimkit.models import create_encoder
 from mimkit.pretrain import load_pretrained, pretrain, resolve_checkpoint
-from mimkit.viz import save_reconstruction_grid
+from mimkit.viz import DEFAULT_STRETCH, display_bands, save_reconstruction_grid
 from mimkit.weights import export_encoder_safetensors, load_weights
 
 log = logging.getLogger("mimkit")
@@ -41,14 +41,21 @@ def run_reconstruct(
     split: str = "test",
     seed: int = 0,
     data_root: str | None = None,
+    bands: list[int] | str | None = None,
+    stretch: tuple[float, float] | None = None,
 ) -> Path:
-    """Write a PNG grid (original | masked | reconstruction | reconstruction + visible) of ``num`` images."""
+    """Write a PNG grid (original | masked | reconstruction | reconstruction + visible) of ``num`` images.
+
+    ``bands`` / ``stretch``: see :func:`mimkit.viz.save_reconstruction_grid`; 16-bit and float data are
+    stretched to their 1-99% percentiles unless ``stretch`` says otherwise.
+    """
     method, cfg, stats = load_pretrained(checkpoint)
     if not hasattr(method, "reconstruct"):
         raise ValueError(f"method {cfg.method['name']!r} cannot show reconstructions")
     data = build_dataset(eval_data_config(cfg.data, stats, None, data_root), split)
     if num < 1 or num > len(data):
         raise ValueError(f"--num must be in [1, {len(data)}], got {num}")
+    display_bands(data.channels, bands)
     transform = EvalTransform(data.img_size, data.mean, data.std)
     images = transform(torch.stack([data[i][0] for i in range(num)]))
     generator_state = torch.get_rng_state()
@@ -57,7 +64,11 @@ def run_reconstruct(
     outputs = method.reconstruct(images)
     torch.set_rng_state(generator_state)
     title = f"{cfg.method['name']} {cfg.encoder['name']}  ({Path(resolve_checkpoint(checkpoint)).name})"
-    return save_reconstruction_grid(images, outputs, out, data.mean, data.std, title=title)
+    if stretch is None and data.dtype != torch.uint8:
+        stretch = DEFAULT_STRETCH
+    return save_reconstruction_grid(
+        images, outputs, out, data.mean, data.std, title=title, bands=bands, stretch=stretch
+    )
 
 
 def run_export(checkpoint: str, out: str, encoder_name: str | None = None) -> Path:
@@ -68,6 +79,15 @@ def run_export(checkpoint: str, out: str, encoder_name: str | None = None) -> Pa
     encoder = create_encoder(encoder_name)
     load_weights(encoder, resolve_checkpoint(checkpoint))
     return export_encoder_safetensors(encoder, out, config={"encoder": {"name": encoder_name}})
+
+
+def _bands_arg(values: list[str] | None) -> list[int] | str | None:
+    if not values or values == ["each"]:
+        return values[0] if values else None
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise ValueError(f"--bands takes band indices or 'each', got {' '.join(values)}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,6 +108,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--seed", type=int, default=0, help="seed of the masks shown")
     p.add_argument("--data-root", help="read the images from here instead of the run's data root")
+    p.add_argument(
+        "--bands",
+        nargs="+",
+        metavar="B",
+        help="bands to show: one (grey) or three (an RGB composite), 0-based, or 'each' (a row per band); "
+        "default: grey, RGB, or the first three bands",
+    )
+    p.add_argument(
+        "--stretch",
+        nargs=2,
+        type=float,
+        metavar=("LOW", "HIGH"),
+        help=f"percentiles of the originals shown as black and white, per band, the same for every column "
+        f"(default {DEFAULT_STRETCH[0]:g} {DEFAULT_STRETCH[1]:g} for 16-bit and float data, none for 8-bit)",
+    )
 
     add_knn_parser(sub, "knn", help="kNN accuracy of a frozen encoder (the same as `mimkit eval knn`)")
 
@@ -114,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
             if os.environ.get("RANK", "0") == "0":  # under torchrun, the main process speaks
                 print(f"run directory: {run_dir}")
         elif args.command == "reconstruct":
-            path = run_reconstruct(args.checkpoint, args.out, args.num, args.split, args.seed, args.data_root)
+            bands = _bands_arg(args.bands)
+            stretch = tuple(args.stretch) if args.stretch else None
+            path = run_reconstruct(
+                args.checkpoint, args.out, args.num, args.split, args.seed, args.data_root, bands, stretch
+            )
             print(f"wrote {path}")
         elif args.command in ("knn", "eval"):
             return run_eval(args)

@@ -57,6 +57,12 @@ def _encoder_parent() -> argparse.ArgumentParser:
         help="evaluate the run's momentum teacher encoder instead of the student (SiT)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of random-init encoders and label subsets")
+    p.add_argument(
+        "--adapt-channels",
+        action="store_true",
+        help="load an encoder file trained on another channel count (e.g. RGB weights on 13-band data), "
+        "adapting its patch embedding",
+    )
     return p
 
 

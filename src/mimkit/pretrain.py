@@ -40,12 +40,16 @@ def build_encoder(encoder_cfg: dict[str, Any], dataset=None) -> nn.Module:
 def data_stats(dataset) -> dict[str, Any]:
     """What a run's checkpoint records of its training data (normalisation, size, channels), for
     :func:`load_pretrained` and the evaluation to rebuild the encoder and its input."""
-    return {
+    stats = {
         "mean": list(dataset.mean),
         "std": list(dataset.std),
         "img_size": list(dataset.img_size),
         "channels": dataset.channels,
     }
+    clip = getattr(dataset, "clip", None)
+    if clip is not None:  # per-channel value range in stored units: the evaluation clips the same way
+        stats["clip"] = [list(clip[0]), list(clip[1])]
+    return stats
 
 
 def build_method(cfg: PretrainConfig, dataset=None, stats: dict[str, Any] | None = None) -> nn.Module:
@@ -132,6 +136,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
             )
         )
     run_dir = Path(cfg.output_dir)
+    if cfg.init_weights and last_checkpoint(run_dir) is None:  # a resumed run has its own weights
+        load_weights(method.encoder, resolve_checkpoint(cfg.init_weights), adapt_channels=cfg.adapt_channels)
+        log.info("encoder initialised from %s", cfg.init_weights)
     # the run's config records the precision it ran in: "auto" resolved for this machine
     native = auto_to_native(cfg.train.precision, env.device)
     ran = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=native))

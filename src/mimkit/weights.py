@@ -9,6 +9,7 @@ tables whose window differs.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 
 from mimkit.engine.checkpoint import load_checkpoint
 from mimkit.models.pos_embed import resample_pos_embed
+
+log = logging.getLogger("mimkit")
 
 # Reference MAE ('visualize' files) -> mimkit MAE names. Anything else in such a file is the encoder's.
 _REFERENCE_DECODER_PREFIXES = {
@@ -130,6 +133,10 @@ def _to_target_names(state: dict[str, torch.Tensor], target: nn.Module) -> dict[
     return state
 
 
+def _is_patch_embed(key: str) -> bool:
+    return key.endswith("patch_embed.proj.weight")
+
+
 def _grid_of(module: nn.Module, key: str) -> tuple[int, int] | None:
     owner = module
     for part in key.split(".")[:-1]:
@@ -137,8 +144,28 @@ def _grid_of(module: nn.Module, key: str) -> tuple[int, int] | None:
     return getattr(owner, "grid_size", None)
 
 
+def adapt_patch_embed(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """A patch-embedding weight ``[D, C, p, p]`` for ``channels`` input bands instead of C.
+
+    When ``channels`` is a multiple of C the bands repeat the weight's channels in turn, rescaled by
+    ``C / channels`` (timm's repeat-and-rescale rule for ``in_chans``; RGB -> 6 bands: R G B R G B); otherwise
+    every new band gets the sum over the old channels divided by ``channels`` (RGB -> 1 band: the sum,
+    as timm does for grey). Either way the defining property holds: an image whose bands are all equal
+    to one grey image gives the same embedding as that grey image repeated over the C old channels.
+    """
+    old = weight.shape[1]
+    if channels == old:
+        return weight
+    if channels % old == 0:
+        return weight.repeat(1, channels // old, 1, 1) * (old / channels)
+    return weight.sum(dim=1, keepdim=True).repeat(1, channels, 1, 1) / channels
+
+
 def load_weights(
-    module: nn.Module, path: str | os.PathLike | dict[str, Any], strict: bool = True
+    module: nn.Module,
+    path: str | os.PathLike | dict[str, Any],
+    strict: bool = True,
+    adapt_channels: bool = False,
 ) -> dict[str, Any]:
     """Load a checkpoint into an encoder or a method, strictly.
 
@@ -154,6 +181,8 @@ def load_weights(
         module: the encoder or method to fill.
         path: a checkpoint file, or a checkpoint dict already read with :func:`read_checkpoint`.
         strict: every key of the module must be in the file and vice versa.
+        adapt_channels: a patch embedding trained on another channel count is adapted
+            (:func:`adapt_patch_embed`) instead of refused; one log line says so.
 
     Returns:
         The checkpoint dict (for its other entries, such as the training config).
@@ -171,6 +200,12 @@ def load_weights(
     for key, value in list(state.items()):
         if key not in expected or expected[key].shape == value.shape:
             continue
+        if adapt_channels and _is_patch_embed(key) and value.ndim == 4 and expected[key].ndim == 4:
+            if value.shape[0] == expected[key].shape[0] and value.shape[2:] == expected[key].shape[2:]:
+                state[key] = adapt_patch_embed(value, expected[key].shape[1])
+                log.info("%s: patch embedding adapted from %d to %d input channels", key, value.shape[1],
+                         expected[key].shape[1])  # fmt: skip
+                continue
         if key.endswith("relative_position_bias_table") and value.ndim == 2:
             resized = _resample_bias_table(value, expected[key].shape)
             if resized is not None:

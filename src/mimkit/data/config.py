@@ -58,8 +58,17 @@ class DataConfig:
             if it exists, else ``root``; the test split is ``root/test`` or ``root/val``.
         img_size: ``H = W`` or ``[H, W]`` the images are stored at. ``None``: 28x28 for IDX, the size of
             the first image for folders.
-        channels: 1 (grey), 3 (RGB) or 4 (RGBA); images are converted to it. ``None``: 1 for IDX; for
-            folders 1 if the first image is grey, else 3.
+        channels: the band count images are stored with: any positive int, or ``None`` / ``"native"``
+            (1 for IDX; for folders the first image's own: 1 for grey, 3 for colour, N for an N-band TIFF
+            or array). Grey, RGB and RGBA convert into each other; other counts must match the files.
+        bands: 0-based band indices picked from each file before anything else (``[3, 2, 1]``: an RGB
+            composite of a multispectral tile); ``channels`` defaults to their number.
+        window: DICOM only: ``[center, width]`` (width >= 1) maps the modality values to [0, 1] with
+            DICOM's linear window; ``"voi"`` takes each file's own WindowCenter / WindowWidth; ``None``
+            keeps the modality values (rescale slope / intercept applied).
+        clip: values outside a range are clipped before the normalisation: ``[low, high]`` percentiles
+            (e.g. ``[0.5, 99.5]``, per channel, from the sampled training images) or ``[[lows], [highs]]``
+            per channel in stored units (what a run records in its ``data_stats``).
         labeled: folders only: ``"auto"`` (class sub-folders and no image directly in the split folder ->
             labeled; otherwise unlabeled, every image found recursively), ``True`` or ``False``.
         normalize: ``"dataset"`` (per-channel mean / std of the training images: all of them for IDX,
@@ -82,7 +91,10 @@ class DataConfig:
     source: str = "fashion_mnist"
     root: str = FASHION_MNIST_ROOT
     img_size: int | list[int] | None = None
-    channels: int | None = None
+    channels: int | str | None = None
+    bands: list[int] | None = None
+    window: list[float] | str | None = None
+    clip: list | None = None
     labeled: str | bool = "auto"
     normalize: str | list = "dataset"
     augment: str = "mae"
@@ -109,8 +121,11 @@ class DataConfig:
             )
         if self.img_size is not None:
             size_pair(self.img_size, "data.img_size")
-        if self.channels is not None and (not _is_int(self.channels) or self.channels not in (1, 3, 4)):
-            raise ValueError(f"data.channels must be 1, 3, 4 or None (native), got {self.channels!r}")
+        if self.channels == "native":
+            self.channels = None
+        if self.channels is not None and (not _is_int(self.channels) or self.channels < 1):
+            raise ValueError(f"data.channels must be a positive int or 'native', got {self.channels!r}")
+        self._check_bands_window_clip()
         if not (self.labeled == "auto" or isinstance(self.labeled, bool)):
             raise ValueError(f"data.labeled must be 'auto', true or false, got {self.labeled!r}")
         self._check_normalize()
@@ -142,6 +157,39 @@ class DataConfig:
                 f"data.resize_mode must be one of {', '.join(RESIZE_MODES)}; got {self.resize_mode!r}"
             )
 
+    def _check_bands_window_clip(self) -> None:
+        bands = self.bands
+        if bands is not None and (
+            not isinstance(bands, (list, tuple)) or not bands or not all(_is_int(b) and b >= 0 for b in bands)
+        ):
+            raise ValueError(f"data.bands must be a non-empty list of band indices >= 0, got {bands!r}")
+        window = self.window
+        if window is not None and window != "voi":
+            if not isinstance(window, (list, tuple)) or len(window) != 2 or not all(map(_is_number, window)):
+                raise ValueError(f"data.window must be [center, width], 'voi' or null, got {window!r}")
+            if window[1] < 1:
+                raise ValueError(f"data.window width must be >= 1 (DICOM's rule), got {window!r}")
+        clip = self.clip
+        if clip is None:
+            return
+        if isinstance(clip, (list, tuple)) and len(clip) == 2 and all(map(_is_number, clip)):
+            if not 0 <= clip[0] < clip[1] <= 100:
+                raise ValueError(f"data.clip percentiles must satisfy 0 <= low < high <= 100, got {clip!r}")
+            return
+        ok = (
+            isinstance(clip, (list, tuple))
+            and len(clip) == 2
+            and all(isinstance(v, (list, tuple)) and v for v in clip)
+            and len(clip[0]) == len(clip[1])
+            and all(_is_number(x) for v in clip for x in v)
+            and all(lo <= hi for lo, hi in zip(clip[0], clip[1], strict=True))
+        )
+        if not ok:
+            raise ValueError(
+                "data.clip must be [low, high] percentiles or [[lows], [highs]] per channel, low <= high; "
+                f"got {clip!r}"
+            )
+
     def _check_normalize(self) -> None:
         value = self.normalize
         if isinstance(value, str):
@@ -154,12 +202,12 @@ class DataConfig:
         ok = (
             isinstance(value, (list, tuple))
             and len(value) == 2
-            and all(isinstance(v, (list, tuple)) and len(v) in (1, 3, 4) for v in value)
+            and all(isinstance(v, (list, tuple)) and len(v) >= 1 for v in value)
             and len(value[0]) == len(value[1])
             and all(_is_number(x) for v in value for x in v)
         )
         if not ok or not all(s > 0 for s in value[1]):
             raise ValueError(
-                "data.normalize must be 'dataset', 'imagenet', 'none' or [[means], [stds]] with 1, 3 or 4 "
-                f"values each and every std > 0; got {value!r}"
+                "data.normalize must be 'dataset', 'imagenet', 'none' or [[means], [stds]] with one value or "
+                f"one per channel each and every std > 0; got {value!r}"
             )

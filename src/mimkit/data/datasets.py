@@ -1,9 +1,10 @@
-"""Datasets of uint8 images: IDX files and image folders, in memory or decoded on the fly.
+"""Datasets of images at their own bit depth: IDX files and image folders, in memory or decoded on the fly.
 
-``build_dataset(cfg, split)`` is the entry point. Every dataset gives ``(uint8 [C, H, W], label)`` items
-(label -1 when unlabeled) and carries what the rest of mimkit needs to know about it: ``classes``,
-``channels``, ``img_size``, the normalisation ``mean`` / ``std`` (always those of the *training* split)
-and the files it had to skip.
+``build_dataset(cfg, split)`` is the entry point. Every dataset gives ``([C, H, W], label)`` items (label
+-1 when unlabeled) stored as uint8 (8-bit data: today's memory and speed), uint16 (16-bit data) or float32
+(float data, DICOM values), and carries what the rest of mimkit needs to know about it: ``classes``,
+``channels``, ``img_size``, the value range clipped to (``clip``), the normalisation ``mean`` / ``std``
+(always those of the *training* split) and the files it had to skip.
 
 Corrupt files: a folder small enough to hold in memory (``DataConfig.in_memory``) is decoded once,
 when the dataset is built, so every unreadable file is found, counted and reported up front; a larger
@@ -27,9 +28,12 @@ from mimkit.data.config import DataConfig, size_pair
 from mimkit.data.idx import find_idx_file, load_idx, read_idx
 from mimkit.data.images import (
     IMAGE_EXTENSIONS,
+    UNIT_MAX,
+    DecodeOptions,
+    ImageInfo,
     UnreadableImageError,
     decode_image,
-    image_size,
+    image_info,
     is_image_file,
     list_images,
 )
@@ -49,19 +53,22 @@ _SHOWN = 3  # unreadable files named in a warning
 
 
 class ImageDataset(Dataset):
-    """Images as uint8 ``[C, H, W]`` tensors with an int label (-1 when unlabeled).
+    """Images as ``[C, H, W]`` tensors (uint8, uint16 or float32) with an int label (-1 when unlabeled).
 
-    In memory (``images`` is a uint8 tensor ``[N, C, H, W]``: the loader slices whole batches out of
-    it) or decoded from ``files`` on the fly (``images`` is None).
+    In memory (``images`` is a tensor ``[N, C, H, W]``: the loader slices whole batches out of it) or
+    decoded from ``files`` on the fly (``images`` is None).
 
     Attributes:
-        images: uint8 ``[N, C, H, W]``, or None for a dataset decoded on the fly.
+        images: ``[N, C, H, W]``, or None for a dataset decoded on the fly.
         labels: int64 ``[N]``, -1 where unlabeled.
         files: the image files, one per item (folders); None for IDX data.
         classes: class names, index = label; empty when unlabeled.
         channels: C.
         img_size: ``(H, W)``.
-        mean, std: per-channel normalisation, in [0, 1] pixel units (the training split's).
+        mean, std: per-channel normalisation, in unit scale (uint8 / 255, uint16 / 65535, float as is;
+            the training split's).
+        decode: how files are decoded (bands, storage dtype, DICOM window).
+        clip: per-channel ``(lows, highs)`` in stored units that values are clipped to, or None.
         skipped_files: files that could not be decoded (grows while a lazy dataset is read).
         root: the folder or directory the split was read from.
         split: ``"train"`` or ``"test"``.
@@ -81,6 +88,8 @@ class ImageDataset(Dataset):
         skipped_files: Sequence[str] = (),
         root: str = "",
         split: str = "train",
+        decode: DecodeOptions | None = None,
+        clip: tuple[Sequence[float], Sequence[float]] | None = None,
     ):
         assert images is not None or files is not None, "give the images in memory or their files"
         n = images.shape[0] if images is not None else len(files)
@@ -97,6 +106,14 @@ class ImageDataset(Dataset):
         self.skipped_files = list(skipped_files)
         self.root = root
         self.split = split
+        dtype = images.dtype if images is not None else torch.uint8
+        self.decode = decode or DecodeOptions(dtype=dtype)
+        self.clip = None if clip is None else (tuple(map(float, clip[0])), tuple(map(float, clip[1])))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The storage dtype of the images: uint8, uint16 or float32."""
+        return self.images.dtype if self.images is not None else self.decode.dtype
 
     @property
     def num_classes(self) -> int:
@@ -115,11 +132,11 @@ class ImageDataset(Dataset):
         return int(self.labels.shape[0])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        """``(uint8 [C, H, W], label)``. Raises UnreadableImageError for a corrupt file (lazy datasets)."""
+        """``([C, H, W], label)``. Raises UnreadableImageError for a corrupt file (lazy datasets)."""
         if self.images is not None:
             return self.images[index], int(self.labels[index])
-        image = decode_image(self.files[index], self.channels, self.img_size, self.resize_mode)
-        return image, int(self.labels[index])
+        image = decode_image(self.files[index], self.channels, self.img_size, self.resize_mode, self.decode)
+        return apply_clip(image, self.clip), int(self.labels[index])
 
     def add_skipped(self, files: Sequence[str]) -> list[str]:
         """Record files found unreadable while loading; returns those not recorded before."""
@@ -131,7 +148,8 @@ class ImageDataset(Dataset):
         where = "in memory" if self.in_memory else "decoded on the fly"
         return (
             f"ImageDataset({self.split!r} from {self.root!r}: {len(self)} images {self.channels}x"
-            f"{self.img_size[0]}x{self.img_size[1]} {where}, {self.num_classes} classes, "
+            f"{self.img_size[0]}x{self.img_size[1]} {str(self.dtype).removeprefix('torch.')} {where}, "
+            f"{self.num_classes} classes, "
             f"{self.skipped} skipped)"
         )
 
@@ -161,21 +179,82 @@ def build_dataset(
 # ----------------------------------------------------------------------------- statistics
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) std of uint8 images ``[N, C, H, W]``, in [0, 1] units.
+def _histograms(images: torch.Tensor) -> torch.Tensor | None:
+    """Per-channel value counts ``[C, 256 or 65536]`` (float64) of integer images; None for float ones."""
+    if images.dtype not in (torch.uint8, torch.uint16):
+        return None
+    bins = 256 if images.dtype == torch.uint8 else 65536
+    rows = []
+    for c in range(images.shape[1]):
+        values = images[:, c].reshape(-1)
+        values = values.to(torch.int32) if images.dtype == torch.uint16 else values
+        rows.append(torch.bincount(values, minlength=bins).to(torch.float64))
+    return torch.stack(rows)
 
-    Exact: computed from each channel's histogram of the 256 pixel values (integer counts).
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of images ``[N, C, H, W]``, in unit scale.
+
+    uint8 / uint16: exact, from each channel's histogram of its possible values (integer counts);
+    float32: float64 sums.
     """
-    values = torch.arange(256, dtype=torch.float64)
+    top = UNIT_MAX[images.dtype] if images.dtype in UNIT_MAX else 1.0
+    counts = _histograms(images)
     means, stds = [], []
     for c in range(images.shape[1]):
-        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
-        total = counts.sum()
-        mean = (counts * values).sum() / total
-        var = ((counts * (values - mean).square()).sum() / total).clamp_min(0.0)
-        means.append(float(mean) / 255)
-        stds.append(float(var.sqrt()) / 255)
+        if counts is not None:
+            values = torch.arange(counts.shape[1], dtype=torch.float64)
+            total = counts[c].sum()
+            mean = (counts[c] * values).sum() / total
+            var = ((counts[c] * (values - mean).square()).sum() / total).clamp_min(0.0)
+        else:
+            x = images[:, c].to(torch.float64)
+            mean, var = x.mean(), x.var(unbiased=False)
+        means.append(float(mean) / top)
+        stds.append(float(var.sqrt()) / top)
     return tuple(means), tuple(stds)
+
+
+def channel_percentiles(
+    images: torch.Tensor, low: float, high: float
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``low`` / ``high`` percentiles (0-100) of images ``[N, C, H, W]`` in stored units.
+
+    Integer images: the smallest value whose cumulative count reaches the fraction (exact, from the
+    histogram); float images: ``torch.quantile`` (linear) of up to 2^24 values per channel.
+    """
+    counts = _histograms(images)
+    lows, highs = [], []
+    for c in range(images.shape[1]):
+        if counts is not None:
+            cdf = counts[c].cumsum(0) / counts[c].sum()
+            # low: the first value with more than low% below or at it; high: the first reaching high%
+            lo = torch.searchsorted(cdf, torch.tensor([low / 100], dtype=torch.float64), right=True)
+            hi = torch.searchsorted(cdf, torch.tensor([high / 100], dtype=torch.float64))
+            pick = [int(lo.clamp_max(len(cdf) - 1)), int(hi.clamp_max(len(cdf) - 1))]
+        else:
+            x = images[:, c].reshape(-1).to(torch.float64)
+            if x.numel() > 2**24:
+                x = x[torch.linspace(0, x.numel() - 1, 2**24).long()]
+            pick = [float(torch.quantile(x, p / 100)) for p in (low, high)]
+        lows.append(float(pick[0]))
+        highs.append(float(pick[1]))
+    return tuple(lows), tuple(highs)
+
+
+def apply_clip(images: torch.Tensor, clip: tuple[Sequence[float], Sequence[float]] | None) -> torch.Tensor:
+    """Clip each channel of ``[..., C, H, W]`` images to ``clip = (lows, highs)`` (stored units)."""
+    if clip is None:
+        return images
+    shape = (-1, 1, 1)
+    wide = images.to(torch.int32) if images.dtype == torch.uint16 else images  # uint16 has no clamp kernel
+    lo = torch.tensor(clip[0], dtype=torch.float64).view(shape)
+    hi = torch.tensor(clip[1], dtype=torch.float64).view(shape)
+    if wide.dtype.is_floating_point:
+        out = torch.maximum(torch.minimum(wide, hi.to(wide.dtype)), lo.to(wide.dtype))
+    else:
+        out = torch.maximum(torch.minimum(wide, hi.round().to(wide.dtype)), lo.round().to(wide.dtype))
+    return out.to(images.dtype)
 
 
 def _normalization(
@@ -353,27 +432,32 @@ def _scan_folder(
     return files, labels, classes
 
 
-def _first_image_shape(files: Sequence[Path], folder: Path) -> tuple[int, int, int]:
-    """``(H, W, native channels)`` of the first file whose header can be read."""
+def _first_image_info(files: Sequence[Path], folder: Path, window) -> ImageInfo:
+    """Size, band count and storage dtype of the first file that can be read."""
     for path in files[:100]:
         try:
-            return image_size(path)
+            return image_info(path, window)
         except Exception:  # noqa: BLE001 - unreadable: try the next one
             continue
     raise ValueError(f"none of the first {min(len(files), 100)} image files under {folder} can be read")
 
 
 def _decode_many(
-    files: Sequence[Path], channels: int, size: tuple[int, int], resize_mode: str
+    files: Sequence[Path],
+    channels: int,
+    size: tuple[int, int],
+    resize_mode: str,
+    options: DecodeOptions | None = None,
 ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
-    """Decode ``files`` (threads: PIL releases the GIL) -> (uint8 [M, C, H, W], kept indices, failures)."""
-    out = torch.empty((len(files), channels, *size), dtype=torch.uint8)
+    """Decode ``files`` (threads: the decoders release the GIL) -> ([M, C, H, W], kept indices, failures)."""
+    options = options or DecodeOptions()
+    out = torch.empty((len(files), channels, *size), dtype=options.dtype)
     kept: list[int] = []
     failed: list[tuple[str, str]] = []
 
     def decode(path: Path) -> torch.Tensor | str:
         try:
-            return decode_image(path, channels, size, resize_mode)
+            return decode_image(path, channels, size, resize_mode, options)
         except UnreadableImageError as err:
             return str(err)
 
@@ -407,25 +491,40 @@ def _sample(n: int, k: int = STATS_SAMPLE) -> list[int]:
     return sorted(torch.randperm(n, generator=generator)[:k].tolist())
 
 
-def _folder_stats(
+def _stats_sample(
     files: Sequence[Path],
     channels: int,
     size: tuple[int, int],
     resize_mode: str,
+    options: DecodeOptions,
     decoded: dict[Path, torch.Tensor],
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean / std over up to ``STATS_SAMPLE`` training files; ``decoded`` holds files already in memory."""
+) -> torch.Tensor:
+    """Up to ``STATS_SAMPLE`` training images ``[M, C, H, W]``; ``decoded`` holds files already in memory."""
     sample = [files[i] for i in _sample(len(files))]
     missing = [p for p in sample if p not in decoded]
     if missing:
-        images, kept, _ = _decode_many(missing, channels, size, resize_mode)
+        images, kept, _ = _decode_many(missing, channels, size, resize_mode, options)
         decoded = {**decoded, **{missing[k]: images[j] for j, k in enumerate(kept)}}
     rows = [decoded[p] for p in sample if p in decoded]
     if not rows:
         raise ValueError(
             f"no readable image among the {len(sample)} sampled for the normalisation statistics"
         )
-    return channel_stats(torch.stack(rows))
+    return torch.stack(rows)
+
+
+def _resolve_clip(cfg: DataConfig, channels: int, sample: Callable[[], torch.Tensor]):
+    """``cfg.clip`` as per-channel ``(lows, highs)`` in stored units: given, or ``sample()``'s percentiles."""
+    if cfg.clip is None:
+        return None
+    if all(isinstance(v, (list, tuple)) for v in cfg.clip):
+        lows, highs = (list(v) * channels if len(v) == 1 else list(v) for v in cfg.clip)
+        if len(lows) != channels:
+            raise ValueError(f"data.clip gives {len(lows)} lows / highs for {channels}-channel images")
+        return tuple(lows), tuple(highs)
+    clip = channel_percentiles(sample(), *cfg.clip)
+    logger.info("clipping to the %g-%g percentiles per channel: %s", *cfg.clip, clip)
+    return clip
 
 
 def _build_folder(cfg: DataConfig, split: str, train: ImageDataset | None) -> ImageDataset:
@@ -434,21 +533,26 @@ def _build_folder(cfg: DataConfig, split: str, train: ImageDataset | None) -> Im
     train_files: list[Path] = []
     train_labels: list[int] = []
     if train is not None:
-        classes, channels, size = train.classes, train.channels, train.img_size
+        classes, channels, size, options = train.classes, train.channels, train.img_size, train.decode
     else:
         train_files, train_labels, classes = _scan_folder(train_dir, cfg.labeled, exclude)
         if cfg.limit is not None:
             train_files, train_labels = train_files[: cfg.limit], train_labels[: cfg.limit]
-        channels, size = cfg.channels, size_pair(cfg.img_size) if cfg.img_size is not None else None
-        if channels is None or size is None:
-            h, w, native = _first_image_shape(train_files, train_dir)
-            channels, size = channels or native, size or (h, w)
-            logger.info(
-                "%s: images stored as %d channel(s) at %dx%d (from the first image)",
-                train_dir,
-                channels,
-                *size,
-            )
+        window = tuple(cfg.window) if isinstance(cfg.window, list) else cfg.window
+        try:
+            info = _first_image_info(train_files, train_dir, window)
+        except ValueError:
+            if cfg.channels is None or cfg.img_size is None:
+                raise
+            info = ImageInfo(0, 0, cfg.channels, torch.uint8)  # decoding them all reports what failed
+        native = len(cfg.bands) if cfg.bands else info.channels
+        channels = cfg.channels or native
+        size = size_pair(cfg.img_size) if cfg.img_size is not None else (info.height, info.width)
+        options = DecodeOptions(tuple(cfg.bands) if cfg.bands else None, info.dtype, window)
+        logger.info(
+            "%s: images stored as %d channel(s) of %s at %dx%d",
+            train_dir, channels, str(info.dtype).removeprefix("torch."), *size,
+        )  # fmt: skip
     folder = train_dir if split == "train" else test_dir
     if split == "train" and train is None:
         files, labels = train_files, train_labels
@@ -457,11 +561,11 @@ def _build_folder(cfg: DataConfig, split: str, train: ImageDataset | None) -> Im
     if cfg.limit is not None:
         files, labels = files[: cfg.limit], labels[: cfg.limit]
 
-    nbytes = len(files) * channels * size[0] * size[1]
+    nbytes = len(files) * channels * size[0] * size[1] * options.dtype.itemsize
     in_memory = cfg.in_memory if isinstance(cfg.in_memory, bool) else nbytes <= cfg.memory_limit_mb * 2**20
     images, skipped, decoded = None, [], {}
     if in_memory:
-        images, kept, failures = _decode_many(files, channels, size, cfg.resize_mode)
+        images, kept, failures = _decode_many(files, channels, size, cfg.resize_mode, options)
         warn_skipped(failures, str(folder), len(files))
         if not kept:
             raise ValueError(
@@ -473,13 +577,19 @@ def _build_folder(cfg: DataConfig, split: str, train: ImageDataset | None) -> Im
             decoded = dict(zip(files, images, strict=True))
 
     if train is not None:
-        mean, std = train.mean, train.std
+        mean, std, clip = train.mean, train.std, train.clip
     else:
+        sampled: list[torch.Tensor] = []
 
-        def stats() -> tuple[tuple[float, ...], tuple[float, ...]]:
-            return _folder_stats(train_files, channels, size, cfg.resize_mode, decoded)
+        def sample() -> torch.Tensor:  # decoded once, for the clip and the statistics
+            if not sampled:
+                sampled.append(_stats_sample(train_files, channels, size, cfg.resize_mode, options, decoded))
+            return sampled[0]
 
-        mean, std = _normalization(cfg, channels, stats)
+        clip = _resolve_clip(cfg, channels, sample)
+        mean, std = _normalization(cfg, channels, lambda: channel_stats(apply_clip(sample(), clip)))
+    if images is not None:
+        images = apply_clip(images, clip)
     logger.info(
         "folder %s split: %d images from %s, %s, %d classes",
         split, len(files), folder, "in memory" if in_memory else "decoded on the fly", len(classes),
@@ -497,4 +607,6 @@ def _build_folder(cfg: DataConfig, split: str, train: ImageDataset | None) -> Im
         skipped_files=skipped,
         root=str(folder),
         split=split,
+        decode=options,
+        clip=clip,
     )

@@ -1,17 +1,40 @@
-"""Finding image files in folders and decoding them to uint8 tensors of one size and channel count."""
+"""Finding image files in folders and decoding them to tensors of one size, band count and storage dtype.
+
+The storage dtype keeps a file's bit depth: ``uint8`` for 8-bit images (the fast path, through Pillow),
+``uint16`` for 16-bit ones, ``float32`` for float data (and DICOM modality values). A folder's images are
+stored in its first readable image's kind; others are converted keeping the unit scale (8-bit 255 =
+16-bit 65535 = float 1.0). The transforms turn every kind into float with the same rule
+(:func:`mimkit.data.transforms.to_unit_float`).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
+
+from mimkit.data.readers import (
+    DICOM_EXTENSIONS,
+    NUMPY_EXTENSIONS,
+    ReadError,
+    is_deep_colour_png,
+    is_dicom_file,
+    needs_array_reader,
+    read_array,
+)
 
 IMAGE_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
+    *NUMPY_EXTENSIONS, *DICOM_EXTENSIONS,
 )  # fmt: skip
+STORE_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16, "float32": torch.float32}
+UNIT_MAX = {torch.uint8: 255.0, torch.uint16: 65535.0, torch.float32: 1.0}  # the value that means 1.0
 _SKIP_DIRS = {"__MACOSX"}
 # Transparent pixels are laid over white, as a browser shows them.
 ALPHA_BACKGROUND = 255
@@ -34,11 +57,18 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _is_listed(dirpath: str, name: str) -> bool:
+    if is_image_file(name):
+        return True
+    return not name.startswith(".") and "." not in name and is_dicom_file(Path(dirpath) / name)
+
+
 def list_images(folder: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
     """Every image file under ``folder`` (recursively, following links once), sorted by relative path.
 
-    Hidden files and folders (``.name``), ``__MACOSX`` and the top-level sub-folders in ``exclude`` are
-    left out.
+    Image files are known by their extension (:data:`IMAGE_EXTENSIONS`); a file without one is listed when
+    it is DICOM. Hidden files and folders (``.name``), ``__MACOSX`` and the top-level sub-folders in
+    ``exclude`` are left out.
     """
     found: list[Path] = []
     seen: set[str] = set()
@@ -54,7 +84,7 @@ def list_images(folder: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
             for d in dirnames
             if not d.startswith(".") and d not in _SKIP_DIRS and not (top and d in exclude)
         ]
-        found.extend(Path(dirpath) / f for f in filenames if is_image_file(f))
+        found.extend(Path(dirpath) / f for f in filenames if _is_listed(dirpath, f))
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
@@ -99,46 +129,178 @@ def native_channels(img: Image.Image) -> int:
     return 3
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the first image of a folder says about the data: size, band count, storage dtype."""
+
+    height: int
+    width: int
+    channels: int
+    dtype: torch.dtype
+
+
+def store_dtype(arr: np.ndarray) -> torch.dtype:
+    """The storage dtype that holds an array's values: uint8, uint16, else float32."""
+    if arr.dtype == np.uint8 or arr.dtype == np.bool_:
+        return torch.uint8
+    if arr.dtype == np.uint16:
+        return torch.uint16
+    return torch.float32
+
+
+def image_info(path: Path, window: Sequence[float] | str | None = None) -> ImageInfo:
+    """Size, native band count and storage dtype of an image file (EXIF rotation applied).
+
+    8-bit Pillow files are read from their header only; other formats are decoded.
+    """
+    if not needs_array_reader(path) and not is_deep_colour_png(path):
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+                w, h = h, w
+            deep = img.mode in ("I", "F") or img.mode.startswith("I;16")
+            if not deep:
+                return ImageInfo(h, w, native_channels(img), torch.uint8)
+    arr = read_array(path, window)
+    return ImageInfo(arr.shape[0], arr.shape[1], arr.shape[2], store_dtype(arr))
+
+
 def image_size(path: Path) -> tuple[int, int, int]:
     """``(H, W, native channels)`` of an image file, from its header (EXIF rotation applied)."""
-    with Image.open(path) as img:
-        w, h = img.size
-        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
-            w, h = h, w
-        return h, w, native_channels(img)
+    info = image_info(path)
+    return info.height, info.width, info.channels
+
+
+def to_store(arr: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """Values of any kind in ``dtype``'s units (8-bit 255 = 16-bit 65535 = float 1.0); float values
+    going into an integer store are clipped to [0, 1] first, signed integers to the store's range."""
+    target = {torch.uint8: np.uint8, torch.uint16: np.uint16, torch.float32: np.float32}[dtype]
+    if arr.dtype == target:
+        return arr
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    top = UNIT_MAX[dtype]
+    if arr.dtype in (np.uint8, np.uint16):
+        unit = arr.astype(np.float64) / (255.0 if arr.dtype == np.uint8 else 65535.0)
+    elif dtype == torch.float32:
+        return arr.astype(np.float32)  # raw values (signed integers, floats): no unit scale to apply
+    elif arr.dtype.kind == "f":
+        unit = np.clip(arr.astype(np.float64), 0.0, 1.0)
+    else:
+        unit = np.clip(arr.astype(np.float64), 0.0, top) / top
+    if dtype == torch.float32:
+        return unit.astype(np.float32)
+    return np.rint(unit * top).astype(target)
+
+
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def fit_bands(arr: np.ndarray, channels: int, bands: Sequence[int] | None, dtype: torch.dtype) -> np.ndarray:
+    """Select ``bands`` (0-based), then convert to ``channels``: grey <-> RGB <-> RGBA as Pillow does (luma
+    ITU-R 601-2, alpha over white, added alpha opaque); any other change of band count is refused."""
+    n = arr.shape[2]
+    if bands is not None:
+        bad = [b for b in bands if not 0 <= b < n]
+        if bad:
+            raise ReadError(f"band index {bad[0]} out of range: the file has {n} band(s) (0-{n - 1})")
+        arr = arr[:, :, list(bands)]
+        n = arr.shape[2]
+    if n == channels:
+        return arr
+    if n not in (1, 3, 4) or channels not in (1, 3, 4):
+        raise ReadError(f"{n} band(s), the data has {channels}: mixed channel counts in one folder")
+    top = UNIT_MAX[dtype]
+    x = arr.astype(np.float64)
+    if n == 4:  # alpha over white
+        alpha = x[:, :, 3:] / top
+        x = x[:, :, :3] * alpha + top * (1 - alpha)
+        n = 3
+    if channels == 1:
+        x = (x @ _LUMA)[:, :, None] if n == 3 else x
+    else:
+        x = np.repeat(x, 3, axis=2) if n == 1 else x
+        if channels == 4:
+            x = np.concatenate([x, np.full_like(x[:, :, :1], top)], axis=2)
+    return np.rint(x).astype(arr.dtype) if arr.dtype.kind in "iu" else x.astype(arr.dtype)
+
+
+def resize_array(arr: np.ndarray, size: tuple[int, int], resize_mode: str) -> torch.Tensor:
+    """``[H, W, C]`` -> tensor ``[C, *size]`` of the same dtype: bicubic (antialiased when shrinking);
+    ``center_crop`` crops the centre to the target's aspect ratio first (whole pixels)."""
+    t = torch.from_numpy(np.require(arr, requirements=["C", "W"])).permute(2, 0, 1)  # writable: no warning
+    h, w = t.shape[-2:]
+    if (h, w) == tuple(size):
+        return t.contiguous()
+    if resize_mode == "center_crop":
+        scale = max(size[1] / w, size[0] / h)
+        ch, cw = min(h, round(size[0] / scale)), min(w, round(size[1] / scale))
+        top, left = (h - ch) // 2, (w - cw) // 2
+        t = t[:, top : top + ch, left : left + cw]
+    dtype = t.dtype
+    x = t.to(torch.int32 if dtype == torch.uint16 else dtype).float()[None]
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    y = F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False, antialias=shrink)[0]
+    if dtype in (torch.uint8, torch.uint16):
+        y = y.round_().clamp_(0, UNIT_MAX[dtype]).to(torch.int32).to(dtype)
+    return y.to(dtype).contiguous()
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How every file of a dataset is decoded: bands, storage dtype, DICOM window."""
+
+    bands: tuple[int, ...] | None = None
+    dtype: torch.dtype = torch.uint8
+    window: tuple[float, float] | str | None = None
 
 
 def decode_image(
-    path: Path, channels: int, size: tuple[int, int], resize_mode: str = "center_crop"
+    path: Path,
+    channels: int,
+    size: tuple[int, int],
+    resize_mode: str = "center_crop",
+    options: DecodeOptions | None = None,
 ) -> torch.Tensor:
-    """Decode one file to a uint8 tensor ``[channels, H, W]`` at ``size = (H, W)`` (bicubic resampling).
+    """Decode one file to a tensor ``[channels, H, W]`` at ``size = (H, W)`` (bicubic resampling), in
+    ``options.dtype`` (uint8 by default), after picking ``options.bands``.
 
     ``resize_mode="center_crop"`` scales the shorter side to fit and crops the centre (keeps the aspect
-    ratio); ``"stretch"`` resizes to ``size`` directly.
+    ratio); ``"stretch"`` resizes to ``size`` directly. 8-bit files into a uint8 store take Pillow's path.
 
     Raises:
         UnreadableImageError: the file could not be decoded; the message names it and why.
     """
-    out_h, out_w = size
+    options = options or DecodeOptions()
     try:
-        with Image.open(path) as img:
-            if img.format == "JPEG":  # let the JPEG decoder downscale by 2/4/8 when the image is much larger
-                img.draft(img.mode, (max(size), max(size)))  # max: EXIF may rotate it afterwards
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            img = convert_channels(img, channels)
-            w, h = img.size
-            if (w, h) != (out_w, out_h):
-                box = (0.0, 0.0, float(w), float(h))
-                if resize_mode == "center_crop":
-                    scale = max(out_w / w, out_h / h)
-                    cw, ch = out_w / scale, out_h / scale
-                    box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
-                img = img.resize((out_w, out_h), Image.Resampling.BICUBIC, box=box)
-            arr = np.asarray(img, dtype=np.uint8)
+        fast = options.dtype == torch.uint8 and options.bands is None and channels in (1, 3, 4)
+        if fast and not needs_array_reader(path) and not is_deep_colour_png(path):
+            return _decode_pillow(path, channels, size, resize_mode)
+        arr = to_store(read_array(path, options.window), options.dtype)
+        return resize_array(fit_bands(arr, channels, options.bands, options.dtype), size, resize_mode)
     except Exception as err:  # noqa: BLE001 - any decoder failure means "unreadable", never fatal
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UnreadableImageError(path, reason) from None
+
+
+def _decode_pillow(path: Path, channels: int, size: tuple[int, int], resize_mode: str) -> torch.Tensor:
+    """8-bit files to uint8 through Pillow (its bicubic resize with a fractional centre box)."""
+    out_h, out_w = size
+    with Image.open(path) as img:
+        if img.format == "JPEG":  # let the JPEG decoder downscale by 2/4/8 when the image is much larger
+            img.draft(img.mode, (max(size), max(size)))  # max: EXIF may rotate it afterwards
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img = convert_channels(img, channels)
+        w, h = img.size
+        if (w, h) != (out_w, out_h):
+            box = (0.0, 0.0, float(w), float(h))
+            if resize_mode == "center_crop":
+                scale = max(out_w / w, out_h / h)
+                cw, ch = out_w / scale, out_h / scale
+                box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+            img = img.resize((out_w, out_h), Image.Resampling.BICUBIC, box=box)
+        arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # [C, H, W]

@@ -65,7 +65,8 @@ class TwoViewAugment(nn.Module):
 
     Args:
         size: ``(H, W)`` of the views (the model's input size).
-        channels: image channels; the RGB-only steps are skipped unless 3.
+        channels: image channels; the RGB-only steps are skipped unless 3, colour jitter and solarisation
+            unless 1 or 3 (multi-band data keeps crops, flips and blur).
         mean, std: per-channel normalisation of the incoming batch (one value or one per channel);
             ``None`` maps each batch to ``[0, 1]`` with its per-channel min / max instead.
         crop_scale: RandomResizedCrop area range.
@@ -131,23 +132,32 @@ class TwoViewAugment(nn.Module):
             self.std = None
 
         rgb = channels == 3
+        photometric = channels in (1, 3)  # jitter and solarisation are defined on grey / RGB pixels
         brightness, contrast, saturation, hue = jitter
-        if not rgb:
+        if not rgb and photometric:
             saturation, hue = 0.0, 0.0
             logger.info(
                 "%d-channel images: two-view augmentation without grey-scale, saturation and hue", channels
+            )
+        elif not photometric:
+            logger.info(
+                "%d-band images: two-view augmentation without colour jitter, grey-scale and solarisation "
+                "(made for grey / RGB pixels; crops, flips and blur kept)",
+                channels,
             )
 
         def pipeline(view_blur_p: float, view_solarize_p: float) -> nn.Sequential:
             steps: list[nn.Module] = [
                 K.RandomResizedCrop(size, scale=crop_scale),
                 K.RandomHorizontalFlip(p=flip_p),
-                K.ColorJitter(brightness, contrast, saturation, hue, p=jitter_p),
             ]
+            if photometric:
+                steps.append(K.ColorJitter(brightness, contrast, saturation, hue, p=jitter_p))
             if rgb:
                 steps.append(K.RandomGrayscale(p=grayscale_p))
             steps.append(K.RandomGaussianBlur((blur_kernel, blur_kernel), blur_sigma, p=view_blur_p))
-            steps.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=view_solarize_p))  # threshold 0.5
+            if photometric:  # threshold 0.5
+                steps.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=view_solarize_p))
             return nn.Sequential(*steps)
 
         self.view1 = _non_persistent_buffers(pipeline(blur_ps[0], solarize_ps[0]))

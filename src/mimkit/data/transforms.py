@@ -1,4 +1,4 @@
-"""Batch transforms on the device: uint8 images in, normalised float images out.
+"""Batch transforms on the device: stored images (uint8, uint16 or float32) in, normalised float images out.
 
 The pretraining crop is the reference one (torchvision's ``RandomResizedCrop`` as MAE and SimMIM use
 it: up to 10 tries of a random area fraction in ``scale`` and a log-uniform aspect ratio in ``ratio``,
@@ -14,6 +14,7 @@ device (the trainer saves and restores it).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -22,6 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mimkit.data.config import AUGMENT_PRESETS, DataConfig, check_range_pair, size_pair
+
+logger = logging.getLogger(__name__)
 
 # preset -> (crop scale, crop aspect ratio); None = no random crop
 PRESETS: dict[str, tuple[tuple[float, float], tuple[float, float]] | None] = {
@@ -42,13 +45,20 @@ def _stats_buffer(values: Sequence[float], name: str) -> torch.Tensor:
     return torch.tensor([float(v) for v in values], dtype=torch.float32).view(1, -1, 1, 1)
 
 
-def _to_unit_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [0, 1]; float input is taken as already in [0, 1]."""
-    if images.dim() != 4:
-        raise ValueError(f"expected a batch of images [N, C, H, W], got shape {tuple(images.shape)}")
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """Stored images -> float32 in unit scale: uint8 / 255, uint16 / 65535; float values are kept as they
+    are (float data has no fixed range: its normalisation comes from the data)."""
     if images.dtype == torch.uint8:
         return images.float().div_(255.0)
+    if images.dtype == torch.uint16:  # few kernels take uint16: widen first
+        return images.to(torch.int32).float().div_(65535.0)
     return images.float()
+
+
+def _to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    if images.dim() != 4:
+        raise ValueError(f"expected a batch of images [N, C, H, W], got shape {tuple(images.shape)}")
+    return to_unit_float(images)
 
 
 def _check_channels(images: torch.Tensor, mean: torch.Tensor) -> None:
@@ -260,13 +270,16 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return (x - m) / s
 
 
-def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Undo the normalisation for pictures: ``[N, C, H, W]`` (or ``[C, H, W]``) -> ``x * std + mean``
-    clamped into [0, 1]."""
+def denormalize(
+    images: torch.Tensor, mean: Sequence[float], std: Sequence[float], clamp: bool = True
+) -> torch.Tensor:
+    """Undo the normalisation for pictures: ``[N, C, H, W]`` (or ``[C, H, W]``) -> ``x * std + mean``,
+    clamped into [0, 1] unless ``clamp`` is False (float data, or a stretch to apply next)."""
     shape = (-1, 1, 1)
     m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(shape)
     s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(shape)
-    return (images * s + m).clamp(0.0, 1.0)
+    x = images * s + m
+    return x.clamp(0.0, 1.0) if clamp else x
 
 
 def build_augment(cfg: DataConfig, dataset) -> PretrainAugment:
@@ -323,15 +336,17 @@ class FinetuneAugment(nn.Module):
         self.ratio = (3 / 4, 4 / 3)
         self.hflip = hflip
         self.randaug = None
-        if randaug_n > 0:
-            channels = self.mean.shape[1]
+        channels = self.mean.shape[1]
+        if randaug_n > 0 and channels not in (1, 3):
+            logger.info("%d-channel images: fine-tuning without RandAugment (made for grey / RGB)", channels)
+        elif randaug_n > 0:
             policy = [p for p in default_policy if channels == 3 or p[0][0] not in _COLOR_OPS]
             self.randaug = RandAugment(n=min(randaug_n, len(policy)), m=randaug_m, policy=policy)
         self.erase = K.RandomErasing(p=reprob, value=0.0) if reprob > 0 else None
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+        x = to_unit_float(images)
         n, _, height, width = x.shape
         boxes = random_resized_crop_boxes(n, height, width, self.scale, self.ratio, device=x.device)
         flip = torch.rand(n, device=x.device) < 0.5 if self.hflip else None

@@ -121,7 +121,13 @@ class OnlineKNNConfig:
 
 @dataclass
 class PretrainConfig:
-    """A pretraining recipe: encoder, method, data, training, and where the run lives."""
+    """A pretraining recipe: encoder, method, data, training, and where the run lives.
+
+    ``init_weights``: start the encoder from a file's weights (a mimkit run or checkpoint, a reference MAE /
+    SimMIM file, a timm-style state dict or a ``.safetensors`` export: its encoder part, strictly; the
+    decoder and heads start fresh). ``adapt_channels``: a file trained on another channel count is loaded
+    with its patch embedding adapted (:func:`mimkit.weights.adapt_patch_embed`) instead of refused.
+    """
 
     encoder: dict[str, Any] = field(default_factory=lambda: {"name": "vit_tiny_patch4_28"})
     method: dict[str, Any] = field(default_factory=lambda: {"name": "mae"})
@@ -129,8 +135,15 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     online_knn: OnlineKNNConfig = field(default_factory=OnlineKNNConfig)
     output_dir: str = "runs/pretrain"
+    init_weights: str | None = None
+    adapt_channels: bool = False
 
     def __post_init__(self) -> None:
+        weights = self.init_weights
+        if weights is not None and (not isinstance(weights, str) or not weights):
+            raise ValueError(f"init_weights must be a file path or null, got {self.init_weights!r}")
+        if not isinstance(self.adapt_channels, bool):
+            raise ValueError(f"adapt_channels must be true or false, got {self.adapt_channels!r}")
         for part in ("encoder", "method"):
             value = getattr(self, part)
             if not isinstance(value, dict) or not isinstance(value.get("name"), str):

@@ -39,12 +39,15 @@ class EncoderChoice:
         encoder_name: the architecture an encoder-only file fits (``mimkit.list_encoders()``).
         teacher: take a SiT run's momentum (EMA) teacher instead of the student.
         seed: seed of random-init encoders and of label subsets.
+        adapt_channels: an encoder-only file trained on another channel count than the data's gets its
+            patch embedding adapted (:func:`mimkit.weights.adapt_patch_embed`) instead of refused.
     """
 
     checkpoint: str | None = None
     encoder_name: str | None = None
     teacher: bool = False
     seed: int = 0
+    adapt_channels: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ def load_encoder(
     source: str | None = None,
     root: str | None = None,
     teacher: bool = False,
+    adapt_channels: bool = False,
 ) -> LoadedEncoder:
     """Resolve a checkpoint argument (see the module docstring) into an encoder and the data to use.
 
@@ -169,7 +173,7 @@ def load_encoder(
     encoder = None
     if path is not None:
         encoder = build_encoder(encoder_cfg)
-        load_weights(encoder, path)
+        load_weights(encoder, path, adapt_channels=adapt_channels)
     return LoadedEncoder(encoder, encoder_cfg, data, path, None)
 
 
@@ -187,6 +191,7 @@ def eval_data_config(
             img_size=list(stats["img_size"]),
             channels=stats["channels"],
             normalize=[list(stats["mean"]), list(stats["std"])],
+            clip=stats.get("clip"),
         )
     return dataclasses.replace(cfg_data, **changes)
 
@@ -249,4 +254,5 @@ def out_dir_for(loaded: LoadedEncoder, out_dir: str | os.PathLike | None, protoc
 
 def load_choice(encoder: EncoderChoice, data: DataChoice) -> LoadedEncoder:
     """:func:`load_encoder` for the typed choices."""
-    return load_encoder(encoder.checkpoint, encoder.encoder_name, data.source, data.root, encoder.teacher)
+    e = encoder
+    return load_encoder(e.checkpoint, e.encoder_name, data.source, data.root, e.teacher, e.adapt_channels)

@@ -1,5 +1,5 @@
 """Pictures: reconstruction grids."""
 
-from mimkit.viz.reconstruction import save_reconstruction_grid
+from mimkit.viz.reconstruction import DEFAULT_STRETCH, display_bands, save_reconstruction_grid
 
-__all__ = ["save_reconstruction_grid"]
+__all__ = ["DEFAULT_STRETCH", "display_bands", "save_reconstruction_grid"]
