@@ -324,3 +324,15 @@ def test_picture_bands_and_stretch():
     pixels = torch.arange(101, dtype=torch.float32).view(1, 1, 1, 101)
     lo, hi = stretch_range(pixels, 1.0, 99.0)
     assert float(lo) == pytest.approx(1.0) and float(hi) == pytest.approx(99.0)
+
+
+def test_16bit_decoded_on_the_fly_equals_in_memory(tmp_path):
+    for i in range(4):
+        arr = (np.arange(32 * 24 * 2, dtype=np.uint32).reshape(32, 24, 2) * (i + 3) % 65536).astype(np.uint16)
+        np.save(tmp_path / f"{i}.npy", arr)
+    kw = dict(labeled=False, clip=[1, 99])
+    memory = build_dataset(folder(tmp_path, in_memory=True, **kw), "train")
+    lazy = build_dataset(folder(tmp_path, in_memory=False, **kw), "train")
+    assert lazy.images is None and lazy.dtype == torch.uint16 and lazy.clip == memory.clip
+    for i in range(4):
+        assert torch.equal(lazy[i][0], memory.images[i])

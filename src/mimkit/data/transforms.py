@@ -50,8 +50,8 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     are (float data has no fixed range: its normalisation comes from the data)."""
     if images.dtype == torch.uint8:
         return images.float().div_(255.0)
-    if images.dtype == torch.uint16:  # few kernels take uint16: widen first
-        return images.to(torch.int32).float().div_(65535.0)
+    if images.dtype == torch.uint16:
+        return images.float().div_(65535.0)
     return images.float()
 
 
