@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from mimkit.data import EvalTransform, build_dataset
-from mimkit.engine import NonFiniteLossError, load_config
+from mimkit.engine import NonFiniteLossError, dist, load_config
 from mimkit.engine.runctl import EXIT_PREEMPTED, Preempted
 from mimkit.eval.sources import eval_data_config
 from mimkit.eval_cli import add_embed_parser, add_eval_parsers, add_knn_parser, run_embed, run_eval
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    code, clean = 0, False
     try:
         if args.command == "pretrain":
             run_dir = run_pretrain(args.config, args.overrides)
@@ -156,11 +157,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"wrote {path}")
         elif args.command in ("knn", "eval"):
-            return run_eval(args)
+            code = run_eval(args)
         elif args.command == "embed":
-            return run_embed(args)
+            code = run_embed(args)
         elif args.command == "export":
             print(f"wrote {run_export(args.checkpoint, args.out, args.encoder_name)}")
+        clean = True
     except Preempted as err:  # checkpoint written: a job script requeues the same command on this code
         if err.checkpoint is not None:  # the process that wrote it speaks
             print(f"mimkit: {err}", file=sys.stderr)
@@ -174,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    return 0
+    finally:
+        dist.teardown(clean)  # under torchrun: the process group ends before the interpreter does
+    return code
 
 
 if __name__ == "__main__":

@@ -32,20 +32,21 @@ class _Tolerant(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, tuple[str, str] | None]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, tuple[str, str] | None, int]:
         try:
             image, label = self.dataset[index]
         except UnreadableImageError as err:
-            return None, -1, (err.path, err.reason)
-        return image, label, None
+            return None, -1, (err.path, err.reason), index
+        return image, label, None, index
 
 
-def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor, list[tuple[str, str]]]:
-    good = [(image, label) for image, label, bad in items if bad is None]
-    failures = [bad for _, _, bad in items if bad is not None]
-    images = torch.stack([image for image, _ in good]) if good else None
-    labels = torch.tensor([label for _, label in good], dtype=torch.int64)
-    return images, labels, failures
+def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor, list[tuple[str, str]], torch.Tensor]:
+    good = [(image, label, index) for image, label, bad, index in items if bad is None]
+    failures = [bad for _, _, bad, _ in items if bad is not None]
+    images = torch.stack([image for image, _, _ in good]) if good else None
+    labels = torch.tensor([label for _, label, _ in good], dtype=torch.int64)
+    indices = torch.tensor([index for _, _, index in good], dtype=torch.int64)
+    return images, labels, failures, indices
 
 
 class BatchLoader:
@@ -63,6 +64,9 @@ class BatchLoader:
         num_workers: worker processes decoding a lazily loaded dataset (ignored for in-memory data).
         rank, world_size: this process's shard.
         pin_memory: pin the batches (faster copies to a GPU).
+
+    After each batch, ``last_indices`` holds its dataset indices (int64 ``[N]``, unreadable files left
+    out): the trainer keys each sample's randomness by them (:mod:`mimkit.rng`).
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class BatchLoader:
         self.epoch = 0
         self._start_batch = 0
         self._reported = 0  # unreadable files already reported
+        self.last_indices: torch.Tensor | None = None
 
     @property
     def samples_per_rank(self) -> int:
@@ -155,6 +160,7 @@ class BatchLoader:
         if isinstance(images, torch.Tensor):
             labels = self.dataset.labels
             for idx in batches:
+                self.last_indices = idx
                 idx = idx.to(images.device)  # the images may have been moved to the accelerator
                 batch = images.index_select(0, idx), labels.index_select(0, idx.to(labels.device))
                 yield (batch[0].pin_memory(), batch[1].pin_memory()) if self.pin_memory else batch
@@ -172,10 +178,11 @@ class BatchLoader:
             generator=torch.Generator().manual_seed(self.seed + self.epoch),  # keeps the global RNG untouched
         )
         epoch_failures: list[tuple[str, str]] = []
-        for images, labels, failures in loader:
+        for images, labels, failures, indices in loader:
             if failures:
                 self._record(failures, epoch_failures)
             if images is not None:
+                self.last_indices = indices
                 yield images, labels
         if epoch_failures and self._reported > _WARN_EACH_UNTIL:
             logger.warning(

@@ -8,8 +8,8 @@ per-image Python loop and no read-back of the boxes to the host. That is written
 from kornia because kornia's exact crop (``cropping_mode="slice"``) resizes image by image and reads the
 boxes back to the host, and its batched one (``"resample"``) pads bicubic taps with zeros, which darkens
 the crop's edges; ours replicates the border pixels like ``F.interpolate``. ``backend="kornia"`` keeps
-kornia's version available for comparison. Randomness comes from the global torch RNG of the images'
-device (the trainer saves and restores it).
+kornia's version available for comparison. Randomness comes from :mod:`mimkit.rng`: per sample (keyed by seed,
+epoch and sample index) inside the trainer, else the global torch RNG of the images' device.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mimkit import rng
 from mimkit.data.config import AUGMENT_PRESETS, DataConfig, check_range_pair, size_pair
 
 logger = logging.getLogger(__name__)
@@ -96,8 +97,10 @@ def random_resized_crop_boxes(
         float ``[n, 4]``: ``(top, left, h, w)`` in pixels (whole numbers).
     """
     area = height * width
-    s = torch.empty(n, attempts, device=device).uniform_(scale[0], scale[1])
-    log_r = torch.empty(n, attempts, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    # every draw is per sample (mimkit.rng): inside the trainer a sample's crop depends on its key only
+    s = scale[0] + (scale[1] - scale[0]) * rng.rand(n, attempts, device=device)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    log_r = log_lo + (log_hi - log_lo) * rng.rand(n, attempts, device=device)
     aspect = log_r.exp()
     w = (area * s * aspect).sqrt().round()
     h = (area * s / aspect).sqrt().round()
@@ -115,7 +118,7 @@ def random_resized_crop_boxes(
         fw, fh = width, height
     w = torch.where(found, w, torch.full_like(w, fw))
     h = torch.where(found, h, torch.full_like(h, fh))
-    u = torch.rand(n, 2, device=device)
+    u = rng.rand(n, 2, device=device)
     top = torch.where(found, (u[:, 0] * (height - h + 1)).floor(), torch.full_like(h, (height - fh) // 2))
     left = torch.where(found, (u[:, 1] * (width - w + 1)).floor(), torch.full_like(w, (width - fw) // 2))
     return torch.stack([top, left, h, w], dim=1)
@@ -221,7 +224,7 @@ class PretrainAugment(nn.Module):
         else:
             n, _, height, width = x.shape
             boxes = random_resized_crop_boxes(n, height, width, self.scale, self.ratio, device=x.device)
-            flip = torch.rand(n, device=x.device) < 0.5 if self.hflip else None
+            flip = rng.rand(n, device=x.device) < 0.5 if self.hflip else None
             x = crop_resize(x, boxes, self.img_size, flip).clamp_(0.0, 1.0)
         return (x - self.mean) / self.std
 

@@ -7,6 +7,7 @@ process (rank 0) logs and writes files.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -56,9 +57,44 @@ def setup(device: str = "auto") -> DistEnv:
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
+def teardown(clean: bool = True) -> None:
+    """End the process group if one was started, before the interpreter exits.
+
+    After a clean run every process waits for the others first (``clean``): a process that tears its
+    connections down while a peer still holds them open aborts in gloo. After an error there is no wait,
+    since a peer may never arrive.
+    """
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return
+    if clean:
+        torch_dist.barrier()
+    torch_dist.destroy_process_group()
+
+
+def _in_layout(stride: tuple[int, ...], grad: torch.Tensor) -> torch.Tensor:
+    if grad.stride() == stride:
+        return grad
+    return torch.empty_strided(grad.shape, stride, dtype=grad.dtype, device=grad.device).copy_(grad)
+
+
+def match_grad_layout(module: nn.Module) -> None:
+    """Make convolution weights' gradients arrive in their parameter's strides.
+
+    Some kernels return a weight gradient whose stride on a size-1 dimension differs from the
+    parameter's (SiT's transposed-convolution pixel head on grey images: ``(49, 1, 7, 1)`` for a
+    ``(49, 49, 7, 1)`` weight): the same memory, but DDP then warns that gradient strides do not match its
+    buckets and copies them. A hook restrides such a gradient before it is accumulated (a copy only
+    when the strides differ).
+    """
+    for param in module.parameters():
+        if param.requires_grad and param.ndim >= 3:
+            param.register_hook(functools.partial(_in_layout, param.stride()))
+
+
 def wrap(module: nn.Module, env: DistEnv) -> nn.Module:
     """DistributedDataParallel when there are several processes, the module itself otherwise."""
     if not env.distributed:
         return module
+    match_grad_layout(module)
     ids = [env.device.index] if env.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)

@@ -16,6 +16,7 @@ checkpoints) when the budget is spent, should the machine have slowed down.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn as nn
 
+from mimkit import rng
 from mimkit.engine import checkpoint as ckpt
 from mimkit.engine import dist
 from mimkit.engine.config import TrainConfig
@@ -236,6 +238,10 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "micro_in_epoch": self.micro_in_epoch,
+            # where the epoch stands in images and the batch that steps: a resume on another world size
+            # (same effective batch) starts at the same image
+            "images_in_epoch": self.micro_in_epoch * self.cfg.batch_size * self.env.world_size,
+            "effective_batch": self.effective_batch,
             "rng": ckpt.rng_state(),
             "elapsed_s": self.elapsed_s,
             "planned_steps": self.planned_steps,
@@ -265,6 +271,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.micro_in_epoch = state["step"], state["epoch"], state["micro_in_epoch"]
+        if "images_in_epoch" in state:
+            self.micro_in_epoch = self._micro_from_images(state, path)
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
         self.planned_steps = state.get("planned_steps")
         if self.scaler is not None and state.get("scaler"):
@@ -272,6 +280,19 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         if self.env.is_main:
             log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+
+    def _micro_from_images(self, state: dict[str, Any], path: str | os.PathLike) -> int:
+        """The micro-batch to resume at, from the images the epoch had consumed (any world size)."""
+        saved = state.get("effective_batch", self.effective_batch)
+        if saved != self.effective_batch:
+            raise ValueError(
+                f"{path} was trained with an effective batch of {saved} images per step, this run has "
+                f"{self.effective_batch} (batch_size {self.cfg.batch_size} x accum_steps "
+                f"{self.cfg.accum_steps} x {self.env.world_size} processes): set train.batch_size or "
+                f"train.accum_steps so that the product is {saved}, or use another output_dir"
+            )
+        per_micro = self.cfg.batch_size * self.env.world_size
+        return int(state["images_in_epoch"]) // per_micro
 
     def _check_identity(self, state: dict[str, Any], path: str | os.PathLike) -> None:
         """Refuse to resume a checkpoint written by another run (another model, data or recipe)."""
@@ -349,7 +370,9 @@ class Trainer:
                     self.loader.set_epoch(self.epoch)
                     self.loader.set_start_batch(self.micro_in_epoch)
                     for images, labels in self.loader:
-                        out = self._micro_step(images, labels)
+                        keys = self._sample_keys(images.shape[0])
+                        last_micro = (self.micro_in_epoch + 1) % cfg.accum_steps == 0
+                        out = self._micro_step(images, labels, keys, sync=last_micro)
                         for key, value in out.items():
                             if key.startswith("loss") and value.ndim == 0:
                                 sums[key] = sums.get(key, 0.0) + value.detach().float()
@@ -427,17 +450,23 @@ class Trainer:
             )
 
     def _announce(self) -> None:
-        """One line: the precision and attention path the steps take (main process)."""
+        """One line: the precision and attention path the steps take, the effective batch and its lr."""
         if not self.env.is_main:
             return
         from mimkit.models.layers import attention_path
 
         log.info(
-            "training on %s in %s; attention: %s%s",
+            "training on %s in %s; attention: %s%s; batch %d x %d accumulated x %d process(es) = %d per "
+            "step, lr %.3g",
             self.env.device,
             self.precision.precision,
             attention_path(self.env.device.type, self.precision.precision, training=True),
             "; torch.compile" if self.cfg.compile else "",
+            self.cfg.batch_size,
+            self.cfg.accum_steps,
+            self.env.world_size,
+            self.effective_batch,
+            self.base_lr,
         )
 
     def _summary(self, first_step: int, images: int, seconds: float, budget_s: float | None) -> None:
@@ -457,19 +486,32 @@ class Trainer:
             else "",
         )
 
-    def _micro_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _sample_keys(self, n: int) -> torch.Tensor | None:
+        """The batch's per-sample random keys (:mod:`mimkit.rng`), from the loader's ``last_indices``."""
+        indices = getattr(self.loader, "last_indices", None)
+        if indices is None or len(indices) != n:
+            return None
+        return rng.sample_keys(self.cfg.seed, self.epoch, indices)
+
+    def _micro_step(
+        self, images: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor | None = None, sync: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Forward and backward of one micro-batch; ``keys`` key its random draws per sample; without
+        ``sync`` (an accumulation step before the last) DDP keeps the gradients local."""
         device = self.env.device
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        if self.batch_transform is not None:
-            with torch.no_grad():
-                images = self.batch_transform(images)
-        with self._autocast():
-            out = self.step_module((images, labels))
-        if "loss" not in out or out["loss"].ndim != 0:
-            raise ValueError(f"{type(self.model).__name__}.training_step must return a scalar 'loss'")
-        loss = out["loss"] / self.cfg.accum_steps
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        no_sync = getattr(self.step_module, "no_sync", None)
+        with rng.use(keys), no_sync() if no_sync is not None and not sync else contextlib.nullcontext():
+            if self.batch_transform is not None:
+                with torch.no_grad():
+                    images = self.batch_transform(images)
+            with self._autocast():
+                out = self.step_module((images, labels))
+            if "loss" not in out or out["loss"].ndim != 0:
+                raise ValueError(f"{type(self.model).__name__}.training_step must return a scalar 'loss'")
+            loss = out["loss"] / self.cfg.accum_steps
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         return out
 
     def _optimizer_step(self) -> float:
@@ -500,6 +542,11 @@ class Trainer:
             )
 
     def _log(self, sums, count, images_seen, t_log, lr, progress) -> dict[str, float]:
+        if self.env.distributed and sums:  # the logged losses are the whole batch's: mean over the ranks
+            keys = sorted(sums)
+            stacked = torch.stack([torch.as_tensor(sums[k], device=self.env.device).float() for k in keys])
+            torch.distributed.all_reduce(stacked)
+            sums = dict(zip(keys, stacked / self.env.world_size, strict=True))
         self._check_finite(sums)  # the one host sync: only every log_every steps
         elapsed = max(time.perf_counter() - t_log, 1e-9)
         values = {k: float(v) / max(count, 1) for k, v in sums.items()}

@@ -7,11 +7,30 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sends each process the gradient of its own rows, summed over
+    every process's loss (the all-reduce of the incoming gradients, then this rank's slice). Written here
+    because torch's ``torch.distributed.nn.functional.all_gather`` is deprecated and its replacement is
+    private API."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)  # reduced in place: our own copy
+        dist.all_reduce(grad)
+        n = grad.shape[0] // dist.get_world_size()
+        rank = dist.get_rank()
+        return grad[rank * n : (rank + 1) * n]
+
+
 def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every process along dim 0, keeping the graph (gradients flow back)."""
-    from torch.distributed.nn.functional import all_gather  # imported here: needs a distributed build
-
-    return torch.cat(all_gather(x), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.2, gather: bool = True) -> torch.Tensor:

@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from mimkit import rng
 from mimkit.masking.random_tokens import check_ratio
 from mimkit.models.layers import to_2tuple
 
@@ -86,7 +87,7 @@ class BlockMaskGenerator:
             ``[N, gh, gw]`` float mask on the token grid, 1 = masked; flatten to ``[N, L]`` for the encoder.
         """
         ch, cw = self.cell_grid
-        noise = torch.rand(batch_size, ch * cw, device=device, generator=generator)  # [N, cells]
+        noise = rng.rand(batch_size, ch * cw, device=device, generator=generator)  # [N, cells], per sample
         masked_ids = torch.argsort(noise, dim=1)[:, : self.num_masked_cells]
         cells = torch.zeros(batch_size, ch * cw, device=noise.device)
         cells.scatter_(1, masked_ids, 1.0)

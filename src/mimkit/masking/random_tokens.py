@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 import torch
 
+from mimkit import rng
+
 
 class TokenMask(NamedTuple):
     """``ids_keep`` [N, K]: kept tokens; ``ids_restore`` [N, L]: undoes the shuffle;
@@ -39,7 +41,7 @@ def random_token_mask(
     """
     check_ratio(mask_ratio)
     if noise is None:
-        noise = torch.rand(batch_size, num_tokens, device=device)
+        noise = rng.rand(batch_size, num_tokens, device=device)  # per sample inside the trainer
     elif tuple(noise.shape) != (batch_size, num_tokens):
         raise ValueError(f"noise must have shape {(batch_size, num_tokens)}, got {tuple(noise.shape)}")
     len_keep = int(num_tokens * (1 - mask_ratio))
