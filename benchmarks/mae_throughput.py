@@ -17,6 +17,9 @@ the median of all its timed steps.
     python benchmarks/mae_throughput.py --device cuda --shape vit_base_224 --batch 256   # on a GPU
 
 Results, and the machine they were measured on: benchmarks/README.md.
+
+Length: one self-contained script (both sides, both precisions, worker processes and the report), so that
+a reader can rerun and audit it alone; the shared timing code is in _timing.py.
 """
 
 from __future__ import annotations

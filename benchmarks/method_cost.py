@@ -46,6 +46,10 @@ counts the tokens entering the encoders' first block and the step's FLOPs (``Flo
     python benchmarks/method_cost.py --steps 2 --rounds 1 --warmup 1 # smoke test
 
 Results, and the machine they were measured on: benchmarks/README.md.
+
+Length: one self-contained script per question (every method, its FLOPs, the floor and the peer in the
+same rounds), so that a reader can rerun and audit it alone; the shared timing and roofline code is in
+_timing.py and _roofline.py.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from mimkit.data import DataConfig, build_dataset
-from mimkit.data.datasets import apply_clip, channel_percentiles, channel_stats
 from mimkit.data.images import DecodeOptions, decode_image, fit_bands, to_store
 from mimkit.data.readers import ReadError, dicom_window, read_array
+from mimkit.data.stats import apply_clip, channel_percentiles, channel_stats
 
 tifffile = pytest.importorskip("tifffile")
 

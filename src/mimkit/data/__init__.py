@@ -16,11 +16,11 @@ from mimkit.data.datasets import (
     FASHION_MNIST_CLASSES,
     ImageDataset,
     build_dataset,
-    channel_stats,
 )
 from mimkit.data.idx import load_idx, read_idx
 from mimkit.data.images import IMAGE_EXTENSIONS, UnreadableImageError, decode_image
 from mimkit.data.loader import BatchLoader, build_loader
+from mimkit.data.stats import channel_stats
 from mimkit.data.transforms import (
     EvalTransform,
     PretrainAugment,

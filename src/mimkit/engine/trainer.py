@@ -12,6 +12,10 @@ quarter of a shortened schedule), so the run ends with its lr schedule complete 
 middle. The budget is training time: the callbacks' evaluations at epoch ends do not count. The plan and the
 time spent are stored in the checkpoint, so a resumed run keeps the same schedule; the loop also stops (and
 checkpoints) when the budget is spent, should the machine have slowed down.
+
+Length: one class on purpose. The step, accumulation, precision, budget, checkpoint and resume, DDP and
+logging share the run's state (step, epoch, images consumed, plan); the budget (``_Budget``), preemption
+(:mod:`mimkit.engine.runctl`) and precision choice live outside it.
 """
 
 from __future__ import annotations

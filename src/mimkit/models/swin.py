@@ -37,6 +37,9 @@ Small-image sizes (28x28 grey images such as Fashion-MNIST):
 - ``swin_tiny_patch2_window7_28``: native 28x28. 7 is prime, so the only windows that tile 28 / patch 2 =
   14 without padding are 7 and 14; window 7 gives 2x2 shifted windows in the first stage, then 7x7 is one
   window and cannot be merged again (7 is odd), so this variant has two stages and ``out_stride`` 4.
+
+Length: one file for the whole encoder (windows, relative position bias, shifted-window mask, merging,
+masked forward), as timm and the SimMIM release keep it; its parts only make sense together.
 """
 
 from __future__ import annotations
