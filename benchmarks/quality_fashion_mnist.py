@@ -27,7 +27,8 @@ How the budget is spent:
   (warm-up 5% of each schedule). The calibration, not the trainer's ``max_minutes``, sets these epochs so
   that the pretrained and random-init runs of a fraction get the same schedule step for step (each run
   fitting its own budget would not). ``--fractions`` picks the label fractions; runs go fraction by
-  fraction, pretrained then random init. The peer is fine-tuned only with ``--finetune-peer`` (it doubles the time).
+  fraction, pretrained then random init. The peer is fine-tuned only with ``--finetune-peer`` (it doubles
+  the time).
 - kNN and the linear probe use cached features (one extraction pass per encoder, split and pooling).
 
 ``--subset-fraction F`` replaces the training set, before anything else, by a per-class subset

@@ -55,3 +55,22 @@ def test_rand_is_keyed_inside_use_only():
     expected = torch.rand(3, 4)
     torch.manual_seed(7)
     assert torch.equal(rng.rand(3, 4), expected)
+
+
+def test_randn_rows_come_from_their_samples_keys():
+    keys = rng.sample_keys(2, 1, torch.arange(2000))
+    with rng.use(keys):
+        z = rng.randn(2000, 50)
+        again = rng.randn(2000, 50)  # the next call: another stream
+    assert torch.isfinite(z).all() and not torch.equal(z, again)
+    assert abs(z.mean().item()) < 0.01 and abs(z.std().item() - 1) < 0.01
+    # the fourth moment of a standard normal is 3 (a uniform or a bad transform is far from it)
+    assert abs(z.pow(4).mean().item() - 3) < 0.1
+    # rows are not correlated with the next sample's row
+    assert abs(torch.corrcoef(torch.stack([z[:-1].flatten(), z[1:].flatten()]))[0, 1].item()) < 0.01
+    with rng.use(keys[5:7]):
+        assert torch.equal(rng.randn(2, 50), z[5:7])  # a sample's noise does not depend on its batch
+    torch.manual_seed(3)
+    expected = torch.randn(4, 2)
+    torch.manual_seed(3)
+    assert torch.equal(rng.randn(4, 2), expected)  # outside use: torch.randn

@@ -6,7 +6,7 @@ draws every row ``n`` of a ``[N, ...]`` tensor from a counter-based hash of samp
 position in the micro-step (the k-th draw of the step) and the element's position, instead of from the
 global RNG. A sample then gets the same masks and crops whether it sits in a batch of 256 on one process
 or of 128 on each of two, and a resumed run draws what the uninterrupted one would have. Outside
-:func:`use` (evaluation, pictures, tests), :func:`rand` is ``torch.rand``.
+:func:`use` (evaluation, pictures, tests), :func:`rand` is ``torch.rand`` and :func:`randn` ``torch.randn``.
 
 The keys travel in a context variable rather than as arguments: the masks and crops are drawn deep inside
 methods and transforms that must not know about the trainer, and the context is the one seam that keeps
@@ -105,6 +105,24 @@ def rand(
     device = torch.device(device) if device is not None else torch.device("cpu")
     stream, draws.calls = draws.calls, draws.calls + 1
     return keyed_uniform(draws.keys_on(device), shape[1:], stream)
+
+
+def randn(
+    *shape: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``torch.randn(*shape)``; inside :func:`use`, row ``n`` comes from a generator seeded with sample
+    ``n``'s key and the call's stream (large draws such as a noise image: one generator per sample is ~20x
+    cheaper than hashing every element, and as independent of the batch)."""
+    draws = _current.get()
+    if draws is None or generator is not None or not shape or shape[0] != len(draws.keys):
+        return torch.randn(*shape, device=device, generator=generator)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    stream, draws.calls = draws.calls, draws.calls + 1
+    seeds = mix(draws.keys ^ mix(torch.tensor([stream], dtype=torch.int64)))
+    out = torch.empty(shape, device=device)
+    for row, seed in zip(out, seeds.tolist(), strict=True):
+        row.normal_(generator=torch.Generator(device).manual_seed(seed & _MASK64))
+    return out
 
 
 def active() -> bool:

@@ -2,7 +2,8 @@
 on the combined batch (per-sample randomness keyed by seed, epoch and sample index: mimkit.rng).
 
 Tolerances (fp32): every logged loss within 1e-5 relative (the 2-process loss is the mean of the ranks'
-halves, all-reduced at the log step; without keyed randomness the losses differ by ~5%), and every weight
+halves, all-reduced at the log step; without keyed randomness the losses differ by ~5%, SiT's without
+synchronised batch norms by ~1%), and every weight
 within 5e-4 after 8 AdamW steps at lr 6.3e-4 (the sum over 16 images vs two sums over 8 is rounded
 differently, and Adam's first steps amplify that on gradients near zero to a fraction of the lr; other
 masks and crops move weights by ~4e-3).
@@ -70,27 +71,41 @@ def losses(run: Path) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
-@pytest.mark.parametrize("recipe", ["mae", "simmim"])
+# SiT's equality holds with its 'noise' fill (keyed per image) and its views made outside (augment off):
+# the 'replace' fill pastes from another image of the process's batch, and kornia draws the views from the
+# global random stream. Its batch norms are synchronised across processes.
+EQUAL = {"mae": [], "simmim": [], "sit": ["method.fill=[noise]", "method.augment=false"]}
+
+
+def _bias_before_batch_norm(name: str) -> bool:
+    """A Linear bias feeding a BatchNorm (SiT's projector layers 0 and 3) or the running mean it shifts: its
+    gradient is zero in theory, so Adam turns rounding noise into steps of about the lr, on 1 process as
+    on 2; nothing downstream sees it (the BatchNorm subtracts it)."""
+    return "projector.layers." in name and (name.endswith((".0.bias", ".3.bias")) or "running_mean" in name)
+
+
+@pytest.mark.parametrize("recipe", list(EQUAL))
 def test_two_processes_train_the_same_model_as_one_on_the_combined_batch(tmp_path, recipe):
-    pretrain(recipe, tmp_path / "one", 1, 16)
-    two = pretrain(recipe, tmp_path / "two", 2, 8)
+    pretrain(recipe, tmp_path / "one", 1, 16, *EQUAL[recipe])
+    two = pretrain(recipe, tmp_path / "two", 2, 8, *EQUAL[recipe])
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(a) == len(b) == 8  # 64 images, 16 per step, 2 epochs
     assert all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(a, b, strict=True)), (a, b)
     wa = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["model"]
     wb = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
-    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 5e-4
+    compared = [k for k in wa if not _bias_before_batch_norm(k)]
+    assert max(float((wa[k].float() - wb[k].float()).abs().max()) for k in compared) < 5e-4
     # one process speaks and writes; no DDP warning
     assert two.stdout.count("run directory:") == 1
     assert "Warning" not in two.stderr, two.stderr[-2000:]
 
 
-def test_sit_runs_under_ddp_without_warnings(tmp_path):
-    """SiT trains under torchrun with its negatives gathered from both processes and no DDP warning (its
-    equality with one process is not claimed: GMML's 'replace' fill pairs images within a process's batch
-    and its views come from kornia's global random stream)."""
+def test_sit_runs_under_ddp_with_its_recipe_and_without_warnings(tmp_path):
+    """SiT's own recipe (views made by kornia, 'noise' and 'replace' fills) under torchrun: its batch norms
+    synchronised, its negatives gathered from both processes, no DDP warning."""
     done = pretrain("sit", tmp_path / "two", 2, 8)
     assert len(losses(tmp_path / "two")) == 8
+    assert "4 batch-norm layer(s) synchronised across 2 processes" in done.stderr
     assert "Warning" not in done.stderr, done.stderr[-2000:]
 
 

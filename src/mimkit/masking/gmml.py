@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
+from mimkit import rng
+
 FILLS = ("zeros", "noise", "replace")
 # Largest target area per fill (docs/methods.md: up to ~70% for noise / zeros, ~30% for replacement).
 DEFAULT_MAX_RATIO = {"zeros": 0.7, "noise": 0.7, "replace": 0.3}
@@ -111,7 +113,7 @@ def gmml_mask(
     rand_device = generator.device if generator is not None else device
 
     def uniform(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=generator, device=rand_device).to(device)
+        return rng.rand(*shape, generator=generator, device=rand_device).to(device)
 
     # All draws at once, so a CPU generator means a few copies, not one per rectangle.
     target = uniform(n) * ratio  # [N]
@@ -205,7 +207,7 @@ def gmml_corrupt(
         if f == "zeros":
             source = torch.zeros_like(images)
         elif f == "noise":
-            noise = torch.randn(images.shape, generator=generator, device=rand_device, dtype=torch.float32)
+            noise = rng.randn(*images.shape, generator=generator, device=rand_device)
             source = (noise.to(device) * noise_std).to(images.dtype)
         else:  # replace: roll the clean batch by s in 1..N-1
             shift = torch.randint(1, n, (1,), generator=generator, device=rand_device).to(device)
