@@ -56,6 +56,8 @@ def test_unknown_key_is_named_with_suggestion():
 def test_bad_values_named():
     with pytest.raises(ValueError, match="train.precision must be one of auto, bf16, fp16, fp32, got 'fp8'"):
         load_config(None, ["train.precision=fp8"])
+    with pytest.raises(ValueError, match="train.strategy must be one of ddp, fsdp, got 'zero3'"):
+        load_config(None, ["train.strategy=zero3"])
     for bad in ("0", "-1", "abc", "true"):  # a budget must be a positive number: one line naming the key
         with pytest.raises(ValueError, match="train.max_minutes.? must be a number"):
             load_config(None, [f"train.max_minutes={bad}"])

@@ -40,6 +40,9 @@ def read_yaml(text: Any) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
+STRATEGIES = ("ddp", "fsdp")  # train.strategy under torchrun (mimkit.engine.dist.wrap)
+
+
 @dataclass
 class TrainConfig:
     """Optimisation and bookkeeping of one training run (shared by pretraining and fine-tuning)."""
@@ -57,6 +60,8 @@ class TrainConfig:
     # auto: bf16 where native, fp16 + gradient scaler on GPUs without bf16, fp32 otherwise (engine.precision)
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     compile: bool = False  # torch.compile the training step (inductor; on the CPU it needs a C++ compiler)
+    # under torchrun: ddp (replicated model) or fsdp (parameters, gradients, optimizer state sharded: FSDP2)
+    strategy: str = "ddp"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_every: int = 20  # optimizer steps between logged metrics (the only host syncs)
@@ -76,6 +81,8 @@ class TrainConfig:
         for name in ("compile", "resume", "progress", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"train.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"

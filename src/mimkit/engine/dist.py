@@ -183,17 +183,32 @@ def sync_batch_norms(module: nn.Module, device: torch.device) -> tuple[nn.Module
     return convert(module), count
 
 
-def wrap(module: nn.Module, env: DistEnv) -> nn.Module:
-    """DistributedDataParallel when there are several processes, the module itself otherwise.
+def wrap(module: nn.Module, env: DistEnv, strategy: str = "ddp") -> nn.Module:
+    """The module for several processes: DistributedDataParallel (``ddp``) or FSDP2 sharding (``fsdp``,
+    :mod:`mimkit.engine.fsdp`); the module itself in one process.
 
     Batch norms are synchronised across processes first (:func:`sync_batch_norms`), as SiT's reference
     does, so that their statistics are those of the global batch.
     """
     if not env.distributed:
+        if strategy == "fsdp":
+            logger.info("train.strategy=fsdp in one process: nothing to shard, the model is trained whole")
         return module
     module, synced = sync_batch_norms(module, env.device)
     if synced and env.is_main:
         logger.info("%d batch-norm layer(s) synchronised across %d processes", synced, env.world_size)
+    if strategy == "fsdp":
+        from mimkit.engine import fsdp
+
+        module, blocks = fsdp.shard(module)
+        if env.is_main:
+            logger.info(
+                "FSDP2: parameters, gradients and optimizer state sharded across %d processes (%d blocks "
+                "gathered one at a time)",
+                env.world_size,
+                blocks,
+            )
+        return module
     match_grad_layout(module)
     ids = [env.device.index] if env.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)

@@ -143,14 +143,16 @@ def compile_step(fn: Callable, device: torch.device) -> Callable:
 
 
 class _Step(nn.Module):
-    """Routes ``forward`` to ``training_step`` so a DistributedDataParallel wrapper sees the call."""
+    """Routes ``forward`` to ``training_step`` so a DDP or FSDP wrapper sees the call; only the scalar
+    losses leave it (what the trainer uses; pictures' tensors would be views FSDP warns about)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.model.training_step(batch)
+        out = self.model.training_step(batch)
+        return {k: v for k, v in out.items() if k.startswith("loss") and v.ndim == 0}
 
 
 class Trainer:
@@ -199,7 +201,14 @@ class Trainer:
         self.scaler = grad_scaler(self.precision, self.env.device.type)
         self.run_dir = Path(run_dir)
         self.model = model.to(self.env.device)
-        self.step_module = dist.wrap(_Step(self.model), self.env)
+        self.step_module = dist.wrap(_Step(self.model), self.env, cfg.strategy)
+        self.sharded = cfg.strategy == "fsdp" and self.env.distributed
+        if self.sharded and self.scaler is not None:
+            raise ValueError(
+                "train.strategy=fsdp with fp16 loss scaling (a GPU without bf16) is not supported: the "
+                "overflow check would see each process's shard alone; use train.strategy=ddp, or "
+                "train.precision=fp32"
+            )
         if cfg.compile:
             # The wrapper is compiled, not the model: checkpoints keep the model's own parameter names.
             self.step_module = compile_step(self.step_module, self.env.device)
@@ -236,9 +245,16 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
+        """The run's state; under FSDP a collective (every process calls it, rank 0 gets the tensors)."""
+        if self.sharded:
+            from mimkit.engine import fsdp
+
+            model, optimizer = fsdp.full_state(self.model, self.optimizer)
+        else:
+            model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model,
+            "optimizer": optimizer,
             "step": self.step,
             "epoch": self.epoch,
             "micro_in_epoch": self.micro_in_epoch,
@@ -256,8 +272,10 @@ class Trainer:
         }
 
     def save(self) -> Path | None:
-        """Write ``last.pt`` atomically (main process only)."""
+        """Write ``last.pt`` atomically (main process only; under FSDP every process gathers)."""
         if not self.env.is_main:
+            if self.sharded:
+                self.state_dict()
             return None
         return ckpt.save_atomic(self.state_dict(), self.run_dir / ckpt.LAST)
 
@@ -272,8 +290,13 @@ class Trainer:
                 "another output_dir, or train.resume=false"
             )
         self._check_identity(state, path)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            from mimkit.engine import fsdp
+
+            fsdp.load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.micro_in_epoch = state["step"], state["epoch"], state["micro_in_epoch"]
         if "images_in_epoch" in state:
             self.micro_in_epoch = self._micro_from_images(state, path)
@@ -501,11 +524,13 @@ class Trainer:
         self, images: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor | None = None, sync: bool = True
     ) -> dict[str, torch.Tensor]:
         """Forward and backward of one micro-batch; ``keys`` key its random draws per sample; without
-        ``sync`` (an accumulation step before the last) DDP keeps the gradients local."""
+        ``sync`` (an accumulation step before the last) DDP and FSDP keep the gradients local."""
         device = self.env.device
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        no_sync = getattr(self.step_module, "no_sync", None)
+        no_sync = getattr(self.step_module, "no_sync", None)  # DDP
+        if self.sharded:
+            self.step_module.set_requires_gradient_sync(sync)  # FSDP: reduce-scatter on the last only
         with rng.use(keys), no_sync() if no_sync is not None and not sync else contextlib.nullcontext():
             if self.batch_transform is not None:
                 with torch.no_grad():
