@@ -131,9 +131,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--encoder", dest="encoder_name", help="encoder name, for a plain encoder file")
 
+    p = sub.add_parser("shards", help="pack a folder of images into tar shards (data.source: shards)")
+    shard_sub = p.add_subparsers(dest="shards_command", required=True)
+    p = shard_sub.add_parser("make", help="pack SRC_DIR into OUT_DIR/shard-*.tar (WebDataset layout)")
+    p.add_argument("src", metavar="SRC_DIR", help="a folder of images (class sub-folders or not)")
+    p.add_argument("out", metavar="OUT_DIR")
+    p.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
+    p.add_argument(
+        "--labeled", default="auto", type=_labeled_arg, help="auto (default: class sub-folders), true, false"
+    )
+    p.add_argument("--seed", type=int, default=0, help="the packing order's shuffle (default 0)")
+    p.add_argument("--force", action="store_true", help="write into an OUT_DIR that is not empty")
+
     add_embed_parser(sub)
     add_eval_parsers(sub)
     return parser
+
+
+def _labeled_arg(value: str) -> str | bool:
+    if value not in ("auto", "true", "false"):
+        raise argparse.ArgumentTypeError(f"must be auto, true or false, not {value!r}")
+    return value if value == "auto" else value == "true"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
             code = run_eval(args)
         elif args.command == "embed":
             code = run_embed(args)
+        elif args.command == "shards":
+            from mimkit.data.shards import pack_shards
+
+            index = pack_shards(args.src, args.out, args.shard_size, args.labeled, args.seed, args.force)
+            skipped = f", {len(index['skipped'])} unreadable skipped" if index["skipped"] else ""
+            print(f"wrote {len(index['shards'])} shard(s) of {index['images']} images{skipped} to {args.out}")
         elif args.command == "export":
             print(f"wrote {run_export(args.checkpoint, args.out, args.encoder_name)}")
         clean = True

@@ -15,6 +15,7 @@ from typing import Any
 import torch.nn as nn
 
 from mimkit.data import build_augment, build_dataset, build_loader
+from mimkit.data.shards import ShardLoader, ShardSet
 from mimkit.engine import dist
 from mimkit.engine.checkpoint import last_checkpoint, seed_everything
 from mimkit.engine.config import PretrainConfig, _build, named_options, save_config, to_dict
@@ -82,16 +83,28 @@ def build_trainer(
         callbacks: ``on_epoch_end(epoch, model)`` objects, e.g. online kNN; their time is not training time.
     """
     env = dist.setup(cfg.train.device)
-    loader = build_loader(
-        dataset,
-        cfg.train.batch_size,
-        shuffle=True,
-        drop_last=True,
-        seed=cfg.train.seed,
-        num_workers=cfg.data.num_workers,
-        rank=env.rank,
-        world_size=env.world_size,
-    )
+    if isinstance(dataset, ShardSet):
+        loader = ShardLoader(
+            dataset,
+            cfg.train.batch_size,
+            seed=cfg.train.seed,
+            rank=env.rank,
+            world_size=env.world_size,
+            num_workers=cfg.data.num_workers,
+            buffer=cfg.data.shuffle_buffer,
+            pin_memory=env.device.type == "cuda",
+        )
+    else:
+        loader = build_loader(
+            dataset,
+            cfg.train.batch_size,
+            shuffle=True,
+            drop_last=True,
+            seed=cfg.train.seed,
+            num_workers=cfg.data.num_workers,
+            rank=env.rank,
+            world_size=env.world_size,
+        )
     if config is None:
         config = {**to_dict(cfg), "data_stats": data_stats(dataset)}
     return Trainer(
@@ -119,6 +132,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
         )
     method = build_method(cfg, dataset)
     callbacks = []
+    if cfg.online_knn.every and cfg.data.source == "shards":
+        raise ValueError(
+            "online_knn needs a labeled test split, which shards do not hold; set online_knn.every=0"
+        )
     if cfg.online_knn.every:
         from mimkit.eval.online_knn import OnlineKNN
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-SOURCES = ("fashion_mnist", "mnist", "idx", "folder")
+SOURCES = ("fashion_mnist", "mnist", "idx", "folder", "shards")
 NORMALIZE_NAMES = ("dataset", "imagenet", "none")
 AUGMENT_PRESETS = ("mae", "simmim", "none")
 RESIZE_MODES = ("center_crop", "stretch")
@@ -53,7 +53,8 @@ class DataConfig:
     Attributes:
         source: ``"fashion_mnist"`` / ``"mnist"`` (IDX files with those class names), ``"idx"`` (any IDX
             files: ``train-images-idx3-ubyte[.gz]``, ``t10k-...``; labels optional) or ``"folder"``
-            (image files: class sub-folders, or flat / nested without labels).
+            (image files: class sub-folders, or flat / nested without labels) or ``"shards"`` (tar shards
+            made by ``mimkit shards make``, streamed: :mod:`mimkit.data.shards`; pretraining only).
         root: directory holding the IDX files or the images. Folders: the train split is ``root/train``
             if it exists, else ``root``; the test split is ``root/test`` or ``root/val``.
         img_size: ``H = W`` or ``[H, W]`` the images are stored at. ``None``: 28x28 for IDX, the size of
@@ -80,7 +81,9 @@ class DataConfig:
         crop_ratio: ``[a, b]`` overriding the preset's aspect-ratio range (default 3/4-4/3).
         hflip: random horizontal flips (p = 0.5) in the ``mae`` / ``simmim`` presets.
         limit: use only the first ``limit`` images of each split (sorted file order for folders).
-        num_workers: loader worker processes for folders decoded on the fly (in-memory data needs none).
+        num_workers: loader worker processes for folders decoded on the fly and shards (in-memory data
+            needs none).
+        shuffle_buffer: shards only: images each loader worker holds to shuffle the stream.
         in_memory: folders only: decode every image once into one uint8 tensor (fast batches, corrupt
             files found up front). ``"auto"``: when the decoded split fits in ``memory_limit_mb``.
         memory_limit_mb: the size under which ``in_memory="auto"`` decodes a folder up front.
@@ -103,6 +106,7 @@ class DataConfig:
     hflip: bool = True
     limit: int | None = None
     num_workers: int = 0
+    shuffle_buffer: int = 1000
     in_memory: str | bool = "auto"
     memory_limit_mb: int = 2048
     resize_mode: str = "center_crop"
@@ -129,6 +133,8 @@ class DataConfig:
         if not (self.labeled == "auto" or isinstance(self.labeled, bool)):
             raise ValueError(f"data.labeled must be 'auto', true or false, got {self.labeled!r}")
         self._check_normalize()
+        if not _is_int(self.shuffle_buffer) or self.shuffle_buffer < 1:
+            raise ValueError(f"data.shuffle_buffer must be a positive int, got {self.shuffle_buffer!r}")
         if self.augment not in AUGMENT_PRESETS:
             raise ValueError(
                 f"data.augment must be one of {', '.join(AUGMENT_PRESETS)}; got {self.augment!r}"

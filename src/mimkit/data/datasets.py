@@ -173,10 +173,11 @@ def build_dataset(
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     if cfg.source == "folder":
         return _build_folder(cfg, split, train_dataset)
+    if cfg.source == "shards":
+        from mimkit.data.shards import build_shards  # shards read folders' helpers from here
+
+        return build_shards(cfg, split)
     return _build_idx(cfg, split, train_dataset)
-
-
-# ----------------------------------------------------------------------------- statistics
 
 
 # ----------------------------------------------------------------------------- IDX
@@ -281,7 +282,7 @@ def _no_images(folder: Path) -> ValueError:
     return ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}")
 
 
-def _scan_folder(
+def scan_folder(
     folder: Path, labeled: str | bool, exclude: tuple[str, ...] = (), classes: list[str] | None = None
 ) -> tuple[list[Path], list[int], list[str]]:
     """The image files of one split, their labels (-1 if unlabeled) and the class names.
@@ -405,7 +406,7 @@ def _build_folder(cfg: DataConfig, split: str, train: ImageDataset | None) -> Im
     if train is not None:
         classes, channels, size, options = train.classes, train.channels, train.img_size, train.decode
     else:
-        train_files, train_labels, classes = _scan_folder(train_dir, cfg.labeled, exclude)
+        train_files, train_labels, classes = scan_folder(train_dir, cfg.labeled, exclude)
         if cfg.limit is not None:
             train_files, train_labels = train_files[: cfg.limit], train_labels[: cfg.limit]
         window = tuple(cfg.window) if isinstance(cfg.window, list) else cfg.window
@@ -427,7 +428,7 @@ def _build_folder(cfg: DataConfig, split: str, train: ImageDataset | None) -> Im
     if split == "train" and train is None:
         files, labels = train_files, train_labels
     else:
-        files, labels, _ = _scan_folder(folder, cfg.labeled, exclude if split == "train" else (), classes)
+        files, labels, _ = scan_folder(folder, cfg.labeled, exclude if split == "train" else (), classes)
     if cfg.limit is not None:
         files, labels = files[: cfg.limit], labels[: cfg.limit]
 

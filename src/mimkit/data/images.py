@@ -9,7 +9,9 @@ stored in its first readable image's kind; others are converted keeping the unit
 
 from __future__ import annotations
 
+import io
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,7 +285,41 @@ def decode_image(
         raise UnreadableImageError(path, reason) from None
 
 
-def _decode_pillow(path: Path, channels: int, size: tuple[int, int], resize_mode: str) -> torch.Tensor:
+def decode_bytes(
+    data: bytes,
+    name: str,
+    channels: int,
+    size: tuple[int, int],
+    resize_mode: str = "center_crop",
+    options: DecodeOptions | None = None,
+) -> torch.Tensor:
+    """:func:`decode_image` for a file's bytes (a member of a tar shard) named ``name``.
+
+    8-bit Pillow formats decode from memory; the others (TIFF, NumPy, DICOM, 16-bit PNG: readers that
+    take a path) go through a temporary file.
+    """
+    options = options or DecodeOptions()
+    fake = Path(name)
+    deep_png = len(data) > 25 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[24] == 16 and data[25] in (2, 6)
+    fast = options.dtype == torch.uint8 and options.bands is None and channels in (1, 3, 4)
+    if fast and not needs_array_reader(fake) and not deep_png:
+        try:
+            return _decode_pillow(io.BytesIO(data), channels, size, resize_mode)
+        except Exception as err:  # noqa: BLE001 - any decoder failure means "unreadable", never fatal
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UnreadableImageError(fake, reason) from None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, fake.name)
+        path.write_bytes(data)
+        try:
+            return decode_image(path, channels, size, resize_mode, options)
+        except UnreadableImageError as err:
+            raise UnreadableImageError(fake, err.reason) from None
+
+
+def _decode_pillow(
+    path: Path | io.BytesIO, channels: int, size: tuple[int, int], resize_mode: str
+) -> torch.Tensor:
     """8-bit files to uint8 through Pillow (its bicubic resize with a fractional centre box)."""
     out_h, out_w = size
     with Image.open(path) as img:

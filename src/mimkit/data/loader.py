@@ -49,7 +49,32 @@ def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor, list[tuple
     return images, labels, failures, indices
 
 
-class BatchLoader:
+class EpochCursor:
+    """Where a resumable loader stands: the epoch it serves and the batch its next pass starts at."""
+
+    epoch = 0
+    _start_batch = 0
+
+    def __len__(self) -> int:  # batches per epoch
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of ``epoch`` (call before iterating, every epoch)."""
+        self.epoch = int(epoch)
+
+    def set_start_batch(self, batch: int) -> None:
+        """Make the next iteration skip the first ``batch`` batches of the epoch (a mid-epoch resume)."""
+        if not 0 <= batch <= len(self):
+            raise ValueError(f"start batch must be in [0, {len(self)}] (batches per epoch), got {batch!r}")
+        self._start_batch = int(batch)
+
+    def _take_start(self) -> int:
+        """The start batch of this pass; the next pass starts at 0 unless set again."""
+        start, self._start_batch = self._start_batch, 0
+        return start
+
+
+class BatchLoader(EpochCursor):
     """Iterable of ``(images uint8 [N, C, H, W], labels int64 [N])`` for one rank.
 
     Args:
@@ -125,16 +150,6 @@ class BatchLoader:
         per_rank = self.samples_per_rank
         return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the order of ``epoch`` (call before iterating, every epoch)."""
-        self.epoch = int(epoch)
-
-    def set_start_batch(self, batch: int) -> None:
-        """Make the next iteration skip the first ``batch`` batches of the epoch (a mid-epoch resume)."""
-        if not 0 <= batch <= len(self):
-            raise ValueError(f"start batch must be in [0, {len(self)}] (batches per epoch), got {batch!r}")
-        self._start_batch = int(batch)
-
     def indices(self) -> torch.Tensor:
         """This rank's sample indices for the current epoch, in order: int64 ``[samples_per_rank]``."""
         n = len(self.dataset)
@@ -154,8 +169,7 @@ class BatchLoader:
         return [mine[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        start, self._start_batch = self._start_batch, 0
-        batches = self.batches()[start:]
+        batches = self.batches()[self._take_start() :]
         images = getattr(self.dataset, "images", None)
         if isinstance(images, torch.Tensor):
             labels = self.dataset.labels

@@ -182,6 +182,13 @@ def eval_data_config(
 ) -> DataConfig:
     """A run's data for evaluation: same source and size, no augmentation, the run's normalisation."""
     changes: dict[str, Any] = {"augment": "none", "limit": None, "crop_scale": None, "crop_ratio": None}
+    if not source and cfg_data.source == "shards":  # pretraining images only: evaluate on a folder
+        if not root:
+            raise ValueError(
+                "this run pretrained on shards, which hold no evaluation split: give a folder of images "
+                "with --data-root"
+            )
+        source = "folder"
     if source:
         changes["source"] = source
     if root:

@@ -1,0 +1,486 @@
+"""Tar shards in the WebDataset layout, for image sets of too many files to read one by one.
+
+``mimkit shards make SRC OUT`` packs a folder (class sub-folders or not, as ``data.source: folder`` reads
+it) into ``OUT/shard-000000.tar``, ... of ``--shard-size`` images each: every image is a member
+``{key}.{ext}`` holding the file's own bytes (no re-encoding), with ``{key}.cls`` (the class index as text)
+when the folder is labeled, keys being the images' positions in a seeded shuffle of the folder, so that
+every shard mixes the classes. ``OUT/shards.json`` lists the shards, their image counts, the classes, the
+first image's size, bands and dtype, and the files that could not be decoded (checked while packing:
+skipped and counted, as a folder does).
+
+``data.source: shards`` with ``data.root: OUT`` streams them (:class:`ShardLoader`): every epoch the shards
+are put in an order drawn from ``seed + epoch``; process ``r`` of ``W`` takes shards ``r, r + W, ...``,
+and its loader workers split those the same way; each worker reads its tar files front to back (one
+sequential read per shard, no seeks), passes the members through a shuffle buffer (``data.shuffle_buffer``
+images, seeded by seed, epoch, process and worker), decodes them and hands over whole batches. Every
+process yields the same number of batches per epoch, ``(images // W) // batch_size`` as for a folder: a
+worker whose shards run short (uneven shard sizes, an unreadable shard) starts its list again. A run
+resumed mid-epoch replays each worker's stream without decoding the batches already trained on, so it
+continues exactly, on the same number of processes and workers (on others it continues at the same count
+of images, from another order).
+
+Written with the standard ``tarfile`` module rather than the ``webdataset`` library: the layout is the
+same (webdataset reads these shards), and the order, rank / worker split, quotas and mid-epoch resume
+that the trainer needs are the part that matters here, which webdataset's pipeline would have to be
+bent into; ``tarfile`` adds no dependency.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import random
+import tarfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from mimkit.data.config import DataConfig, size_pair
+from mimkit.data.datasets import scan_folder, warn_skipped
+from mimkit.data.images import (
+    DecodeOptions,
+    ImageInfo,
+    UnreadableImageError,
+    decode_bytes,
+    decode_image,
+    image_info,
+)
+from mimkit.data.loader import EpochCursor
+from mimkit.data.stats import STATS_SAMPLE, apply_clip, channel_stats, normalization, resolve_clip
+
+logger = logging.getLogger(__name__)
+
+INDEX = "shards.json"
+FORMAT = "mimkit-shards/1"
+_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16, "float32": torch.float32}
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def _readable(path: Path) -> ImageInfo | str:
+    """The file's image info if it decodes (at a small size: JPEG decodes a fraction), else why not."""
+    try:
+        info = image_info(path)
+        decode_image(path, info.channels, (8, 8), "stretch", DecodeOptions(dtype=info.dtype))
+        return info
+    except Exception as err:  # noqa: BLE001 - any failure means "unreadable": skipped and counted
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    member = tarfile.TarInfo(name)
+    member.size = len(data)
+    member.mode = 0o644
+    tar.addfile(member, fileobj=_Bytes(data))
+
+
+class _Bytes:
+    """A read-only file object over bytes (what ``TarFile.addfile`` reads from)."""
+
+    def __init__(self, data: bytes):
+        self.data, self.at = data, 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.data) if n < 0 else self.at + n
+        out, self.at = self.data[self.at : end], min(end, len(self.data))
+        return out
+
+
+def pack_shards(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    shard_size: int = 1000,
+    labeled: str | bool = "auto",
+    seed: int = 0,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Pack the images of folder ``src`` into tar shards in ``out``; returns the index written there.
+
+    Raises:
+        FileNotFoundError: ``src`` is not a directory.
+        ValueError: ``shard_size`` < 1, ``out`` not empty (without ``force``), no readable image.
+    """
+    src, out = Path(src).expanduser(), Path(out).expanduser()
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src} is not a directory of images")
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"the shard size must be a positive number of images, got {shard_size!r}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ValueError(f"{out} exists and is not an empty directory; choose another or pass --force")
+    files, labels, classes = scan_folder(src, labeled)
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        checked = list(pool.map(_readable, files, chunksize=16))
+    failures = [(str(f), why) for f, why in zip(files, checked, strict=True) if isinstance(why, str)]
+    warn_skipped(failures, str(src), len(files))
+    kept = [
+        (f, y, info) for f, y, info in zip(files, labels, checked, strict=True) if not isinstance(info, str)
+    ]
+    if not kept:
+        raise ValueError(f"none of the {len(files)} image files under {src} could be read")
+    order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed)).tolist()
+    kept = [kept[i] for i in order]
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("shard-*.tar"):  # --force over an earlier packing
+        stale.unlink()
+    shards = []
+    for number, start in enumerate(range(0, len(kept), shard_size)):
+        name = f"shard-{number:06d}.tar"
+        part = kept[start : start + shard_size]
+        tmp = out / f".{name}.tmp"
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            for offset, (path, label, _) in enumerate(part):
+                key = f"{start + offset:09d}"
+                _add(tar, f"{key}{path.suffix.lower() or '.dcm'}", path.read_bytes())
+                if classes:
+                    _add(tar, f"{key}.cls", str(label).encode())
+        os.replace(tmp, out / name)
+        shards.append({"file": name, "count": len(part)})
+    first = kept[0][2]
+    index = {
+        "format": FORMAT,
+        "source": str(src),
+        "images": len(kept),
+        "classes": classes,
+        "shards": shards,
+        "image": {
+            "height": first.height,
+            "width": first.width,
+            "channels": first.channels,
+            "dtype": str(first.dtype).removeprefix("torch."),
+        },
+        "skipped": [path for path, _ in failures],
+        "seed": seed,
+    }
+    tmp = out / f".{INDEX}.tmp"
+    tmp.write_text(json.dumps(index, indent=1) + "\n")
+    os.replace(tmp, out / INDEX)
+    return index
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path
+    count: int
+    first: int  # the global index of its first image
+
+
+def read_shard(shard: Shard) -> Iterator[tuple[int, str, bytes, int]]:
+    """``(global index, member name, bytes, label or -1)`` per image of a shard, front to back.
+
+    Members of one key (``000000042.jpg``, ``000000042.cls``) are grouped as WebDataset does; a shard that
+    breaks off (truncated, corrupt) ends where it breaks, with a warning.
+    """
+    position, key, image, label = 0, None, None, -1
+
+    def done():
+        return (shard.first + position, image[0], image[1], label) if image is not None else None
+
+    try:
+        with tarfile.open(shard.path, "r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                stem, _, ext = member.name.rpartition("/")[2].partition(".")
+                if stem != key:
+                    item = done()
+                    if item is not None:
+                        yield item
+                        position += 1
+                    key, image, label = stem, None, -1
+                data = tar.extractfile(member).read()
+                if ext == "cls":
+                    label = int(data.decode().strip() or -1)
+                elif image is None:
+                    image = (member.name, data)
+        item = done()
+        if item is not None:
+            yield item
+    except (tarfile.TarError, OSError, EOFError, ValueError) as err:
+        logger.warning("shard %s unreadable after %d images (%s): the rest of it skipped", shard.path,
+                       position, str(err).splitlines()[0] if str(err) else type(err).__name__)  # fmt: skip
+
+
+class ShardSet:
+    """The training images of a shard directory: what a dataset tells the rest of mimkit (classes,
+    channels, size, normalisation) and how its members decode; iterated by :class:`ShardLoader`."""
+
+    split = "train"
+
+    def __init__(self, cfg: DataConfig):
+        root = Path(cfg.root).expanduser()
+        index_file = root / INDEX
+        if not index_file.is_file():
+            raise FileNotFoundError(
+                f"{root} has no {INDEX}: make shards with `mimkit shards make SRC_DIR {root}`"
+            )
+        try:
+            index = json.loads(index_file.read_text())
+            if index.get("format") != FORMAT:
+                raise ValueError(f"format {index.get('format')!r}, not {FORMAT!r}")
+            info = index["image"]
+            listed = [(s["file"], int(s["count"])) for s in index["shards"]]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{index_file} is not a mimkit shard index ({err})") from None
+        self.root = str(root)
+        self.classes = list(index.get("classes") or [])
+        self.skipped_files = list(index.get("skipped") or [])
+        self.shards: list[Shard] = []
+        first = 0
+        for name, count in listed:
+            if cfg.limit is not None and first >= cfg.limit:
+                break
+            count = count if cfg.limit is None else min(count, cfg.limit - first)
+            self.shards.append(Shard(root / name, count, first))
+            first += count
+        self.total = first
+        missing = [s.path.name for s in self.shards if not s.path.is_file()]
+        if missing:
+            logger.warning(
+                "%d shard file(s) missing under %s (%s, ...): skipped", len(missing), root, missing[0]
+            )
+            self.shards = [s for s in self.shards if s.path.is_file()]
+            self.total = sum(s.count for s in self.shards)
+        if not self.shards:
+            raise ValueError(f"no shard file listed in {index_file} is there")
+        window = tuple(cfg.window) if isinstance(cfg.window, list) else cfg.window
+        dtype = _DTYPES.get(info.get("dtype"), torch.uint8)
+        native = len(cfg.bands) if cfg.bands else int(info["channels"])
+        self.channels = cfg.channels or native
+        self.img_size = (
+            size_pair(cfg.img_size) if cfg.img_size is not None else (info["height"], info["width"])
+        )
+        self.resize_mode = cfg.resize_mode
+        self.decode = DecodeOptions(tuple(cfg.bands) if cfg.bands else None, dtype, window)
+        self.clip = None
+        sampled: list[torch.Tensor] = []
+
+        def sample() -> torch.Tensor:
+            if not sampled:
+                sampled.append(self._leading_images(min(STATS_SAMPLE, self.total)))
+            return sampled[0]
+
+        self.clip = resolve_clip(cfg, self.channels, sample)
+        self.mean, self.std = normalization(
+            cfg, self.channels, lambda: channel_stats(apply_clip(sample(), self.clip))
+        )
+        logger.info(
+            "shards %s: %d images in %d shards, %d channel(s) of %s at %dx%d, %d classes",
+            root, self.total, len(self.shards), self.channels, str(dtype).removeprefix("torch."),
+            *self.img_size, len(self.classes),
+        )  # fmt: skip
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decode.dtype
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.skipped_files)
+
+    def __len__(self) -> int:
+        return self.total
+
+    def decode_member(self, name: str, data: bytes) -> torch.Tensor:
+        """A member's bytes as a stored image ``[C, H, W]`` (clip applied); UnreadableImageError if not."""
+        image = decode_bytes(data, name, self.channels, self.img_size, self.resize_mode, self.decode)
+        return apply_clip(image, self.clip)
+
+    def _leading_images(self, n: int) -> torch.Tensor:
+        """The first ``n`` readable images in packing order (a seeded shuffle: a fair sample)."""
+        rows = []
+        for _, name, data, _ in itertools.chain.from_iterable(read_shard(s) for s in self.shards):
+            try:
+                rows.append(
+                    decode_bytes(data, name, self.channels, self.img_size, self.resize_mode, self.decode)
+                )
+            except UnreadableImageError:
+                continue
+            if len(rows) == n:
+                break
+        if not rows:
+            raise ValueError(f"no readable image in the shards under {self.root}")
+        return torch.stack(rows)
+
+
+def build_shards(cfg: DataConfig, split: str) -> ShardSet:
+    if split != "train":
+        raise ValueError(
+            "data.source=shards holds the images for pretraining only; evaluate on a folder "
+            "(data.source=folder) or an IDX source"
+        )
+    return ShardSet(cfg)
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+@dataclass(frozen=True)
+class _WorkerPlan:
+    shards: tuple[Shard, ...]
+    batches: int  # batches this worker yields this epoch
+    skip: int  # of which the first ``skip`` are replayed without decoding (a mid-epoch resume)
+
+
+def _shuffled(items: Iterator, size: int, rnd: random.Random) -> Iterator:
+    """A shuffle buffer: fill ``size`` items, then yield a random one and put the next item in its place."""
+    buffer: list = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        j = rnd.randrange(size)
+        yield buffer[j]
+        buffer[j] = item
+    rnd.shuffle(buffer)
+    yield from buffer
+
+
+class _Stream(IterableDataset):
+    """One epoch of one process's batches, each worker producing its plan's batches."""
+
+    def __init__(
+        self,
+        dataset: ShardSet,
+        plans: Sequence[_WorkerPlan],
+        batch_size: int,
+        buffer: int,
+        seed: str,
+        start: int,
+    ):
+        self.dataset, self.plans, self.batch_size, self.buffer, self.seed = (
+            dataset,
+            plans,
+            batch_size,
+            buffer,
+            seed,
+        )
+        self.start = start
+
+    def _members(self, shards: Sequence[Shard], rnd: random.Random) -> Iterator[tuple[int, str, bytes, int]]:
+        """The shards' members through the shuffle buffer, pass after pass over the list (each pass drained
+        before the next: an epoch sees every image of a worker's shards before any twice)."""
+        while True:
+            produced = False
+            for item in _shuffled(itertools.chain.from_iterable(map(read_shard, shards)), self.buffer, rnd):
+                produced = True
+                yield item
+            if not produced:
+                raise ValueError(f"none of the shards {[s.path.name for s in shards]} can be read")
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        worker = get_worker_info()
+        # the loader asks its workers in turn from worker 0, and the epoch continues at batch `start`,
+        # which is plan `start % workers`'s: worker i runs plan (i + start) % workers
+        slot = ((worker.id if worker is not None else 0) + self.start) % len(self.plans)
+        plan = self.plans[slot]
+        rnd = random.Random(f"{self.seed}/{slot}")
+        members = self._members(plan.shards, rnd)
+        for _ in range(plan.skip * self.batch_size):  # replayed, not decoded
+            next(members)
+        for _ in range(plan.batches - plan.skip):
+            images, labels, indices = [], [], []
+            while len(images) < self.batch_size:
+                index, name, data, label = next(members)
+                try:
+                    images.append(self.dataset.decode_member(name, data))
+                except UnreadableImageError as err:
+                    logger.warning("skipped an unreadable image in the shards: %s", err)
+                    continue
+                labels.append(label)
+                indices.append(index)
+            yield torch.stack(images), torch.tensor(labels), torch.tensor(indices)
+
+
+class ShardLoader(EpochCursor):
+    """Batches ``(images [N, C, H, W], labels [N])`` streamed from a :class:`ShardSet` for one process, with
+    the trainer's loader interface (``len``, ``set_epoch``, ``set_start_batch``, ``last_indices``).
+
+    Args:
+        dataset: the shards.
+        batch_size: images per batch on this process.
+        seed: the epochs' shard orders and shuffle buffers are drawn from it.
+        rank, world_size: this process among the processes.
+        num_workers: loader worker processes (0: read and decode in this process).
+        buffer: shuffle-buffer size, in images, per worker.
+        pin_memory: pin the batches (faster copies to a GPU).
+    """
+
+    def __init__(
+        self,
+        dataset: ShardSet,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        buffer: int = 1000,
+        pin_memory: bool = False,
+    ):
+        streams = world_size * max(1, num_workers)
+        if len(dataset.shards) < streams:
+            raise ValueError(
+                f"{len(dataset.shards)} shard(s) for {world_size} process(es) x {max(1, num_workers)} loader "
+                f"worker(s): each stream needs one; pack with a smaller --shard-size or use fewer workers"
+            )
+        self.batches_per_epoch = dataset.total // world_size // batch_size
+        if self.batches_per_epoch < 1:
+            raise ValueError(
+                f"the shards hold {dataset.total} images, fewer than batch_size x processes = "
+                f"{batch_size} x {world_size}"
+            )
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.buffer, self.pin_memory = buffer, pin_memory
+        self.last_indices: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def plans(self, start: int = 0) -> list[_WorkerPlan]:
+        """Each worker's shards, batches and skipped batches for this epoch and process. Batch ``j`` of the
+        epoch comes from worker ``j % workers`` (the quotas differ by at most one, the larger first, so the
+        loader's round robin over the workers is exact)."""
+        order = torch.randperm(
+            len(self.dataset.shards), generator=torch.Generator().manual_seed(self.seed + self.epoch)
+        )
+        mine = [self.dataset.shards[i] for i in order.tolist()[self.rank :: self.world_size]]
+        workers = max(1, self.num_workers)
+        total = len(self)
+        return [
+            _WorkerPlan(
+                tuple(mine[w::workers]),
+                total // workers + (w < total % workers),
+                start // workers + (w < start % workers),
+            )
+            for w in range(workers)
+        ]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        start = self._take_start()
+        seed = f"{self.seed}/{self.epoch}/{self.rank}"
+        stream = _Stream(self.dataset, self.plans(start), self.batch_size, self.buffer, seed, start)
+        if self.num_workers == 0:
+            batches: Any = iter(stream)
+        else:
+            batches = DataLoader(
+                stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                persistent_workers=False,
+            )  # fmt: skip
+        for images, labels, indices in batches:
+            self.last_indices = indices
+            yield images, labels
