@@ -156,8 +156,9 @@ def _labeled_arg(value: str) -> str | bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, the others log warnings only
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.INFO if main_process else logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             run_dir = run_pretrain(args.config, args.overrides)
-            if os.environ.get("RANK", "0") == "0":  # under torchrun, the main process speaks
+            if main_process:
                 print(f"run directory: {run_dir}")
         elif args.command == "reconstruct":
             bands = _bands_arg(args.bands)

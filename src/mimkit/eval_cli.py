@@ -24,6 +24,7 @@ This module is the command line only: argparse parents build the protocols' shar
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from mimkit.data.subsets import DEFAULT_FRACTIONS
@@ -113,6 +114,12 @@ def add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(protocol="embed")
 
 
+def say(*args: object) -> None:
+    """``print`` in the main process only (under torchrun every process runs the command)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(*args)
+
+
 def run_embed(args: argparse.Namespace) -> int:
     """Run ``mimkit embed``; prints where the embeddings went."""
     features = _pick(FeatureOptions, args)
@@ -121,7 +128,7 @@ def run_embed(args: argparse.Namespace) -> int:
         _pick(EncoderChoice, args), args.out, _pick(DataChoice, args), features, args.split, args.workers
     )
     skipped = f", {r['skipped']} unreadable skipped" if r["skipped"] else ""
-    print(
+    say(
         f"wrote {r['rows']} embeddings of dimension {r['dim']} ({features.pool} features) to {r['path']} "
         f"and their index to {r['index']} in {r['seconds']:.1f} s{skipped}"
     )
@@ -216,12 +223,12 @@ def run_eval(args: argparse.Namespace) -> int:
         results = evaluate_knn(encoder, data, features, tuple(args.ks), args.compare_random)
         for name, accs in results.items():
             scores = "  ".join(f"k={k}: {acc:.2f}%" for k, acc in accs.items())
-            print(f"kNN top-1 ({features.pool} features) {name:>12}: {scores}")
+            say(f"kNN top-1 ({features.pool} features) {name:>12}: {scores}")
     elif args.protocol == "linear":
         results = evaluate_linear(encoder, data, features, args.overrides, args.out_dir, args.compare_random)
         for name, r in results.items():
             held = holdout_summary(r, "%")
-            print(
+            say(
                 f"linear probe ({features.pool} features) {name:>12}: test top-1 {r['test_top1']:.2f}%  "
                 f"(blr {r['best_blr']:g} chosen on {r['holdout_images']} held-out training images: {held})"
             )
@@ -236,7 +243,7 @@ def run_eval(args: argparse.Namespace) -> int:
             args.random_init,
         )
         what = "full" if args.train_blocks is None else f"last {args.train_blocks} block(s)"
-        print(
+        say(
             f"fine-tune ({what}, {r['init']}, {100 * r['label_fraction']:g}% of the labels = "
             f"{r['train_images']} images, {r['steps']} steps): test top-1 {r['test_top1']:.2f}%"
         )
@@ -245,7 +252,7 @@ def run_eval(args: argparse.Namespace) -> int:
             encoder, data, args.fractions, args.epochs, args.overrides, args.out_dir, args.include_random
         )
         for r in rows:
-            print(
+            say(
                 f"{r['init']:>12}  {100 * r['fraction']:>6g}% labels ({r['labels']} images): "
                 f"test top-1 {r['test_top1']:.2f}%"
             )
@@ -260,5 +267,5 @@ def run_eval(args: argparse.Namespace) -> int:
             args.max_iter,
             args.random_init,
         )
-        print(f"wrote {path}")
+        say(f"wrote {path}")
     return 0

@@ -190,3 +190,45 @@ def test_fsdp_checkpoint_resumes_on_one_process_and_back(tmp_path):
     assert len(b) == 8 and all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(a, b, strict=True)), (a, b)
     wa, wb = _weights(tmp_path / "straight"), _weights(run)
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 5e-4
+
+
+# ----------------------------------------------------------------------------- evaluation under torchrun
+
+
+def cli(processes: int, *args: str) -> subprocess.CompletedProcess:
+    if processes == 1:
+        cmd = [sys.executable, "-m", "mimkit.cli", *args]
+    else:
+        cmd = [TORCHRUN, "--standalone", f"--nproc_per_node={processes}", "-m", "mimkit.cli", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_knn_feature_pass_split_across_processes_gives_the_same_scores(tmp_path):
+    """Each process extracts every other image (203 and 101: padded, then cut back) and the rows are
+    gathered in order: the kNN scores are those of one process, printed once."""
+    pretrain("mae", tmp_path / "run", 1, 16)
+    args = ["knn", str(tmp_path / "run"), "--train-limit", "203", "--test-limit", "101", "--device", "cpu",
+            "--precision", "fp32", "--no-cache"]  # fmt: skip
+    one, two = cli(1, *args), cli(2, *args)
+    scores = [line for line in one.stdout.splitlines() if "kNN top-1" in line]
+    assert len(scores) == 1 and [line for line in two.stdout.splitlines() if "kNN top-1" in line] == scores
+
+
+def test_finetuning_under_torchrun_equals_one_process(tmp_path):
+    """Fine-tuning goes through the same trainer: 2 processes x 8 equal 1 process x 16 (stochastic depth
+    keyed per image; MixUp / CutMix / RandAugment / crops off, as they draw from the global stream)."""
+    pretrain("mae", tmp_path / "run", 1, 16)
+    settings = ["train.epochs=2", "train.warmup_epochs=0", "train.precision=fp32", "train.progress=false",
+                "train.tensorboard=false", "train.log_every=1", "mixup=0", "cutmix=0", "randaug_n=0",
+                "reprob=0", "crop_scale=[1.0,1.0]", "hflip=false", "train.device=cpu"]  # fmt: skip
+    base = ["eval", "finetune", str(tmp_path / "run"), "--train-limit", "64", "--test-limit", "32", "--set"]
+    cli(1, *base, *settings, "train.batch_size=16", "--out", str(tmp_path / "one"))
+    two = cli(2, *base, *settings, "train.batch_size=8", "--out", str(tmp_path / "two"))
+    assert two.stdout.count("test top-1") == 1  # one process prints
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(a) == len(b) == 8 and all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(a, b, strict=True))
+    wa, wb = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 5e-4

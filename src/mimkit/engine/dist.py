@@ -60,6 +60,30 @@ def setup(device: str = "auto") -> DistEnv:
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
+def current() -> DistEnv:
+    """This process's place in the process group already started (one process if none was)."""
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return DistEnv()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return DistEnv(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank)
+
+
+def replica_env(device: torch.device) -> DistEnv:
+    """This process, training alone on data every process holds (a linear probe on gathered features):
+    no gradient sharing, and only rank 0 writes."""
+    rank = torch_dist.get_rank() if torch_dist.is_available() and torch_dist.is_initialized() else 0
+    return DistEnv(rank=rank, world_size=1, local_rank=0, device=device)
+
+
+def gather_rows(local: torch.Tensor, total: int) -> torch.Tensor:
+    """Rows ``r, r + W, r + 2W, ...`` of a tensor, held by process ``r`` (each the same count, padded as
+    the loader pads), put back in order on every process: the first ``total`` rows."""
+    world = torch_dist.get_world_size()
+    parts = [torch.empty_like(local) for _ in range(world)]
+    torch_dist.all_gather(parts, local.contiguous())
+    return torch.stack(parts, dim=1).reshape(-1, *local.shape[1:])[:total]
+
+
 def teardown(clean: bool = True) -> None:
     """End the process group if one was started, before the interpreter exits.
 

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from mimkit.data.loader import build_loader
 from mimkit.data.transforms import EvalTransform
+from mimkit.engine import dist
 from mimkit.engine.checkpoint import save_atomic
 from mimkit.eval.features import extract_pooled
 
@@ -160,11 +161,19 @@ def cached_pooled_features(
     if missing:
         dev = torch.device(device)
         transform = EvalTransform(dataset.img_size, dataset.mean, dataset.std).to(dev)
-        loader = build_loader(dataset, min(batch_size, len(dataset)), shuffle=False, drop_last=False)
+        env = dist.current()
+        batch = min(batch_size, -(-len(dataset) // env.world_size))
+        # under torchrun each process takes every world_size-th image; the rows are gathered back in order
+        loader = build_loader(
+            dataset, batch, shuffle=False, drop_last=False, rank=env.rank, world_size=env.world_size
+        )
         feats, labels = extract_pooled(encoder, loader, transform, dev, missing, precision)
+        if env.world_size > 1:
+            feats = {pool: dist.gather_rows(f.to(dev), len(dataset)).cpu() for pool, f in feats.items()}
+            labels = dist.gather_rows(labels.to(dev), len(dataset)).cpu()
         for pool in missing:
             found[pool] = feats[pool], labels
-            if cache_dir is not None:
+            if cache_dir is not None and env.rank == 0:
                 path = Path(cache_dir) / f"features-{keys[pool]}.pt"
                 save_atomic({"features": feats[pool], "labels": labels, "key": keys[pool]}, path)
                 log.info("features cached: %s", path)

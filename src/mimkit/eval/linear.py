@@ -29,7 +29,9 @@ import torch.nn.functional as F
 
 from mimkit.data.loader import build_loader
 from mimkit.data.subsets import holdout_split
+from mimkit.engine import dist
 from mimkit.engine.config import TrainConfig
+from mimkit.engine.dist import resolve_device
 from mimkit.engine.lars import LARS
 from mimkit.engine.trainer import Trainer
 
@@ -236,6 +238,7 @@ def train_heads(
         identity=identity,
         layer_scale=scales.__getitem__,
         build_optimizer=lars,
+        env=dist.replica_env(resolve_device(train_cfg.device)),  # under torchrun: rank 0 writes
     )
     trainer.fit()
     return probe

@@ -22,8 +22,8 @@ import torch.nn as nn
 
 from mimkit.data import DataConfig, ImageDataset, build_dataset
 from mimkit.data.subsets import DEFAULT_FRACTIONS, check_fraction, label_subsets, subset_dataset
+from mimkit.engine import dist
 from mimkit.engine.config import _build, merge, parse_overrides, to_dict
-from mimkit.engine.dist import resolve_device
 from mimkit.engine.precision import auto_to_native
 from mimkit.eval.cache import cached_features, feature_key
 from mimkit.eval.classifier import build_classifier
@@ -67,7 +67,7 @@ def _features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features ``[N, D]`` and labels ``[N]`` of one encoder on one split, from the cache if there."""
     _, encoder, checkpoint, extra = entry
-    device = resolve_device(options.device)
+    device = dist.setup(options.device).device  # under torchrun: the process group, this process's GPU
     precision = auto_to_native(options.precision, device)  # cached under what ran: bf16 and fp32 never mix
     key = feature_key(checkpoint, data_cfg, split, options.pool, {**extra, "precision": precision})
     return cached_features(encoder, dataset, key, cache, options.pool, options.batch_size, device, precision)

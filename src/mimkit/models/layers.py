@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mimkit import rng
+
 
 def to_2tuple(value: int | tuple[int, int] | list[int], name: str = "size") -> tuple[int, int]:
     """``7 -> (7, 7)``; ``(7, 9) -> (7, 9)``."""
@@ -130,8 +132,9 @@ class DropPath(nn.Module):
         if self.p == 0.0 or not self.training:
             return x
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        # per sample, keyed in training (mimkit.rng): a sample keeps its branch on any number of processes
+        mask = (rng.rand(x.shape[0], device=x.device) < keep).to(x.dtype)
+        return x * mask.view((x.shape[0],) + (1,) * (x.ndim - 1)) / keep
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
