@@ -21,6 +21,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test,tensorboard,eval,docs,field]"
 	touch $@
 
+# the test suite's extras on top: the peers of the export round trips (transformers, onnxruntime)
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e ".[interop]"
+	touch $@
+
 data:
 	@[ -f $(FMNIST)/t10k-labels-idx1-ubyte.gz ] || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
@@ -30,7 +35,7 @@ demo: env data
 	$(VENV)/bin/mimkit reconstruct $(DEMO_DIR) --out $(DEMO_DIR)/reconstruction.png
 	$(VENV)/bin/mimkit knn $(DEMO_DIR) --compare-random --train-limit 5000 --test-limit 1000
 
-test: env data docs
+test: env $(VENV)/.installed-test data docs
 	$(PY) -m pytest -q
 
 # the documentation site, built strictly: a broken link, anchor or API reference is an error

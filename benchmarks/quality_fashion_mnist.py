@@ -75,6 +75,7 @@ from mimkit.eval.label_efficiency import CHANCE_MARK, CHANCE_WHY, finished_runs,
 from mimkit.eval.linear import LinearProbeConfig, linear_probe
 from mimkit.eval.online_knn import OnlineKNN
 from mimkit.eval.protocols import load_recipe
+from mimkit.interop import vit_from_hf
 from mimkit.pretrain import build_encoder, build_method, build_trainer, data_stats
 from mimkit.weights import export_encoder_safetensors
 
@@ -244,41 +245,11 @@ def build_peer(cfg: PretrainConfig, in_chans: int, img_size: tuple[int, int], se
     return PeerMAE(model)
 
 
-def _first(state: dict[str, torch.Tensor], *names: str) -> torch.Tensor:
-    for name in names:
-        if name in state:
-            return state[name]
-    raise KeyError(f"none of {names} in the transformers state dict")
-
-
 def peer_encoder(peer: PeerMAE, encoder_cfg: dict[str, Any]) -> nn.Module:
-    """The peer's encoder as a mimkit ViT (standard names; q, k, v fused into qkv). Checked to agree."""
-    hf = peer.model.vit
-    s = {k: v.detach().cpu() for k, v in hf.state_dict().items()}
+    """The peer's encoder as a mimkit ViT (q, k, v fused into qkv: mimkit.interop). Checked to agree."""
+    state = {k: v.detach().cpu() for k, v in peer.model.vit.state_dict().items()}
     enc = build_encoder(encoder_cfg)
-    out = {
-        "cls_token": s["embeddings.cls_token"], "pos_embed": s["embeddings.position_embeddings"],
-        "patch_embed.proj.weight": s["embeddings.patch_embeddings.projection.weight"],
-        "patch_embed.proj.bias": s["embeddings.patch_embeddings.projection.bias"],
-        "norm.weight": s["layernorm.weight"], "norm.bias": s["layernorm.bias"],
-    }  # fmt: skip
-    for i in range(enc.depth):
-        p = f"layers.{i}." if f"layers.{i}.layernorm_before.weight" in s else f"encoder.layer.{i}."
-        for kind in ("weight", "bias"):
-            q = _first(s, p + f"attention.q_proj.{kind}", p + f"attention.attention.query.{kind}")
-            k = _first(s, p + f"attention.k_proj.{kind}", p + f"attention.attention.key.{kind}")
-            v = _first(s, p + f"attention.v_proj.{kind}", p + f"attention.attention.value.{kind}")
-            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([q, k, v])
-            out[f"blocks.{i}.attn.proj.{kind}"] = _first(
-                s, p + f"attention.o_proj.{kind}", p + f"attention.output.dense.{kind}"
-            )
-            out[f"blocks.{i}.mlp.fc1.{kind}"] = _first(
-                s, p + f"mlp.fc1.{kind}", p + f"intermediate.dense.{kind}"
-            )
-            out[f"blocks.{i}.mlp.fc2.{kind}"] = _first(s, p + f"mlp.fc2.{kind}", p + f"output.dense.{kind}")
-            out[f"blocks.{i}.norm1.{kind}"] = s[p + f"layernorm_before.{kind}"]
-            out[f"blocks.{i}.norm2.{kind}"] = s[p + f"layernorm_after.{kind}"]
-    enc.load_state_dict(out, strict=True)
+    enc.load_state_dict(vit_from_hf(state, enc.depth), strict=True)
     _check_peer(peer, enc)
     return enc
 

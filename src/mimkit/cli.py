@@ -126,10 +126,18 @@ def _parser() -> argparse.ArgumentParser:
 
     add_knn_parser(sub, "knn", help="kNN accuracy of a frozen encoder (the same as `mimkit eval knn`)")
 
-    p = sub.add_parser("export", help="write the encoder as .safetensors (standard ViT names)")
+    p = sub.add_parser(
+        "export",
+        help="write the encoder as .safetensors, or for transformers / timm / ONNX with a model card",
+    )
     p.add_argument("checkpoint")
-    p.add_argument("out")
+    p.add_argument("out", help="OUT.safetensors, or a directory with --format")
     p.add_argument("--encoder", dest="encoder_name", help="encoder name, for a plain encoder file")
+    p.add_argument(
+        "--format", nargs="+", dest="formats", metavar="FORMAT",
+        help="transformers (ViTModel; ViTMAEForPreTraining for MAE), timm, onnx: written under OUT",
+    )  # fmt: skip
+    p.add_argument("--force", action="store_true", help="replace an OUT directory that is not empty")
 
     p = sub.add_parser("shards", help="pack a folder of images into tar shards (data.source: shards)")
     shard_sub = p.add_subparsers(dest="shards_command", required=True)
@@ -185,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
             index = pack_shards(args.src, args.out, args.shard_size, args.labeled, args.seed, args.force)
             skipped = f", {len(index['skipped'])} unreadable skipped" if index["skipped"] else ""
             print(f"wrote {len(index['shards'])} shard(s) of {index['images']} images{skipped} to {args.out}")
+        elif args.command == "export" and args.formats:
+            from mimkit.interop import export_run
+
+            checks = export_run(args.checkpoint, args.out, args.formats, args.force)
+            for name, value in checks.items():
+                print(f"{name}: " + (f"max |difference| {value:.2e}" if isinstance(value, float) else value))
+            print(f"wrote {', '.join(args.formats)} and README.md under {args.out}")
         elif args.command == "export":
             print(f"wrote {run_export(args.checkpoint, args.out, args.encoder_name)}")
         clean = True

@@ -24,7 +24,7 @@ from mimkit.engine.runctl import RunLock
 from mimkit.engine.trainer import Trainer
 from mimkit.methods import create_method
 from mimkit.models import create_encoder
-from mimkit.weights import load_weights, read_checkpoint
+from mimkit.weights import is_model_dir, load_weights, read_checkpoint
 
 log = logging.getLogger("mimkit")
 
@@ -183,8 +183,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A run directory means its last checkpoint."""
+    """A run directory means its last checkpoint (a transformers / timm model directory: itself)."""
     path = Path(path)
+    if is_model_dir(path):
+        return path
     if path.is_dir():
         found = last_checkpoint(path)
         if found is None:

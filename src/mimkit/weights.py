@@ -36,9 +36,55 @@ _REFERENCE_DECODER_PREFIXES = {
 }
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a ``.pt``/``.pth`` (weights only) or ``.safetensors`` file into a dict."""
+def is_model_dir(path: str | os.PathLike) -> bool:
+    """A transformers (ViT / ViTMAE) or timm directory: ``config.json`` next to ``model.safetensors``."""
     path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def _read_model_dir(path: Path) -> dict[str, Any]:
+    """A transformers ``ViTModel`` / ``ViTMAEForPreTraining`` directory in mimkit's names (an MAE's
+    ``encoder.*`` and ``decoder.*`` for ViTMAE), or a timm directory (its names are mimkit's)."""
+    from safetensors.torch import load_file
+
+    from mimkit.interop import mae_decoder_from_hf, vit_from_hf
+
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except ValueError as err:
+        raise ValueError(f"{path / 'config.json'} is not JSON ({err})") from None
+    state = load_file(str(path / "model.safetensors"))
+    kind = config.get("model_type")
+    try:
+        if kind == "vit":
+            prefix = "vit." if any(k.startswith("vit.") for k in state) else ""
+            return {
+                "model": vit_from_hf(state, config["num_hidden_layers"], prefix),
+                "source": "transformers",
+            }
+        if kind == "vit_mae":
+            encoder = vit_from_hf(state, config["num_hidden_layers"], "vit.")
+            model = {f"encoder.{k}": v for k, v in encoder.items()}
+            if any(k.startswith("decoder.") for k in state):
+                decoder = mae_decoder_from_hf(state, config["decoder_num_hidden_layers"])
+                model |= {f"decoder.{k}": v for k, v in decoder.items()}
+            return {"model": model, "source": "transformers"}
+    except KeyError as err:
+        raise ValueError(f"{path} is a transformers {kind} directory without the weight {err}") from None
+    if "architecture" in config:  # timm
+        return {"model": state, "source": "timm"}
+    raise ValueError(
+        f"{path} holds a {kind or 'non-transformers'} model; mimkit reads transformers ViT / ViTMAE and timm "
+        "ViT directories"
+    )
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a ``.pt``/``.pth`` (weights only) or ``.safetensors`` file into a dict; a transformers ViT /
+    ViTMAE or timm directory (:func:`is_model_dir`) in mimkit's names."""
+    path = Path(path)
+    if is_model_dir(path):
+        return _read_model_dir(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if path.suffix == ".safetensors":

@@ -1,0 +1,436 @@
+"""The encoder in other libraries' formats: transformers (ViT, ViTMAE), timm and ONNX, with a model card.
+
+``mimkit export RUN OUT_DIR --format transformers timm onnx`` writes, under ``OUT_DIR``:
+
+- ``transformers/vit``: a ``ViTModel`` (the encoder) and ``transformers/vit_mae``: a ``ViTMAEForPreTraining``
+  (encoder and decoder, MAE runs only), each ``from_pretrained``-ready with an image processor that
+  normalises as the run did. Built with the installed transformers (its own module names), loaded back and
+  compared with mimkit's output on export.
+- ``timm``: ``model.safetensors`` (mimkit's ViT names are timm's) and ``config.json`` (architecture,
+  ``model_args``, ``pretrained_cfg``) for ``timm.create_model(arch, pretrained=True,
+  pretrained_cfg_overlay=dict(file=...), **model_args)``.
+- ``onnx``: ``encoder.onnx``, the encoder's ``forward_features`` (tokens ``[N, 1 + L, D]``) with a dynamic
+  batch, checked against onnxruntime on export.
+- ``README.md``: a model card (architecture, data and normalisation, recipe, the run's evaluations, how to
+  load each format).
+
+Only ViT encoders go to transformers and timm (mimkit's Swin keeps the original release's names, not
+timm's current ones: it exports as ``safetensors`` and ``onnx``). The mapping of names is written here by
+hand (fused ``qkv`` split into query / key / value): it is the product's contract with those libraries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from mimkit.models.vit import VisionTransformer
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("transformers", "timm", "onnx")
+ONNX_OPSET = 18
+_TOLERANCE = 1e-4  # max |difference| accepted on export checks (fp32, features of unit scale)
+
+
+def _require(module: str, extra: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ImportError(f"this export needs {module}: pip install 'mimkit[{extra}]'") from None
+
+
+def _vit(encoder: nn.Module, fmt: str) -> VisionTransformer:
+    if not isinstance(encoder, VisionTransformer):
+        raise ValueError(
+            f"format {fmt!r} takes ViT encoders; this run's encoder is a {type(encoder).__name__}: "
+            "export it with --format onnx, or as .safetensors (mimkit export RUN OUT.safetensors)"
+        )
+    return encoder
+
+
+def _mlp_dim(vit: VisionTransformer) -> int:
+    return vit.blocks[0].mlp.fc1.out_features if len(vit.blocks) else 4 * vit.embed_dim
+
+
+# ----------------------------------------------------------------------------- transformers names
+
+
+def _hf_block(keys: set[str], prefix: str, i: int) -> dict[str, str]:
+    """mimkit block-parameter suffix -> transformers name(s), for either naming of transformers (5.x
+    ``layers.i.attention.q_proj``, 4.x ``encoder.layer.i.attention.attention.query``); ``qkv`` maps to the
+    three names it is split into, joined by commas."""
+    places = (f"{prefix}layers.{i}.", f"{prefix}encoder.layer.{i}.", f"{prefix}layer.{i}.")
+    p = next((c for c in places if f"{c}layernorm_before.weight" in keys), None)
+    if p is None:
+        raise ValueError(f"no transformers block {i} under {prefix!r}: not a ViT / ViTMAE state dict")
+    if f"{p}attention.q_proj.weight" in keys:
+        names = {"q": "attention.q_proj", "k": "attention.k_proj", "v": "attention.v_proj",
+                 "proj": "attention.o_proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}  # fmt: skip
+    else:
+        names = {"q": "attention.attention.query", "k": "attention.attention.key",
+                 "v": "attention.attention.value", "proj": "attention.output.dense",
+                 "fc1": "intermediate.dense", "fc2": "output.dense"}  # fmt: skip
+    out = {f"norm1.{w}": f"{p}layernorm_before.{w}" for w in ("weight", "bias")}
+    out |= {f"norm2.{w}": f"{p}layernorm_after.{w}" for w in ("weight", "bias")}
+    for ours, theirs in (("attn.proj", names["proj"]), ("mlp.fc1", names["fc1"]), ("mlp.fc2", names["fc2"])):
+        out |= {f"{ours}.{w}": f"{p}{theirs}.{w}" for w in ("weight", "bias")}
+    for w in ("weight", "bias"):
+        out[f"attn.qkv.{w}"] = ",".join(f"{p}{names[x]}.{w}" for x in "qkv")
+    return out
+
+
+def _blocks_to_hf(
+    ours: dict[str, torch.Tensor], ours_prefix: str, depth: int, keys: set[str], prefix: str
+) -> dict[str, torch.Tensor]:
+    out = {}
+    for i in range(depth):
+        for suffix, theirs in _hf_block(keys, prefix, i).items():
+            value = ours[f"{ours_prefix}{i}.{suffix}"]
+            names = theirs.split(",")
+            for name, part in zip(names, value.chunk(len(names)), strict=True):
+                out[name] = part.clone()
+    return out
+
+
+def _blocks_from_hf(
+    theirs: dict[str, torch.Tensor], depth: int, prefix: str, ours_prefix: str
+) -> dict[str, torch.Tensor]:
+    keys = set(theirs)
+    out = {}
+    for i in range(depth):
+        for suffix, names in _hf_block(keys, prefix, i).items():
+            out[f"{ours_prefix}{i}.{suffix}"] = torch.cat([theirs[n] for n in names.split(",")])
+    return out
+
+
+def vit_to_hf(encoder: VisionTransformer, keys: set[str], prefix: str = "") -> dict[str, torch.Tensor]:
+    """A mimkit ViT's weights under transformers' ``ViTModel`` names (``keys``: that model's own)."""
+    s = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    out = {
+        f"{prefix}embeddings.cls_token": s["cls_token"],
+        f"{prefix}embeddings.position_embeddings": s["pos_embed"],
+        f"{prefix}embeddings.patch_embeddings.projection.weight": s["patch_embed.proj.weight"],
+        f"{prefix}embeddings.patch_embeddings.projection.bias": s["patch_embed.proj.bias"],
+        f"{prefix}layernorm.weight": s["norm.weight"],
+        f"{prefix}layernorm.bias": s["norm.bias"],
+    }
+    return out | _blocks_to_hf(s, "blocks.", encoder.depth, keys, prefix)
+
+
+def vit_from_hf(state: dict[str, torch.Tensor], depth: int, prefix: str = "") -> dict[str, torch.Tensor]:
+    """transformers ``ViTModel`` / ``ViTMAEModel`` weights (under ``prefix``) as a mimkit ViT state dict."""
+    s = state
+    out = {
+        "cls_token": s[f"{prefix}embeddings.cls_token"],
+        "pos_embed": s[f"{prefix}embeddings.position_embeddings"],
+        "patch_embed.proj.weight": s[f"{prefix}embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": s[f"{prefix}embeddings.patch_embeddings.projection.bias"],
+        "norm.weight": s[f"{prefix}layernorm.weight"],
+        "norm.bias": s[f"{prefix}layernorm.bias"],
+    }
+    return out | _blocks_from_hf(s, depth, prefix, "blocks.")
+
+
+def mae_decoder_to_hf(decoder: nn.Module, keys: set[str]) -> dict[str, torch.Tensor]:
+    s = {k: v.detach().cpu() for k, v in decoder.state_dict().items()}
+    out = {
+        "decoder.mask_token": s["mask_token"], "decoder.decoder_pos_embed": s["pos_embed"],
+        "decoder.decoder_embed.weight": s["embed.weight"], "decoder.decoder_embed.bias": s["embed.bias"],
+        "decoder.decoder_norm.weight": s["norm.weight"], "decoder.decoder_norm.bias": s["norm.bias"],
+        "decoder.decoder_pred.weight": s["pred.weight"], "decoder.decoder_pred.bias": s["pred.bias"],
+    }  # fmt: skip
+    depth = len(decoder.blocks)
+    # transformers names the decoder's blocks decoder_layers.i (both namings of the block's insides)
+    hf = {_decoder_blocks_as_layers(k): k for k in keys}
+    blocks = _blocks_to_hf(s, "blocks.", depth, set(hf), "decoder.")
+    return out | {hf[k]: v for k, v in blocks.items()}
+
+
+def _decoder_blocks_as_layers(key: str) -> str:
+    """transformers' decoder blocks, ``decoder.decoder_layers.i`` in memory and
+    ``decoder.decoder_encoder.layer.i`` in saved files, as ``decoder.layers.i``."""
+    for name in ("decoder.decoder_layers.", "decoder.decoder_encoder.layer."):
+        if key.startswith(name):
+            return "decoder.layers." + key[len(name) :]
+    return key
+
+
+def mae_decoder_from_hf(state: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
+    s = {_decoder_blocks_as_layers(k): v for k, v in state.items()}
+    out = {
+        "mask_token": s["decoder.mask_token"], "pos_embed": s["decoder.decoder_pos_embed"],
+        "embed.weight": s["decoder.decoder_embed.weight"], "embed.bias": s["decoder.decoder_embed.bias"],
+        "norm.weight": s["decoder.decoder_norm.weight"], "norm.bias": s["decoder.decoder_norm.bias"],
+        "pred.weight": s["decoder.decoder_pred.weight"], "pred.bias": s["decoder.decoder_pred.bias"],
+    }  # fmt: skip
+    return out | _blocks_from_hf(s, depth, "decoder.", "blocks.")
+
+
+def hf_config_args(vit: VisionTransformer) -> dict[str, Any]:
+    """transformers ``ViTConfig`` / ``ViTMAEConfig`` arguments of a mimkit ViT's architecture."""
+    return {
+        "image_size": list(vit.img_size) if vit.img_size[0] != vit.img_size[1] else vit.img_size[0],
+        "patch_size": vit.patch_size,
+        "num_channels": vit.in_chans,
+        "hidden_size": vit.embed_dim,
+        "num_hidden_layers": vit.depth,
+        "num_attention_heads": vit.num_heads,
+        "intermediate_size": _mlp_dim(vit),
+        "qkv_bias": True,
+        "layer_norm_eps": 1e-6,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    }
+
+
+# ----------------------------------------------------------------------------- exports
+
+
+@torch.no_grad()
+def _compare(name: str, ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    diff = float((ours.float() - theirs.float()).abs().max())
+    scale = float(ours.abs().max())
+    log.info("%s: max |difference| from mimkit %.2e (values up to %.2f)", name, diff, scale)
+    if not diff <= _TOLERANCE * max(1.0, scale):
+        raise RuntimeError(f"{name} does not reproduce mimkit's output: max |difference| {diff:.2e}")
+    return diff
+
+
+def _probe(vit: nn.Module, n: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, vit.in_chans, *vit.img_size, generator=g)
+
+
+def _image_processor(out: Path, vit: VisionTransformer, stats: dict[str, Any]) -> None:
+    """``preprocessor_config.json``: resize to the run's size, scale to [0, 1], normalise as the run."""
+    h, w = vit.img_size
+    config = {
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": True, "size": {"height": h, "width": w}, "resample": 3,
+        "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": list(stats["mean"]), "image_std": list(stats["std"]),
+    }  # fmt: skip
+    (out / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+@torch.no_grad()
+def export_transformers(method: nn.Module, stats: dict[str, Any], out: Path) -> dict[str, float]:
+    """``out/vit`` (ViTModel) and, for MAE, ``out/vit_mae`` (ViTMAEForPreTraining); each loaded back and
+    checked: the ViT's hidden states, the ViTMAE's loss for the same noise. Returns the differences."""
+    _require("transformers", "transformers")
+    from transformers import ViTConfig, ViTMAEConfig, ViTMAEForPreTraining, ViTModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one line per check, not bars per file
+
+    vit = _vit(method.encoder if hasattr(method, "encoder") else method, "transformers").eval()
+    x = _probe(vit)
+    checks = {}
+    model = ViTModel(ViTConfig(**hf_config_args(vit)), add_pooling_layer=False)
+    model.load_state_dict(vit_to_hf(vit, set(model.state_dict())), strict=True)
+    model.save_pretrained(out / "vit")
+    _image_processor(out / "vit", vit, stats)
+    loaded = ViTModel.from_pretrained(out / "vit").eval()
+    checks["transformers ViTModel"] = _compare(
+        "transformers ViTModel", vit.forward_features(x), loaded(pixel_values=x).last_hidden_state
+    )
+    if type(method).__name__ == "MAE":
+        dec = method.decoder
+        config = ViTMAEConfig(
+            **hf_config_args(vit),
+            decoder_hidden_size=dec.embed.out_features, decoder_num_hidden_layers=len(dec.blocks),
+            decoder_num_attention_heads=dec.blocks[0].attn.num_heads if len(dec.blocks) else 1,
+            decoder_intermediate_size=dec.blocks[0].mlp.fc1.out_features if len(dec.blocks) else 1,
+            mask_ratio=method.mask_ratio, norm_pix_loss=bool(method.norm_pix_loss),
+        )  # fmt: skip
+        mae = ViTMAEForPreTraining(config)
+        keys = set(mae.state_dict())
+        state = vit_to_hf(vit, keys, "vit.") | mae_decoder_to_hf(dec, keys)
+        mae.load_state_dict(state, strict=True)
+        mae.save_pretrained(out / "vit_mae")
+        _image_processor(out / "vit_mae", vit, stats)
+        loaded = ViTMAEForPreTraining.from_pretrained(out / "vit_mae").eval()
+        noise = torch.rand(x.shape[0], vit.num_patches, generator=torch.Generator().manual_seed(1))
+        method.eval()
+        checks["transformers ViTMAEForPreTraining loss"] = _compare(
+            "transformers ViTMAEForPreTraining loss", method(x, noise=noise)["loss"][None],
+            loaded(pixel_values=x, noise=noise).loss[None],
+        )  # fmt: skip
+    return checks
+
+
+def _timm_arch(vit: VisionTransformer) -> str:
+    """A timm ViT architecture name of the same width (every dimension is passed as ``model_args`` too)."""
+    size = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge"}.get(vit.embed_dim, "base")
+    return f"vit_{size}_patch16_224"
+
+
+def export_timm(method: nn.Module, stats: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``out/timm/model.safetensors`` + ``config.json`` in the layout timm's hub loader reads."""
+    from mimkit.weights import export_encoder_safetensors
+
+    vit = _vit(getattr(method, "encoder", method), "timm")
+    folder = out / "timm"
+    export_encoder_safetensors(vit, folder / "model.safetensors")
+    model_args = {
+        "img_size": list(vit.img_size), "patch_size": vit.patch_size, "in_chans": vit.in_chans,
+        "embed_dim": vit.embed_dim, "depth": vit.depth, "num_heads": vit.num_heads,
+        "mlp_ratio": _mlp_dim(vit) / vit.embed_dim, "qkv_bias": True, "class_token": True,
+        "global_pool": "token", "num_classes": 0,
+    }  # fmt: skip
+    config = {
+        "architecture": _timm_arch(vit),
+        "num_classes": 0,
+        "num_features": vit.embed_dim,
+        "global_pool": "token",
+        "model_args": model_args,
+        "pretrained_cfg": {
+            "input_size": [vit.in_chans, *vit.img_size],
+            "mean": list(stats["mean"]),
+            "std": list(stats["std"]),
+            "interpolation": "bicubic",
+            "crop_pct": 1.0,
+            "num_classes": 0,
+            "first_conv": "patch_embed.proj",
+            "classifier": "head",
+        },  # fmt: skip
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return config
+
+
+class _Features(nn.Module):
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_features(images)
+
+
+@torch.no_grad()
+def export_onnx(method: nn.Module, out: Path) -> float:
+    """``out/onnx/encoder.onnx`` (torch.onnx's dynamo exporter, opset 18, dynamic batch), run back with
+    onnxruntime on a batch of another size than the traced one; returns the max |difference|."""
+    _require("onnx", "onnx")
+    ort = _require("onnxruntime", "onnx")
+    encoder = getattr(method, "encoder", method).eval()
+    if hasattr(encoder, "set_fused_attn"):
+        encoder.set_fused_attn(False)  # the plain-math attention exports to standard ops
+    path = out / "onnx" / "encoder.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    quiet = [logging.getLogger(name) for name in ("onnxscript", "torch.onnx")]
+    levels = [q.level for q in quiet]
+    for q in quiet:  # the exporter's optimiser logs each rewrite at INFO
+        q.setLevel(logging.WARNING)
+    try:
+        torch.onnx.export(
+            _Features(encoder).eval(), (_probe(encoder, 2),), str(path), dynamo=True,
+            opset_version=ONNX_OPSET, input_names=["images"], output_names=["tokens"],
+            dynamic_shapes=({0: batch},), external_data=False, verbose=False,
+        )  # fmt: skip
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = _probe(encoder, 3)
+    (theirs,) = session.run(None, {"images": x.numpy()})
+    return _compare("onnxruntime", encoder.forward_features(x), torch.from_numpy(theirs))
+
+
+# ----------------------------------------------------------------------------- model card
+
+_LOADING = {
+    "transformers": """```python
+from transformers import AutoImageProcessor, ViTModel  # ViTMAEForPreTraining: transformers/vit_mae
+model = ViTModel.from_pretrained("transformers/vit")
+processor = AutoImageProcessor.from_pretrained("transformers/vit")
+```
+""",
+    "timm": """```python
+import json, timm
+cfg = json.load(open("timm/config.json"))
+model = timm.create_model(cfg["architecture"], pretrained=True,
+                          pretrained_cfg_overlay=dict(file="timm/model.safetensors"), **cfg["model_args"])
+```
+""",
+    "onnx": """```python
+import onnxruntime
+session = onnxruntime.InferenceSession("onnx/encoder.onnx")
+(tokens,) = session.run(None, {"images": normalised_batch})  # float32 [N, C, H, W] -> [N, 1 + L, D]
+```
+""",
+}
+
+
+def model_card(cfg: Any, stats: dict[str, Any], run: Path | None, formats: list[str], arch: str) -> str:
+    """``README.md`` of an export: what the model is, its data, recipe and results, how to load it."""
+    evals = []
+    if run is not None and run.is_dir():
+        for path in sorted(run.rglob("*.json")):
+            if path.name in ("finetune.json", "knn.json", "linear.json", "results.json"):
+                evals.append(
+                    f"- `{path.relative_to(run)}`: " + json.dumps(json.loads(path.read_text()))[:300]
+                )
+    enc, method, data, train = cfg.encoder, cfg.method, cfg.data, cfg.train
+    lines = [
+        "---", "library_name: mimkit", "tags: [masked-image-modeling, vision-transformer, mimkit]", "---", "",
+        f"# {method['name'].upper()} pretrained {enc['name']}", "",
+        f"Self-supervised {method['name']} pretraining with mimkit; encoder: {arch}.", "",
+        "## Architecture", "", "```json", json.dumps({"encoder": enc, "method": method}, indent=1), "```", "",
+        "## Data and input", "",
+        f"- source: `{data.source}` at `{data.root}`; input {stats['channels']} channel(s) at "
+        f"{stats['img_size'][0]}x{stats['img_size'][1]}",
+        f"- normalisation (per channel, on [0, 1] values): mean {stats['mean']}, std {stats['std']}",
+        *([f"- clipped to {stats['clip']} (stored units) before normalising"] if stats.get("clip") else []),
+        "", "## Recipe", "",
+        f"epochs {train.epochs}, batch {train.batch_size} x {train.accum_steps} accumulation per process, "
+        f"blr {train.blr}, weight decay {train.weight_decay}, warm-up {train.warmup_epochs} epochs, "
+        f"precision {train.precision}.", "",
+        "## Evaluations of this run", "", *(evals or ["None recorded next to the checkpoint."]), "",
+        "## Loading", "",
+    ]  # fmt: skip
+    lines += [_LOADING[fmt] for fmt in FORMATS if fmt in formats]
+    return "\n".join(lines) + "\n"
+
+
+def export_run(checkpoint: str, out: str, formats: list[str], force: bool = False) -> dict[str, Any]:
+    """Write a run's encoder in ``formats`` under ``out`` with a model card; returns what was checked."""
+    from mimkit.pretrain import load_pretrained, resolve_checkpoint
+
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"unknown export format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    out_dir = Path(out)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            raise ValueError(f"{out_dir} exists and is not empty; choose another or pass --force")
+        shutil.rmtree(out_dir)
+    method, cfg, stats = load_pretrained(checkpoint)
+    method.eval()
+    encoder = getattr(method, "encoder", method)
+    for fmt in formats:  # refuse before writing anything
+        if fmt in ("transformers", "timm"):
+            _vit(encoder, fmt)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {}
+    for fmt in formats:
+        if fmt == "transformers":
+            report.update(export_transformers(method, stats, out_dir / "transformers"))
+        elif fmt == "timm":
+            report["timm architecture"] = export_timm(method, stats, out_dir)["architecture"]
+        else:
+            report["onnxruntime"] = export_onnx(method, out_dir)
+    run = Path(resolve_checkpoint(checkpoint)).parent
+    arch = f"{type(encoder).__name__} ({sum(p.numel() for p in encoder.parameters()) / 1e6:.1f}M parameters)"
+    (out_dir / "README.md").write_text(model_card(cfg, stats, run, formats, arch))
+    return report
