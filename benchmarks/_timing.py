@@ -18,12 +18,14 @@ Parent side: ``run_rounds(keys, worker, args, rounds=5, steps=3, warmup=3)``.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import statistics
 import sys
 import time
 from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -265,3 +267,22 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         pass
     return machine
+
+
+def cli_images_per_s(cmd: list[str], cwd: str | os.PathLike, env: dict[str, str] | None = None) -> float:
+    """Run a ``mimkit pretrain`` command line and return the images/s of its closing "trained steps" line."""
+    import re
+    import subprocess
+
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=True)
+    rate = re.search(r"trained steps .* ([0-9.]+) images/s", done.stderr)
+    if rate is None:
+        raise RuntimeError(done.stderr[-2000:])
+    return float(rate.group(1))
+
+
+def write_json(path: str | os.PathLike | None, result: dict[str, Any]) -> None:
+    """Write a benchmark's result (no-op without a path)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=1) + "\n")

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _timing import machine_info  # benchmarks/_timing.py
+from _timing import cli_images_per_s, machine_info, write_json  # benchmarks/_timing.py
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = "/usr/share/datasets/fashion-mnist"
@@ -65,11 +62,7 @@ def train_rate(data: list[str], steps: int, out: Path) -> float:
         f"train.max_steps={steps}", "train.progress=false", "train.tensorboard=false", "train.resume=false",
         f"output_dir={out}",
     ]  # fmt: skip
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-    rate = re.search(r"trained steps .* ([0-9.]+) images/s", done.stderr)
-    if rate is None:
-        raise RuntimeError(done.stderr[-2000:])
-    return float(rate.group(1))
+    return cli_images_per_s(cmd, ROOT)
 
 
 def main() -> int:
@@ -116,9 +109,7 @@ def main() -> int:
     for name, row in result["train"].items():
         row["vs_in_memory"] = row["median"] / base
         print(f"{name}: {row['median']:.1f} images/s ({row['vs_in_memory']:.3f} of in memory)")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.json, result)
     return 0
 
 

@@ -1,12 +1,22 @@
 """mimkit: masked image modeling (MAE, SimMIM, SiT/GMML) for Vision Transformers."""
 
 from mimkit.methods import create_method, list_methods
+from mimkit.methods.mae import MAE
+from mimkit.methods.simmim import SimMIM
+from mimkit.methods.sit import SiT
 from mimkit.models import create_encoder, list_encoders
+from mimkit.models.swin import SwinTransformer
+from mimkit.models.vit import VisionTransformer
 from mimkit.weights import export_encoder_safetensors, load_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAE",
+    "SiT",
+    "SimMIM",
+    "SwinTransformer",
+    "VisionTransformer",
     "__version__",
     "create_encoder",
     "create_method",

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from mimkit.heads import MAEDecoder
+from mimkit.hub import Pretrained
 from mimkit.losses import masked_mse, normalize_patches
 from mimkit.masking import random_token_mask
 from mimkit.masking.random_tokens import check_ratio
@@ -20,7 +21,7 @@ from mimkit.models.patches import patchify, unpatchify
 
 
 @METHODS.register("mae")
-class MAE(nn.Module):
+class MAE(Pretrained, nn.Module):
     """MAE around a ViT encoder.
 
     Args:

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from mimkit.hub import record
 from mimkit.models import create_encoder
 from mimkit.registry import Registry
 
@@ -33,11 +34,13 @@ def create_method(name: str, encoder: nn.Module | str, **kwargs: Any) -> nn.Modu
     if isinstance(encoder, str):
         encoder = create_encoder(encoder)
     try:
-        return factory(encoder=encoder, **kwargs)
+        method = factory(encoder=encoder, **kwargs)
     except TypeError as err:  # a factory taking **kwargs (a preset) passed on an option nobody takes
         if "unexpected keyword argument" not in str(err):
             raise
         raise ValueError(f"unknown option for method {name!r}: {err}") from None
+    built = getattr(encoder, "mimkit_config", None)
+    return record(method, {**built, "method": {"name": name, **kwargs}}) if built else method
 
 
 def list_methods() -> list[str]:

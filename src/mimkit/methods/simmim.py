@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from mimkit.heads import PixelShuffleHead
+from mimkit.hub import Pretrained
 from mimkit.losses import masked_l1
 from mimkit.masking import BlockMaskGenerator
 from mimkit.methods.registry import METHODS
@@ -34,7 +35,7 @@ def encoder_num_features(encoder: nn.Module) -> int:
 
 
 @METHODS.register("simmim")
-class SimMIM(nn.Module):
+class SimMIM(Pretrained, nn.Module):
     """SimMIM around a ViT or a Swin encoder.
 
     Args:

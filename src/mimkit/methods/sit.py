@@ -28,6 +28,7 @@ import torch.nn as nn
 from mimkit.data.multiview import TwoViewAugment
 from mimkit.engine.schedule import cosine_momentum
 from mimkit.heads.sit import ProjectionHead, SiTReconstructionHead
+from mimkit.hub import Pretrained
 from mimkit.losses.contrastive import nt_xent
 from mimkit.losses.l1 import masked_l1
 from mimkit.masking.gmml import MAX_RECTS, check_fills, check_geometry, check_max_ratios, gmml_corrupt
@@ -48,7 +49,7 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None
 
 
 @METHODS.register("sit")
-class SiT(nn.Module):
+class SiT(Pretrained, nn.Module):
     """SiT around a ViT encoder (``method.encoder`` is the student ViT that evaluation uses).
 
     Args:

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from mimkit.hub import record
 from mimkit.models.vit import VisionTransformer
 from mimkit.registry import Registry
 
@@ -74,7 +75,7 @@ def create_encoder(name: str, **overrides: Any) -> nn.Module:
         raise ValueError(
             f"unknown encoder option(s) {unknown} for {name!r}; valid: {', '.join(sorted(_ENCODER_OPTIONS))}"
         )
-    return factory(**overrides)
+    return record(factory(**overrides), {"encoder": {"name": name, **overrides}})
 
 
 def list_encoders() -> list[str]:

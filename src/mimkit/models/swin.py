@@ -51,6 +51,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mimkit.hub import Pretrained
 from mimkit.models.layers import DropPath, Mlp, PatchEmbed, to_2tuple, use_fused_attention
 from mimkit.models.masked import replace_masked_tokens
 from mimkit.models.registry import ENCODERS
@@ -329,7 +330,7 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.relative_position_bias_table, std=0.02)
 
 
-class SwinTransformer(nn.Module):
+class SwinTransformer(Pretrained, nn.Module):
     """Hierarchical encoder with shifted-window attention; no class token.
 
     ``CLASSIFIER_OPTIONS``: how fine-tuning builds the classifier (SimMIM's Swin: final per-token norm,

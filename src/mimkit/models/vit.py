@@ -14,12 +14,13 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
+from mimkit.hub import Pretrained
 from mimkit.models.layers import Block, PatchEmbed, init_weights_mae, to_2tuple
 from mimkit.models.masked import replace_masked_tokens
 from mimkit.models.pos_embed import sincos_2d
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(Pretrained, nn.Module):
     """ViT encoder with a class token.
 
     ``CLASSIFIER_OPTIONS``: how fine-tuning builds the classifier (MAE's: mean of the patch tokens, then

@@ -1,0 +1,107 @@
+"""``save_pretrained`` / ``from_pretrained`` on every method and encoder, the way transformers and timm
+users expect: a directory of ``config.json`` (what :func:`~mimkit.create_encoder` and
+:func:`~mimkit.create_method` were called with) and ``model.safetensors``.
+
+Local directories only: mimkit never downloads. Written here rather than through huggingface_hub's
+``PyTorchModelHubMixin``: that mixin rebuilds a model by calling its class with the saved init arguments,
+and a method's first argument is an encoder module, not a JSON value; the factories already are the one
+place that knows how to build each model from names and options. Pushing a saved directory to a hub
+stays the user's choice (``huggingface_hub.upload_folder``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch.nn as nn
+
+CONFIG, WEIGHTS = "config.json", "model.safetensors"
+FORMAT = "mimkit-pretrained/1"
+
+M = TypeVar("M", bound="Pretrained")
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    return value
+
+
+class Pretrained:
+    """Mixed into mimkit's encoders and methods; the factories record how each was built
+    (``mimkit_config``)."""
+
+    mimkit_config: dict[str, Any] | None = None
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (created if needed)."""
+        from safetensors.torch import save_file
+
+        if self.mimkit_config is None:
+            raise ValueError(
+                f"this {type(self).__name__} was not built by mimkit.create_encoder / create_method, so its "
+                "configuration is unknown; build it with those to save it"
+            )
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        assert isinstance(self, nn.Module)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS), metadata={"format": "pt", "producer": "mimkit"})
+        config = {"format": FORMAT, **_json(self.mimkit_config)}
+        (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls: type[M], path: str | os.PathLike) -> M:
+        """Build and load (strictly) a model saved with :meth:`save_pretrained`; a mimkit run directory or
+        checkpoint works too (its method, or its encoder when called on an encoder class). In eval mode.
+
+        Raises:
+            FileNotFoundError: nothing there; ValueError: a directory or run of another kind of model.
+        """
+        from mimkit.pretrain import load_pretrained
+
+        path = Path(path)
+        config_file = path / CONFIG
+        if config_file.is_file() and (path / WEIGHTS).is_file():
+            config = json.loads(config_file.read_text())
+            if config.get("format") != FORMAT:
+                raise ValueError(
+                    f"{path} is not a mimkit save_pretrained directory (no {FORMAT!r} in config.json)"
+                )
+            model = build(config)
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
+        else:
+            model, _, _ = load_pretrained(path)  # a run directory or a training checkpoint
+        if not isinstance(model, cls) and isinstance(getattr(model, "encoder", None), cls):
+            model = model.encoder
+        if not isinstance(model, cls):
+            raise ValueError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model.eval()
+
+
+def build(config: dict[str, Any]) -> nn.Module:
+    """The model a ``mimkit_config`` describes: ``{"encoder": {"name", ...}}`` and, for a method,
+    ``{"method": {"name", ...}}``."""
+    from mimkit.methods import create_method
+    from mimkit.models import create_encoder
+
+    encoder_cfg = dict(config["encoder"])
+    encoder = create_encoder(encoder_cfg.pop("name"), **encoder_cfg)
+    if "method" not in config:
+        return encoder
+    method_cfg = dict(config["method"])
+    return create_method(method_cfg.pop("name"), encoder=encoder, **method_cfg)
+
+
+def record(model: nn.Module, config: dict[str, Any]) -> nn.Module:
+    """Note on ``model`` how it was built (what the factories call)."""
+    model.mimkit_config = config
+    return model
