@@ -21,9 +21,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test,tensorboard,eval,docs,field]"
 	touch $@
 
-# the test suite's extras on top: the peers of the export round trips (transformers, onnxruntime)
+# the test suite's extras on top: the peers of the export round trips (transformers, onnxruntime) and
+# the experiment trackers (MLflow, W&B offline)
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(PY) -m pip install -q -e ".[interop]"
+	$(PY) -m pip install -q -e ".[interop,mlflow,wandb]"
 	touch $@
 
 data:

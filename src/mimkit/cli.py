@@ -20,7 +20,14 @@ from mimkit.data import EvalTransform, build_dataset
 from mimkit.engine import NonFiniteLossError, dist, load_config
 from mimkit.engine.runctl import EXIT_PREEMPTED, Preempted
 from mimkit.eval.sources import eval_data_config
-from mimkit.eval_cli import add_embed_parser, add_eval_parsers, add_knn_parser, run_embed, run_eval
+from mimkit.eval_cli import (
+    add_embed_parser,
+    add_eval_parsers,
+    add_knn_parser,
+    run_embed,
+    run_eval,
+    track_results,
+)
 from mimkit.models import create_encoder
 from mimkit.pretrain import load_pretrained, pretrain, resolve_checkpoint
 from mimkit.viz import DEFAULT_STRETCH, display_bands, save_reconstruction_grid
@@ -183,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.checkpoint, args.out, args.num, args.split, args.seed, args.data_root, bands, stretch
             )
             print(f"wrote {path}")
+            track_results(args.checkpoint, {}, [str(path)])  # the picture, to the run's trackers
         elif args.command in ("knn", "eval"):
             code = run_eval(args)
         elif args.command == "embed":

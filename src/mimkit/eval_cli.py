@@ -24,12 +24,14 @@ This module is the command line only: argparse parents build the protocols' shar
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from typing import Any
 
 from mimkit.data.subsets import DEFAULT_FRACTIONS
 from mimkit.engine.dist import resolve_device
 from mimkit.engine.precision import PRECISIONS, resolve_precision
+from mimkit.engine.trackers import for_run
 from mimkit.eval.embed import embed
 from mimkit.eval.linear import holdout_summary
 from mimkit.eval.protocols import (
@@ -219,11 +221,14 @@ def run_eval(args: argparse.Namespace) -> int:
     features = _pick(FeatureOptions, args) if hasattr(args, "pool") else None
     if features is not None:  # one line saying what the feature passes run in (a warning if emulated)
         resolve_precision(features.precision, resolve_device(features.device))
+    tracked: dict[str, float] = {}  # what the run's experiment trackers get (train.mlflow / train.wandb)
+    files: list[str] = []
     if args.protocol == "knn":
         results = evaluate_knn(encoder, data, features, tuple(args.ks), args.compare_random)
         for name, accs in results.items():
             scores = "  ".join(f"k={k}: {acc:.2f}%" for k, acc in accs.items())
             say(f"kNN top-1 ({features.pool} features) {name:>12}: {scores}")
+            tracked |= {f"eval/knn_k{k}_{features.pool}_{name}": acc for k, acc in accs.items()}
     elif args.protocol == "linear":
         results = evaluate_linear(encoder, data, features, args.overrides, args.out_dir, args.compare_random)
         for name, r in results.items():
@@ -232,6 +237,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 f"linear probe ({features.pool} features) {name:>12}: test top-1 {r['test_top1']:.2f}%  "
                 f"(blr {r['best_blr']:g} chosen on {r['holdout_images']} held-out training images: {held})"
             )
+            tracked[f"eval/linear_{features.pool}_{name}"] = r["test_top1"]
     elif args.protocol == "finetune":
         r = evaluate_finetune(
             encoder,
@@ -247,6 +253,7 @@ def run_eval(args: argparse.Namespace) -> int:
             f"fine-tune ({what}, {r['init']}, {100 * r['label_fraction']:g}% of the labels = "
             f"{r['train_images']} images, {r['steps']} steps): test top-1 {r['test_top1']:.2f}%"
         )
+        tracked[f"eval/finetune_{r['init']}_{100 * r['label_fraction']:g}pct"] = r["test_top1"]
     elif args.protocol == "label-efficiency":
         rows = evaluate_label_efficiency(
             encoder, data, args.fractions, args.epochs, args.overrides, args.out_dir, args.include_random
@@ -256,6 +263,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 f"{r['init']:>12}  {100 * r['fraction']:>6g}% labels ({r['labels']} images): "
                 f"test top-1 {r['test_top1']:.2f}%"
             )
+            tracked[f"eval/label_efficiency_{r['init']}_{100 * r['fraction']:g}pct"] = r["test_top1"]
     else:  # "tsne": argparse lets only the protocols above through
         path = evaluate_tsne(
             encoder,
@@ -268,4 +276,23 @@ def run_eval(args: argparse.Namespace) -> int:
             args.random_init,
         )
         say(f"wrote {path}")
+        files.append(str(path))
+    track_results(encoder.checkpoint, tracked, files)
     return 0
+
+
+def track_results(checkpoint: str | None, metrics: dict[str, float], files: list[str]) -> None:
+    """Add a command's results to the experiment trackers its run was trained with, if any."""
+    if checkpoint is None or os.environ.get("RANK", "0") != "0":
+        return
+    try:
+        trackers = for_run(checkpoint)
+    except ImportError as err:  # the results are printed; the tracker is an extra
+        logging.getLogger("mimkit").warning("results not sent to the run's tracker: %s", err)
+        return
+    if trackers is None:
+        return
+    trackers.log_metrics(0, metrics)
+    for path in files:
+        trackers.log_file(path)
+    trackers.close()

@@ -72,6 +72,10 @@ class TrainConfig:
     resume: bool = True  # continue from the run directory's last checkpoint if there is one
     progress: bool = True
     tensorboard: bool = True
+    # experiment trackers besides metrics.jsonl / TensorBoard (mimkit.engine.trackers): a local MLflow store
+    # directory (or tracking URI), a W&B project (offline unless WANDB_MODE says otherwise)
+    mlflow: str | None = None
+    wandb: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "accum_steps", "log_every"):
@@ -103,6 +107,10 @@ class TrainConfig:
             isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes > 0
         ):
             raise ValueError(f"train.max_minutes must be a number > 0 or null, got {self.max_minutes!r}")
+        for name in ("mlflow", "wandb"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"train.{name} must be a non-empty string or null, got {value!r}")
         if self.save_every_steps < 0:
             raise ValueError(f"train.save_every_steps must be >= 0, got {self.save_every_steps!r}")
 

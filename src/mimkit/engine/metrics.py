@@ -1,4 +1,5 @@
-"""Metrics written by the main process: JSON lines (``metrics.jsonl``), TensorBoard events, progress lines."""
+"""Metrics written by the main process: JSON lines (``metrics.jsonl``), TensorBoard events, experiment
+trackers (:mod:`mimkit.engine.trackers`), progress lines."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ log = logging.getLogger("mimkit")
 class MetricsWriter:
     """Appends one JSON object per call to ``run_dir/metrics.jsonl``; mirrors scalars to TensorBoard."""
 
-    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True):
+    def __init__(
+        self, run_dir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True, trackers=None
+    ):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
+        self.trackers = trackers  # mimkit.engine.trackers.Trackers: MLflow / W&B, or None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,11 +47,16 @@ class MetricsWriter:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._tb.add_scalar(key, value, step)
+        if self.trackers is not None:
+            self.trackers.log_metrics(step, values)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
 
 
 class LogProgress:

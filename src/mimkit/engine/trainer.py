@@ -43,6 +43,7 @@ from mimkit.engine.optim import build_adamw, param_groups
 from mimkit.engine.precision import autocast, grad_scaler, resolve_precision
 from mimkit.engine.runctl import Preempted, RunLock, StopSignals
 from mimkit.engine.schedule import cosine_lr
+from mimkit.engine.trackers import Trackers
 
 log = logging.getLogger("mimkit")
 
@@ -241,7 +242,12 @@ class Trainer:
         self.micro_in_epoch = 0  # micro-batches of the current epoch already consumed
         self.elapsed_s = 0.0  # time spent in the training loop, over all sessions of the run
         self.planned_steps: int | None = None  # the schedule's length once fitted to train.max_minutes
-        self.metrics = MetricsWriter(self.run_dir, enabled=self.env.is_main, tensorboard=cfg.tensorboard)
+        trackers = None
+        if self.env.is_main and (cfg.mlflow or cfg.wandb):
+            trackers = Trackers(self.run_dir, cfg.mlflow, cfg.wandb, params=self.config)
+        self.metrics = MetricsWriter(
+            self.run_dir, enabled=self.env.is_main, tensorboard=cfg.tensorboard, trackers=trackers
+        )
 
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
