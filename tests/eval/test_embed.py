@@ -10,6 +10,7 @@ from PIL import Image
 
 from mimkit.cli import main
 from mimkit.data.transforms import EvalTransform
+from mimkit.eval import embed as embed_module
 from mimkit.eval.embed import embed
 from mimkit.eval.sources import DataChoice, EncoderChoice, FeatureOptions, load_encoder
 
@@ -76,6 +77,7 @@ def test_a_killed_pass_resumes_and_ends_equal_to_a_straight_one(tiny_mae_run, tm
         return real(self, images)
 
     monkeypatch.setattr(EvalTransform, "forward", dies_on_the_third_batch)
+    monkeypatch.setattr(embed_module, "SAVE_EVERY_S", 1e9)  # no timed save: the interruption saves
     with pytest.raises(KeyboardInterrupt):
         embed(choice, tmp_path / "cut.npy", data, FP32, "test")
     assert (tmp_path / "cut.progress.json").is_file()
