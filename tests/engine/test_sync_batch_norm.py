@@ -6,7 +6,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from mimkit.engine.dist import HostSyncBatchNorm, sync_batch_norms
+from mimkit.engine.sync_bn import HostSyncBatchNorm, sync_batch_norms
 
 N, C, L = 12, 5, 3  # 6 rows per process
 
