@@ -173,3 +173,20 @@ def test_a_directory_of_another_model_is_one_line(tmp_path):
         ValueError, match="holds a bert model; mimkit reads transformers ViT / ViTMAE and timm"
     ):
         read_checkpoint(tmp_path / "bert")
+
+
+def test_exported_directories_evaluate_as_the_run(mae_run, tmp_path, capsys):
+    """A transformers or timm directory is evaluated without --encoder (its config.json says what to build):
+    the same kNN scores as the run itself (the same weights, the data's own normalisation)."""
+    pytest.importorskip("transformers")
+    export_run(str(mae_run), str(tmp_path / "out"), ["transformers", "timm"])
+    args = ["--train-limit", "300", "--test-limit", "100", "--k", "10", "--device", "cpu",
+            "--precision", "fp32", "--no-cache"]  # fmt: skip
+    scores = []
+    for source in (
+        mae_run,
+        *(tmp_path / "out" / d for d in ("transformers/vit", "transformers/vit_mae", "timm")),
+    ):
+        assert main(["knn", str(source), *args]) == 0
+        scores.append(capsys.readouterr().out.split("k=10:")[1].strip())
+    assert len(set(scores)) == 1, scores

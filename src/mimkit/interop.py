@@ -191,6 +191,27 @@ def hf_config_args(vit: VisionTransformer) -> dict[str, Any]:
     }
 
 
+def encoder_config(directory: str | Path) -> dict[str, Any]:
+    """The mimkit encoder (name and overrides) of a transformers ViT / ViTMAE or timm directory's
+    ``config.json``; the input size and channels are left to the caller (the data's)."""
+    config = json.loads((Path(directory) / "config.json").read_text())
+    if config.get("model_type") in ("vit", "vit_mae"):
+        return {
+            "name": "vit_base_patch16", "patch_size": config["patch_size"],
+            "embed_dim": config["hidden_size"], "depth": config["num_hidden_layers"],
+            "num_heads": config["num_attention_heads"],
+            "mlp_ratio": config["intermediate_size"] / config["hidden_size"],
+        }  # fmt: skip
+    args = config.get("model_args")
+    if isinstance(args, dict) and str(config.get("architecture", "")).startswith("vit_"):
+        keys = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+        return {"name": "vit_base_patch16", **{k: args[k] for k in keys if k in args}}
+    raise ValueError(
+        f"{directory} describes no ViT that mimkit can build (transformers vit / vit_mae, timm vit_*); "
+        "give --encoder NAME"
+    )
+
+
 # ----------------------------------------------------------------------------- exports
 
 

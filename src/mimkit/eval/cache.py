@@ -44,8 +44,12 @@ _IRRELEVANT_DATA = (
 
 
 def file_fingerprint(path: str | os.PathLike, chunk: int = 1 << 20) -> dict[str, Any]:
-    """``{"size", "mtime_ns", "sha256"}`` of a file (read in 1 MiB chunks)."""
+    """``{"size", "mtime_ns", "sha256"}`` of a file (read in 1 MiB chunks); of a model directory
+    (transformers, timm), its ``config.json`` and ``model.safetensors`` together."""
     path = Path(path)
+    if path.is_dir():
+        parts = [file_fingerprint(path / name, chunk) for name in ("config.json", "model.safetensors")]
+        return {"dir": parts}
     stat = path.stat()
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -24,7 +24,7 @@ from mimkit.data import DataConfig, ImageDataset, build_dataset
 from mimkit.engine.precision import PRECISIONS
 from mimkit.eval.cache import default_cache_dir
 from mimkit.pretrain import build_encoder, load_pretrained, resolve_checkpoint
-from mimkit.weights import extract_state_dict, load_weights, read_checkpoint
+from mimkit.weights import extract_state_dict, is_model_dir, load_weights, read_checkpoint
 
 POOLS = ("token", "avg")
 
@@ -150,7 +150,12 @@ def load_encoder(
         _check_has_encoder(path)
     if teacher and (path is None or encoder_name is not None):
         raise ValueError("--teacher needs a mimkit pretraining run or checkpoint (without --encoder)")
-    if encoder_name is None:
+    arch: dict[str, Any] | None = None
+    if encoder_name is None and path is not None and is_model_dir(path):  # transformers / timm: its config
+        from mimkit.interop import encoder_config
+
+        arch = encoder_config(path)
+    if encoder_name is None and arch is None:
         if path is None:
             raise ValueError("give a checkpoint (or run directory), or --encoder NAME for a random encoder")
         method, cfg, stats = load_pretrained(path)
@@ -169,7 +174,11 @@ def load_encoder(
         return LoadedEncoder(encoder, encoder_cfg, data, path, path.parent, teacher)
     data = DataConfig(source=source or "fashion_mnist", augment="none", **({"root": root} if root else {}))
     sample = build_dataset(dataclasses.replace(data, limit=1), "train")
-    encoder_cfg = {"name": encoder_name, "img_size": list(sample.img_size), "in_chans": sample.channels}
+    encoder_cfg = {
+        **(arch or {"name": encoder_name}),
+        "img_size": list(sample.img_size),
+        "in_chans": sample.channels,
+    }
     encoder = None
     if path is not None:
         encoder = build_encoder(encoder_cfg)
