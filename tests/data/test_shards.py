@@ -164,3 +164,12 @@ def test_cli_packs_pretrains_resumes_and_evaluates_on_a_folder(tmp_path, capsys)
     folder(tmp_path / "eval" / "test", per_class=4)
     assert main(["knn", str(run), "--k", "3", "--device", "cpu", "--data-root", str(tmp_path / "eval")]) == 0
     assert "k=3" in capsys.readouterr().out
+
+
+def test_a_limit_cuts_the_stream_too(packed):
+    _, out, _ = packed
+    data = ShardSet(DataConfig(source="shards", root=str(out), limit=25))
+    assert len(data) == 25 and [s.count for s in data.shards] == [10, 10, 5]
+    loader = ShardLoader(data, 5, buffer=4)
+    seen = torch.cat(_epoch(loader, 0))
+    assert sorted(seen.tolist()) == list(range(25))  # the first 25 images in packing order, once each

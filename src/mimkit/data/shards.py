@@ -197,6 +197,8 @@ def read_shard(shard: Shard) -> Iterator[tuple[int, str, bytes, int]]:
                     if item is not None:
                         yield item
                         position += 1
+                        if position >= shard.count:  # data.limit may cut a shard short
+                            return
                     key, image, label = stem, None, -1
                 data = tar.extractfile(member).read()
                 if ext == "cls":
@@ -204,7 +206,7 @@ def read_shard(shard: Shard) -> Iterator[tuple[int, str, bytes, int]]:
                 elif image is None:
                     image = (member.name, data)
         item = done()
-        if item is not None:
+        if item is not None and position < shard.count:
             yield item
     except (tarfile.TarError, OSError, EOFError, ValueError) as err:
         logger.warning("shard %s unreadable after %d images (%s): the rest of it skipped", shard.path,
