@@ -18,18 +18,12 @@ from typing import Any, TypeVar
 
 import torch.nn as nn
 
+from mimkit.plain import plain
+
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 FORMAT = "mimkit-pretrained/1"
 
 M = TypeVar("M", bound="Pretrained")
-
-
-def _json(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_json(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json(v) for k, v in value.items()}
-    return value
 
 
 class Pretrained:
@@ -52,7 +46,7 @@ class Pretrained:
         assert isinstance(self, nn.Module)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS), metadata={"format": "pt", "producer": "mimkit"})
-        config = {"format": FORMAT, **_json(self.mimkit_config)}
+        config = {"format": FORMAT, **plain(self.mimkit_config)}
         (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         return directory
 

@@ -10,7 +10,6 @@ root, size, channels, normalisation, limit), the split, the pooling and anything
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -27,6 +26,7 @@ from mimkit.data.transforms import EvalTransform
 from mimkit.engine import dist
 from mimkit.engine.checkpoint import save_atomic
 from mimkit.eval.features import extract_pooled
+from mimkit.plain import plain
 
 log = logging.getLogger("mimkit")
 
@@ -58,18 +58,6 @@ def file_fingerprint(path: str | os.PathLike, chunk: int = 1 << 20) -> dict[str,
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
 
 
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in sorted(value.items())}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
-
-
 def feature_key(
     checkpoint: str | os.PathLike | None,
     data: Any,
@@ -86,7 +74,7 @@ def feature_key(
         pool: ``"token"`` / ``"avg"`` (or ``"pixels"``).
         extra: anything else that changes the features (encoder config, seed, ...).
     """
-    data_dict = _plain(data)
+    data_dict = plain(data, sort_keys=True)
     if isinstance(data_dict, dict):
         data_dict = {k: v for k, v in data_dict.items() if k not in _IRRELEVANT_DATA}
     record = {
@@ -95,7 +83,7 @@ def feature_key(
         "data": data_dict,
         "split": split,
         "pool": pool,
-        "extra": _plain(extra or {}),
+        "extra": plain(extra or {}, sort_keys=True),
     }
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]
 

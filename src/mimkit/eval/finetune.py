@@ -31,7 +31,8 @@ from mimkit.engine import dist
 from mimkit.engine.config import TrainConfig
 from mimkit.engine.trainer import Trainer
 from mimkit.eval.classifier import Classifier
-from mimkit.eval.records import _plain, check_recipe, final_train_loss
+from mimkit.eval.records import check_recipe, final_train_loss
+from mimkit.plain import plain
 
 log = logging.getLogger("mimkit")
 
@@ -181,7 +182,7 @@ def finetune(
     # identity keeps a run of one label fraction (number of training images) from resuming another's.
     check_recipe(run_dir, cfg, write=env.is_main)
     method = {"name": "finetune", "train_blocks": cfg.train_blocks, "train_images": len(train_set)}
-    run_config = _plain({"finetune": asdict(cfg), **(config or {}), "method": method})
+    run_config = plain({"finetune": asdict(cfg), **(config or {}), "method": method})
     identity = {key: run_config[key] for key in ("encoder", "method") if key in run_config}
     trainer = Trainer(
         classifier,
