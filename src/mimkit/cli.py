@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -171,7 +170,7 @@ def _labeled_arg(value: str) -> str | bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, the others log warnings only
+    main_process = dist.is_main_process()  # under torchrun, the others log warnings only
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO if main_process else logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",

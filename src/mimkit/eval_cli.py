@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from typing import Any
 
 from mimkit.data.subsets import DEFAULT_FRACTIONS
-from mimkit.engine.dist import resolve_device
+from mimkit.engine.dist import is_main_process, resolve_device
 from mimkit.engine.precision import PRECISIONS, resolve_precision
 from mimkit.engine.trackers import for_run
 from mimkit.eval.embed import embed
@@ -118,7 +117,7 @@ def add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def say(*args: object) -> None:
     """``print`` in the main process only (under torchrun every process runs the command)."""
-    if os.environ.get("RANK", "0") == "0":
+    if is_main_process():
         print(*args)
 
 
@@ -283,7 +282,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def track_results(checkpoint: str | None, metrics: dict[str, float], files: list[str]) -> None:
     """Add a command's results to the experiment trackers its run was trained with, if any."""
-    if checkpoint is None or os.environ.get("RANK", "0") != "0":
+    if checkpoint is None or not is_main_process():
         return
     try:
         trackers = for_run(checkpoint)

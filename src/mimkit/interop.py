@@ -110,47 +110,41 @@ def _blocks_from_hf(
     return out
 
 
+# mimkit name -> transformers name, outside the blocks (the blocks: _hf_block)
+_VIT_NAMES = {
+    "cls_token": "embeddings.cls_token",
+    "pos_embed": "embeddings.position_embeddings",
+    "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+    "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+    "norm.weight": "layernorm.weight",
+    "norm.bias": "layernorm.bias",
+}
+_DECODER_NAMES = {
+    "mask_token": "decoder.mask_token",
+    "pos_embed": "decoder.decoder_pos_embed",
+    **{
+        f"{ours}.{w}": f"decoder.decoder_{ours}.{w}"
+        for ours in ("embed", "norm", "pred")
+        for w in ("weight", "bias")
+    },
+}
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
 def vit_to_hf(encoder: VisionTransformer, keys: set[str], prefix: str = "") -> dict[str, torch.Tensor]:
     """A mimkit ViT's weights under transformers' ``ViTModel`` names (``keys``: that model's own)."""
-    s = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
-    out = {
-        f"{prefix}embeddings.cls_token": s["cls_token"],
-        f"{prefix}embeddings.position_embeddings": s["pos_embed"],
-        f"{prefix}embeddings.patch_embeddings.projection.weight": s["patch_embed.proj.weight"],
-        f"{prefix}embeddings.patch_embeddings.projection.bias": s["patch_embed.proj.bias"],
-        f"{prefix}layernorm.weight": s["norm.weight"],
-        f"{prefix}layernorm.bias": s["norm.bias"],
-    }
+    s = _state(encoder)
+    out = {f"{prefix}{theirs}": s[ours] for ours, theirs in _VIT_NAMES.items()}
     return out | _blocks_to_hf(s, "blocks.", encoder.depth, keys, prefix)
 
 
 def vit_from_hf(state: dict[str, torch.Tensor], depth: int, prefix: str = "") -> dict[str, torch.Tensor]:
     """transformers ``ViTModel`` / ``ViTMAEModel`` weights (under ``prefix``) as a mimkit ViT state dict."""
-    s = state
-    out = {
-        "cls_token": s[f"{prefix}embeddings.cls_token"],
-        "pos_embed": s[f"{prefix}embeddings.position_embeddings"],
-        "patch_embed.proj.weight": s[f"{prefix}embeddings.patch_embeddings.projection.weight"],
-        "patch_embed.proj.bias": s[f"{prefix}embeddings.patch_embeddings.projection.bias"],
-        "norm.weight": s[f"{prefix}layernorm.weight"],
-        "norm.bias": s[f"{prefix}layernorm.bias"],
-    }
-    return out | _blocks_from_hf(s, depth, prefix, "blocks.")
-
-
-def mae_decoder_to_hf(decoder: nn.Module, keys: set[str]) -> dict[str, torch.Tensor]:
-    s = {k: v.detach().cpu() for k, v in decoder.state_dict().items()}
-    out = {
-        "decoder.mask_token": s["mask_token"], "decoder.decoder_pos_embed": s["pos_embed"],
-        "decoder.decoder_embed.weight": s["embed.weight"], "decoder.decoder_embed.bias": s["embed.bias"],
-        "decoder.decoder_norm.weight": s["norm.weight"], "decoder.decoder_norm.bias": s["norm.bias"],
-        "decoder.decoder_pred.weight": s["pred.weight"], "decoder.decoder_pred.bias": s["pred.bias"],
-    }  # fmt: skip
-    depth = len(decoder.blocks)
-    # transformers names the decoder's blocks decoder_layers.i (both namings of the block's insides)
-    hf = {_decoder_blocks_as_layers(k): k for k in keys}
-    blocks = _blocks_to_hf(s, "blocks.", depth, set(hf), "decoder.")
-    return out | {hf[k]: v for k, v in blocks.items()}
+    out = {ours: state[f"{prefix}{theirs}"] for ours, theirs in _VIT_NAMES.items()}
+    return out | _blocks_from_hf(state, depth, prefix, "blocks.")
 
 
 def _decoder_blocks_as_layers(key: str) -> str:
@@ -162,14 +156,19 @@ def _decoder_blocks_as_layers(key: str) -> str:
     return key
 
 
+def mae_decoder_to_hf(decoder: nn.Module, keys: set[str]) -> dict[str, torch.Tensor]:
+    """A mimkit MAE decoder's weights under ``ViTMAEForPreTraining``'s names (``keys``: that model's own)."""
+    s = _state(decoder)
+    out = {theirs: s[ours] for ours, theirs in _DECODER_NAMES.items()}
+    hf = {_decoder_blocks_as_layers(k): k for k in keys}
+    blocks = _blocks_to_hf(s, "blocks.", len(decoder.blocks), set(hf), "decoder.")
+    return out | {hf[k]: v for k, v in blocks.items()}
+
+
 def mae_decoder_from_hf(state: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
+    """transformers ``ViTMAEForPreTraining`` decoder weights as a mimkit MAE decoder state dict."""
     s = {_decoder_blocks_as_layers(k): v for k, v in state.items()}
-    out = {
-        "mask_token": s["decoder.mask_token"], "pos_embed": s["decoder.decoder_pos_embed"],
-        "embed.weight": s["decoder.decoder_embed.weight"], "embed.bias": s["decoder.decoder_embed.bias"],
-        "norm.weight": s["decoder.decoder_norm.weight"], "norm.bias": s["decoder.decoder_norm.bias"],
-        "pred.weight": s["decoder.decoder_pred.weight"], "pred.bias": s["decoder.decoder_pred.bias"],
-    }  # fmt: skip
+    out = {ours: s[theirs] for ours, theirs in _DECODER_NAMES.items()}
     return out | _blocks_from_hf(s, depth, "decoder.", "blocks.")
 
 

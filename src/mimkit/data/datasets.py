@@ -325,6 +325,19 @@ def scan_folder(
     return files, labels, classes
 
 
+def decode_setup(cfg: DataConfig, info: ImageInfo) -> tuple[int, tuple[int, int], DecodeOptions]:
+    """``(channels, (H, W), decode options)`` the images are stored with: the config's, else what the first
+    image (``info``) says; the bands picked first."""
+    native = len(cfg.bands) if cfg.bands else info.channels
+    size = size_pair(cfg.img_size) if cfg.img_size is not None else (info.height, info.width)
+    window = tuple(cfg.window) if isinstance(cfg.window, list) else cfg.window
+    return (
+        cfg.channels or native,
+        size,
+        DecodeOptions(tuple(cfg.bands) if cfg.bands else None, info.dtype, window),
+    )
+
+
 def _first_image_info(files: Sequence[Path], folder: Path, window) -> ImageInfo:
     """Size, band count and storage dtype of the first file that can be read."""
     for path in files[:100]:
@@ -416,10 +429,7 @@ def _build_folder(cfg: DataConfig, split: str, train: ImageDataset | None) -> Im
             if cfg.channels is None or cfg.img_size is None:
                 raise
             info = ImageInfo(0, 0, cfg.channels, torch.uint8)  # decoding them all reports what failed
-        native = len(cfg.bands) if cfg.bands else info.channels
-        channels = cfg.channels or native
-        size = size_pair(cfg.img_size) if cfg.img_size is not None else (info.height, info.width)
-        options = DecodeOptions(tuple(cfg.bands) if cfg.bands else None, info.dtype, window)
+        channels, size, options = decode_setup(cfg, info)
         logger.info(
             "%s: images stored as %d channel(s) of %s at %dx%d",
             train_dir, channels, str(info.dtype).removeprefix("torch."), *size,

@@ -275,14 +275,22 @@ def decode_image(
     """
     options = options or DecodeOptions()
     try:
-        fast = options.dtype == torch.uint8 and options.bands is None and channels in (1, 3, 4)
-        if fast and not needs_array_reader(path) and not is_deep_colour_png(path):
+        if _takes_pillow(options, channels, path, path):
             return _decode_pillow(path, channels, size, resize_mode)
         arr = to_store(read_array(path, options.window), options.dtype)
         return resize_array(fit_bands(arr, channels, options.bands, options.dtype), size, resize_mode)
     except Exception as err:  # noqa: BLE001 - any decoder failure means "unreadable", never fatal
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UnreadableImageError(path, reason) from None
+        raise _unreadable(path, err) from None
+
+
+def _takes_pillow(options: DecodeOptions, channels: int, path: Path, source: Path | bytes) -> bool:
+    """8-bit files into a uint8 store, no band pick, grey / RGB / RGBA: Pillow's path."""
+    fits = options.dtype == torch.uint8 and options.bands is None and channels in (1, 3, 4)
+    return fits and not needs_array_reader(path) and not is_deep_colour_png(source)
+
+
+def _unreadable(path: str | os.PathLike, err: Exception) -> UnreadableImageError:
+    return UnreadableImageError(path, str(err).splitlines()[0] if str(err) else type(err).__name__)
 
 
 def decode_bytes(
@@ -300,14 +308,11 @@ def decode_bytes(
     """
     options = options or DecodeOptions()
     fake = Path(name)
-    deep_png = len(data) > 25 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[24] == 16 and data[25] in (2, 6)
-    fast = options.dtype == torch.uint8 and options.bands is None and channels in (1, 3, 4)
-    if fast and not needs_array_reader(fake) and not deep_png:
+    if _takes_pillow(options, channels, fake, data):
         try:
             return _decode_pillow(io.BytesIO(data), channels, size, resize_mode)
         except Exception as err:  # noqa: BLE001 - any decoder failure means "unreadable", never fatal
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise UnreadableImageError(fake, reason) from None
+            raise _unreadable(fake, err) from None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, fake.name)
         path.write_bytes(data)

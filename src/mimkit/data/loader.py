@@ -135,8 +135,6 @@ class BatchLoader(EpochCursor):
         self.rank = rank
         self.world_size = world_size
         self.pin_memory = pin_memory
-        self.epoch = 0
-        self._start_batch = 0
         self._reported = 0  # unreadable files already reported
         self.last_indices: torch.Tensor | None = None
 

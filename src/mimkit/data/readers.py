@@ -98,18 +98,22 @@ def read_tiff(path: Path) -> np.ndarray:
     return to_hwc(arr, "the TIFF image") if arr.ndim == 2 else arr
 
 
-def _png_bit_depth(path: Path) -> tuple[int, int] | None:
-    """``(bit depth, colour type)`` from a PNG header, or None for another format."""
-    with open(path, "rb") as f:
-        head = f.read(26)
+def _png_bit_depth(head: bytes) -> tuple[int, int] | None:
+    """``(bit depth, colour type)`` from the first 26 bytes of a PNG, or None for another format."""
     if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         return None
     return head[24], head[25]
 
 
-def is_deep_colour_png(path: Path) -> bool:
-    """A 16-bit colour PNG (colour types 2 and 6): Pillow would decode it at 8 bits."""
-    header = _png_bit_depth(path)
+def is_deep_colour_png(source: Path | bytes) -> bool:
+    """A 16-bit colour PNG (colour types 2 and 6), from a file or its bytes: Pillow would decode it at
+    8 bits."""
+    if isinstance(source, bytes):
+        head = source[:26]
+    else:
+        with open(source, "rb") as f:
+            head = f.read(26)
+    header = _png_bit_depth(head)
     return header is not None and header[0] == 16 and header[1] in (2, 6)
 
 

@@ -42,9 +42,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mimkit.data.config import DataConfig, size_pair
-from mimkit.data.datasets import scan_folder, warn_skipped
+from mimkit.data.config import DataConfig
+from mimkit.data.datasets import decode_setup, scan_folder, warn_skipped
 from mimkit.data.images import (
+    STORE_DTYPES,
     DecodeOptions,
     ImageInfo,
     UnreadableImageError,
@@ -59,7 +60,6 @@ logger = logging.getLogger(__name__)
 
 INDEX = "shards.json"
 FORMAT = "mimkit-shards/1"
-_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16, "float32": torch.float32}
 
 
 # ----------------------------------------------------------------------------- packing
@@ -255,16 +255,10 @@ class ShardSet:
             self.total = sum(s.count for s in self.shards)
         if not self.shards:
             raise ValueError(f"no shard file listed in {index_file} is there")
-        window = tuple(cfg.window) if isinstance(cfg.window, list) else cfg.window
-        dtype = _DTYPES.get(info.get("dtype"), torch.uint8)
-        native = len(cfg.bands) if cfg.bands else int(info["channels"])
-        self.channels = cfg.channels or native
-        self.img_size = (
-            size_pair(cfg.img_size) if cfg.img_size is not None else (info["height"], info["width"])
-        )
+        dtype = STORE_DTYPES.get(info.get("dtype"), torch.uint8)
+        first_image = ImageInfo(int(info["height"]), int(info["width"]), int(info["channels"]), dtype)
+        self.channels, self.img_size, self.decode = decode_setup(cfg, first_image)
         self.resize_mode = cfg.resize_mode
-        self.decode = DecodeOptions(tuple(cfg.bands) if cfg.bands else None, dtype, window)
-        self.clip = None
         sampled: list[torch.Tensor] = []
 
         def sample() -> torch.Tensor:

@@ -47,6 +47,11 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
 
 
+def is_main_process() -> bool:
+    """Rank 0 of the processes a launcher started (or a process started alone): the one that speaks."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def setup(device: str = "auto") -> DistEnv:
     """Read the launcher's environment and start the process group when there are several processes."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

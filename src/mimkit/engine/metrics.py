@@ -13,6 +13,11 @@ from typing import Any
 log = logging.getLogger("mimkit")
 
 
+def scalars(values: dict[str, Any]) -> dict[str, float]:
+    """The plain numbers among ``values`` (what TensorBoard and the trackers can plot)."""
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 class MetricsWriter:
     """Appends one JSON object per call to ``run_dir/metrics.jsonl``; mirrors scalars to TensorBoard."""
 
@@ -44,9 +49,8 @@ class MetricsWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(key, value, step)
+            for key, value in scalars(values).items():
+                self._tb.add_scalar(key, value, step)
         if self.trackers is not None:
             self.trackers.log_metrics(step, values)
 

@@ -22,6 +22,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from mimkit.engine.metrics import scalars
+
 log = logging.getLogger("mimkit")
 
 IDS = "trackers.json"
@@ -38,10 +40,6 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
     return out
-
-
-def _numbers(values: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class MLflowTracker:
@@ -174,7 +172,7 @@ class Trackers:
                 del self.active[name]
 
     def log_metrics(self, step: int, values: dict[str, Any]) -> None:
-        numbers = _numbers(values)
+        numbers = scalars(values)
         if numbers:
             self._each("log_metrics", step, numbers)
 

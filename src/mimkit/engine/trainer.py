@@ -406,9 +406,8 @@ class Trainer:
                         keys = self._sample_keys(images.shape[0])
                         last_micro = (self.micro_in_epoch + 1) % cfg.accum_steps == 0
                         out = self._micro_step(images, labels, keys, sync=last_micro)
-                        for key, value in out.items():
-                            if key.startswith("loss") and value.ndim == 0:
-                                sums[key] = sums.get(key, 0.0) + value.detach().float()
+                        for key, value in out.items():  # _Step lets the scalar losses through only
+                            sums[key] = sums.get(key, 0.0) + value.detach().float()
                         count += 1
                         images_seen += images.shape[0] * self.env.world_size
                         total_images += images.shape[0] * self.env.world_size

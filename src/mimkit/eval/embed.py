@@ -156,7 +156,7 @@ def embed(
                     rows[ok] = model.pool(tokens, features.pool).float().cpu().numpy()
                 unreadable.update(bad)
                 completed = last + 1
-                # a synchronous flush per batch cost ~10% of the pass: every SAVE_EVERY_S seconds instead
+                # the rows flushed and the record written every SAVE_EVERY_S seconds, not every batch
                 if time.perf_counter() - t_saved >= SAVE_EVERY_S:
                     checkpoint(completed)
                     t_saved = time.perf_counter()
