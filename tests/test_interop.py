@@ -98,6 +98,29 @@ def test_timm_layout(mae_run, tmp_path):
         assert _close(method.encoder.eval().forward_features(x), model.forward_features(x))
 
 
+def test_a_directory_timm_wrote_loads_into_mimkit(tmp_path):
+    """timm -> mimkit: a ViT saved by timm's own ``save_for_hf`` (its config.json names the architecture and
+    model_args) builds the same-size mimkit encoder with timm's weights: the same features."""
+    timm = pytest.importorskip("timm")  # needs torchvision: runs where timm imports
+    from mimkit import create_encoder
+    from mimkit.interop import encoder_config
+    from mimkit.weights import load_weights
+
+    theirs = timm.create_model(
+        "vit_tiny_patch16_224", img_size=28, patch_size=4, in_chans=1, embed_dim=48, depth=2, num_heads=3,
+        mlp_ratio=2.0, num_classes=0,
+    ).eval()  # fmt: skip
+    timm.models.save_for_hf(theirs, tmp_path / "timm", safe_serialization=True)
+    arch = encoder_config(tmp_path / "timm")
+    assert arch == {"name": "vit_base_patch16", "patch_size": 4, "embed_dim": 48, "depth": 2, "num_heads": 3,
+                    "mlp_ratio": 2.0}  # fmt: skip
+    ours = create_encoder(arch.pop("name"), img_size=28, in_chans=1, **arch).eval()
+    load_weights(ours, tmp_path / "timm")
+    x = _batch()
+    with torch.no_grad():
+        assert _close(theirs.forward_features(x), ours.forward_features(x))
+
+
 def test_bad_exports_are_one_line(mae_run, tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown export format\\(s\\) \\['keras'\\]; choose from"):
         export_run(str(mae_run), str(tmp_path / "a"), ["keras"])
