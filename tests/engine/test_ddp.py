@@ -170,6 +170,23 @@ def test_fsdp_trains_what_ddp_trains(tmp_path, recipe):
     assert "Warning" not in fsdp.stderr, fsdp.stderr[-2000:]
 
 
+def test_compiled_fsdp_trains_what_eager_fsdp_trains(tmp_path):
+    """``train.compile`` with FSDP2 (the compiled step around sharded blocks): the losses and weights of the
+    eager FSDP run, up to the float rounding that inductor's fused kernels change (measured: losses 1e-7
+    relative, weights 1.3e-5 after 8 steps)."""
+    pretrain("mae", tmp_path / "eager", 2, 8, "train.strategy=fsdp")
+    compiled = pretrain("mae", tmp_path / "compiled", 2, 8, "train.strategy=fsdp", "train.compile=true")
+    assert "torch.compile" in compiled.stderr and "FSDP2" in compiled.stderr
+    a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert len(a) == len(b) == 8 and all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(a, b, strict=True))
+    wa, wb = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 5e-4
+    # torch's own import of inductor warns that torch.jit.script_method is deprecated (a DeprecationWarning,
+    # shown here because the test turns every warning on); no other warning
+    ours = [ln for ln in compiled.stderr.splitlines() if "Warning" in ln and "script_method" not in ln]
+    assert not ours, compiled.stderr[-2000:]
+
+
 def test_fsdp_checkpoint_resumes_on_one_process_and_back(tmp_path):
     """FSDP on 2 processes for 3 steps, then 1 process to step 6, then FSDP on 2 processes to the end: the
     checkpoint is the full state (model and optimizer), so the run equals a straight one-process run."""
