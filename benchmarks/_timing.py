@@ -4,7 +4,7 @@ Each configuration to time (a side, a method, a precision ...) lives in its own 
 allocator state and peak RSS are its own. The parent asks the workers for a few timed steps one at a time,
 in a rotating order, round after round, so that load from other processes on a shared machine hits every
 configuration alike. Also: how busy the whole machine is (``/proc/stat``), waiting for it to be quiet, and
-glibc's setting to keep freed memory.
+the host allocator setting every worker gets.
 
 Worker side::
 
@@ -29,21 +29,21 @@ from pathlib import Path
 from typing import Any
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse instead of giving it back to the OS.
+def set_allocator(glibc_defaults: bool) -> str:
+    """In a worker, before anything is built: the host allocator setting every side of a comparison gets.
 
-    By default glibc returns large freed blocks (``munmap``, heap trimming), so every training step
-    page-faults its activations in again: ~50k faults per step for the Fashion-MNIST MAE shape, 10-15% of
-    the step on the 2-core VM of benchmarks/README.md. Returns False where this is not glibc.
+    By default glibc keeps freed memory for reuse (:mod:`mimkit.engine.host_memory`, which mimkit's trainer
+    and feature passes apply by themselves on the CPU) for mimkit and the peer alike: it is a setting of
+    the process that the peer's users can make too (mallopt, or preloading jemalloc / tcmalloc).
+    ``glibc_defaults`` leaves glibc as it is on every side (``MIMKIT_KEEP_FREED_MEMORY=0`` turns mimkit's
+    own setting off). Returns the setting in words, for the report.
     """
-    import ctypes
+    if glibc_defaults:
+        os.environ["MIMKIT_KEEP_FREED_MEMORY"] = "0"
+        return "glibc's allocator defaults"
+    from mimkit.engine.host_memory import keep_freed_memory
 
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(libc.mallopt(m_mmap_threshold, 1 << 25))
-    except (OSError, AttributeError):
-        return False
+    return "freed memory kept for reuse" if keep_freed_memory() else "glibc's allocator defaults (not glibc)"
 
 
 def peak_rss_mb() -> float:

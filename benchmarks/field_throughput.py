@@ -24,7 +24,7 @@ import json
 import statistics
 import sys
 
-from _timing import keep_freed_memory, machine_info, run_rounds  # benchmarks/_timing.py
+from _timing import machine_info, run_rounds, set_allocator  # benchmarks/_timing.py
 
 KINDS = ("uint8", "uint16", "float32")
 PARTS = ("step", "data")
@@ -53,7 +53,7 @@ def worker(key, args, conn) -> None:
     try:
         import torch
 
-        keep_freed_memory()
+        set_allocator(glibc_defaults=False)
         torch.manual_seed(0)
         from mimkit.data import build_loader
         from mimkit.data.transforms import PretrainAugment

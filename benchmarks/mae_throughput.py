@@ -34,10 +34,10 @@ from typing import Any
 
 from _timing import (  # benchmarks/_timing.py
     cpu_name,
-    keep_freed_memory,
     machine_info,
     run_rounds,
     serve_steps,
+    set_allocator,
 )
 
 PRECISIONS = ("fp32", "bf16")
@@ -158,8 +158,7 @@ def worker(key: tuple[str, str], args: dict[str, Any], conn) -> None:
     """One (side, precision) in its own process: build, then run timed segments on request."""
     side, precision = key
     side, compiled = side.removesuffix(COMPILED), side.endswith(COMPILED)
-    if args["keep_freed_memory"]:
-        keep_freed_memory()
+    set_allocator(args["glibc_defaults"])
     import torch
 
     if args["threads"]:
@@ -261,10 +260,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument(
-        "--keep-freed-memory",
+        "--glibc-defaults",
         action="store_true",
-        help="glibc mallopt in both sides' processes: keep freed memory instead of page-faulting it in "
-        "again every step",
+        help="glibc's allocator defaults in both sides' processes (mimkit's own setting off): freed memory "
+        "is page-faulted in again every step; default: kept for reuse on every side",
     )
     parser.add_argument(
         "--quiet-wait",
@@ -315,7 +314,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads,
         "optimizer": args.optimizer,
         "peer_attn": args.peer_attn,
-        "keep_freed_memory": args.keep_freed_memory,
+        "glibc_defaults": args.glibc_defaults,
         "shape": args.shape,
         "device": args.device,
     }
@@ -386,7 +385,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def print_report(args: argparse.Namespace, out: dict[str, Any]) -> None:
     import torch
 
-    extras = ", glibc keeps freed memory" if args.keep_freed_memory else ""
+    extras = ", glibc's allocator defaults" if args.glibc_defaults else ", freed host memory kept for reuse"
     gpu = args.device.startswith("cuda")
     where = f"{torch.cuda.get_device_name(args.device)}" if gpu else f"{cpu_name()}, {out['threads']} threads"
     print(

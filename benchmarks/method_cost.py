@@ -63,7 +63,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _timing import keep_freed_memory, machine_info, run_rounds, serve_steps  # benchmarks/_timing.py
+from _timing import machine_info, run_rounds, serve_steps, set_allocator  # benchmarks/_timing.py
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # method -> the Fashion-MNIST recipe whose method options and optimiser settings it runs with
@@ -252,8 +252,7 @@ def peer_worker(key: str, args: dict[str, Any], conn) -> None:
 
 def worker(method: str, args: dict[str, Any], conn) -> None:
     """One method in its own process: build it and a Trainer, count one step, then time steps on request."""
-    if args["keep_freed_memory"]:
-        keep_freed_memory()
+    set_allocator(args["glibc_defaults"])
     if method.startswith(PEER):
         return peer_worker(method, args, conn)
     import tempfile
@@ -338,9 +337,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="rounds; the methods alternate within each")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument(
-        "--keep-freed-memory",
+        "--glibc-defaults",
         action="store_true",
-        help="glibc mallopt in every worker: keep freed memory instead of page-faulting it in every step",
+        help="glibc's allocator defaults in every worker (mimkit's own setting off): freed memory is "
+        "page-faulted in again every step; default: kept for reuse on every side",
     )
     parser.add_argument(
         "--quiet-wait",
@@ -390,7 +390,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "device",
             "precision",
             "threads",
-            "keep_freed_memory",
+            "glibc_defaults",
         )
     }
 
@@ -485,7 +485,9 @@ def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
         f"Training step per method: encoder `{args.encoder}` ({out['encoder_params'] / 1e6:.2f}M parameters) "
         f"on {h}x{w}x{args.in_chans}, batch {args.batch}, precision {out['precision_requested']} -> "
         f"{out['precision']}, {where} ({out['threads']} threads), torch {out['torch']}; median of "
-        f"{args.rounds} rounds x {args.steps} steps per row. Machine peak ({out['peak_shape']} matrix "
+        f"{args.rounds} rounds x {args.steps} steps per row; "
+        f"{'glibc allocator defaults' if args.glibc_defaults else 'freed host memory kept for reuse'} "
+        f"in every worker. Machine peak ({out['peak_shape']} matrix "
         f"product, {out['precision']}): **{out['peak_gflops']:.0f} GFLOP/s**.",
         "",
         "| row | ms/step | img/s | cost vs MAE | GFLOP/img | GFLOP/s | MFU (of peak) | floor ms/step "

@@ -38,6 +38,7 @@ from mimkit import rng
 from mimkit.engine import checkpoint as ckpt
 from mimkit.engine import dist
 from mimkit.engine.config import TrainConfig
+from mimkit.engine.host_memory import keep_freed_memory
 from mimkit.engine.metrics import LogProgress, MetricsWriter
 from mimkit.engine.optim import build_adamw, param_groups
 from mimkit.engine.precision import autocast, grad_scaler, resolve_precision
@@ -200,6 +201,8 @@ class Trainer:
         # bf16 where native, fp16 with a loss scaler on GPUs without bf16, fp32 otherwise
         self.precision = resolve_precision(cfg.precision, self.env.device, announce=self.env.is_main)
         self.scaler = grad_scaler(self.precision, self.env.device.type)
+        # on the CPU, steps reuse the memory the previous step freed instead of page-faulting it in again
+        self.keeps_freed_memory = self.env.device.type == "cpu" and keep_freed_memory()
         self.run_dir = Path(run_dir)
         self.model = model.to(self.env.device)
         self.step_module = dist.wrap(_Step(self.model), self.env, cfg.strategy)
@@ -488,12 +491,13 @@ class Trainer:
         from mimkit.models.layers import attention_path
 
         log.info(
-            "training on %s in %s; attention: %s%s; batch %d x %d accumulated x %d process(es) = %d per "
+            "training on %s in %s; attention: %s%s%s; batch %d x %d accumulated x %d process(es) = %d per "
             "step, lr %.3g",
             self.env.device,
             self.precision.precision,
             attention_path(self.env.device.type, self.precision.precision, training=True),
             "; torch.compile" if self.cfg.compile else "",
+            "; freed host memory kept for reuse" if self.keeps_freed_memory else "",
             self.cfg.batch_size,
             self.cfg.accum_steps,
             self.env.world_size,

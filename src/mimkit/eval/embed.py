@@ -33,6 +33,7 @@ from mimkit.data import build_dataset
 from mimkit.data.images import UnreadableImageError
 from mimkit.data.transforms import EvalTransform
 from mimkit.engine.dist import resolve_device
+from mimkit.engine.host_memory import keep_freed_memory
 from mimkit.engine.precision import auto_to_native, autocast
 from mimkit.eval.cache import feature_key
 from mimkit.eval.sources import DataChoice, EncoderChoice, FeatureOptions, load_choice
@@ -146,6 +147,8 @@ def embed(
         tmp.write_text(json.dumps(record))
         os.replace(tmp, progress_file)
 
+    if device.type == "cpu":
+        keep_freed_memory()  # each batch's activations reuse the previous batch's memory
     t0 = t_saved = time.perf_counter()
     completed = done
     try:

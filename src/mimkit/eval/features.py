@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from mimkit.engine.host_memory import keep_freed_memory
 from mimkit.engine.precision import auto_to_native, autocast
 
 
@@ -34,6 +35,8 @@ def extract_pooled(
     """
     device = torch.device(device)
     precision = auto_to_native(precision, device)
+    if device.type == "cpu":
+        keep_freed_memory()  # each batch's activations reuse the previous batch's memory
     was_training = encoder.training
     encoder.eval().to(device)
     feats: dict[str, list[torch.Tensor]] = {pool: [] for pool in pools}
