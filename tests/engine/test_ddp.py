@@ -3,10 +3,12 @@ on the combined batch (per-sample randomness keyed by seed, epoch and sample ind
 
 Tolerances (fp32): every logged loss within 1e-5 relative (the 2-process loss is the mean of the ranks'
 halves, all-reduced at the log step; without keyed randomness the losses differ by ~5%, SiT's without
-synchronised batch norms by ~1%), and every weight
-within 5e-4 after 8 AdamW steps at lr 6.3e-4 (the sum over 16 images vs two sums over 8 is rounded
-differently, and Adam's first steps amplify that on gradients near zero to a fraction of the lr; other
-masks and crops move weights by ~4e-3).
+synchronised batch norms by ~1%), and every weight within 1e-5 after 8 AdamW steps at lr 6.3e-4 (measured:
+1.2e-7 for MAE), except the weights whose gradient is zero in theory: attention's key biases (a key bias
+adds the same q.b to every score of a row, which the softmax cancels) and SiT's biases feeding a BatchNorm.
+Their gradients are rounding noise, which Adam turns into steps of about the lr whatever its size, on one
+process as on two; they are held to one lr per step, 5e-3 (measured: MAE 5.8e-5, SiT 1.6e-3), and nothing
+downstream sees them. Other masks and crops move the trained weights by ~4e-3.
 """
 
 import json
@@ -84,6 +86,21 @@ def _bias_before_batch_norm(name: str) -> bool:
     return "projector.layers." in name and (name.endswith((".0.bias", ".3.bias")) or "running_mean" in name)
 
 
+def _weight_differences(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """(max |a - b| over the weights with a gradient, max |a - b| over those whose gradient is zero in
+    theory: attention's key biases, the middle third of ``qkv.bias``, and SiT's biases before a BatchNorm)."""
+    theory_zero, other = [0.0], [0.0]
+    for name, x in a.items():
+        diff = (x.float() - b[name].float()).abs()
+        if name.endswith("qkv.bias"):
+            q, k, v = diff.view(3, -1)
+            other.append(float(torch.maximum(q, v).max()))
+            theory_zero.append(float(k.max()))
+        else:
+            (theory_zero if _bias_before_batch_norm(name) else other).append(float(diff.max()))
+    return max(other), max(theory_zero)
+
+
 @pytest.mark.parametrize("recipe", list(EQUAL))
 def test_two_processes_train_the_same_model_as_one_on_the_combined_batch(tmp_path, recipe):
     pretrain(recipe, tmp_path / "one", 1, 16, *EQUAL[recipe])
@@ -93,8 +110,8 @@ def test_two_processes_train_the_same_model_as_one_on_the_combined_batch(tmp_pat
     assert all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(a, b, strict=True)), (a, b)
     wa = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["model"]
     wb = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
-    compared = [k for k in wa if not _bias_before_batch_norm(k)]
-    assert max(float((wa[k].float() - wb[k].float()).abs().max()) for k in compared) < 5e-4
+    trained, theory_zero = _weight_differences(wa, wb)
+    assert trained < 1e-5 and theory_zero < 8 * 6.25e-4, (trained, theory_zero)
     # one process speaks and writes; no DDP warning
     assert two.stdout.count("run directory:") == 1
     assert "Warning" not in two.stderr, two.stderr[-2000:]
