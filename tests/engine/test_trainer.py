@@ -282,26 +282,27 @@ def budget_trainer(run_dir, images, **cfg):
 
 
 def test_time_budget_fits_the_schedule_and_ends_it_cleanly(tmp_path, images):
-    from mimkit.engine.trainer import CALIBRATION_SKIP, CALIBRATION_STEPS
+    from mimkit.engine.trainer import BUDGET_MARGIN, CALIBRATION_SKIP, CALIBRATION_STEPS
 
     trainer = budget_trainer(tmp_path, images, max_minutes=0.3)  # 18 s at 1 s per step
     trainer.fit()
-    # timed from step 2 to 12 (1 s each), 6 s left buy 6 more steps: 18 in all, not the scheduled 30
-    assert (CALIBRATION_SKIP, CALIBRATION_STEPS) == (2, 10)
-    assert trainer.planned_steps == 18 and trainer.step == 18 and trainer.total_steps == 30
-    # warm-up (1 epoch = 5 steps) is capped at a quarter of the 18 steps: 4.5; then cosine down to min_lr
+    # timed from step 2 to 12 (1 s each); 6 s left, less the 3% margin (5.82 s), buy 5 more steps: 17 in
+    # all, not the scheduled 30
+    assert (CALIBRATION_SKIP, CALIBRATION_STEPS, BUDGET_MARGIN) == (2, 10, 0.03)
+    assert trainer.planned_steps == 17 and trainer.step == 17 and trainer.total_steps == 30
+    # warm-up (1 epoch = 5 steps) is capped at a quarter of the 17 steps: 4.25; then cosine down to min_lr
     base = trainer.base_lr
-    assert trainer.lr_at(1) == pytest.approx(base / 4.5)
-    assert trainer.lr_at(10) == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 5.5 / 13.5)))
-    assert trainer.lr_at(18) == pytest.approx(0.0, abs=1e-12)
+    assert trainer.lr_at(1) == pytest.approx(base / 4.25)
+    assert trainer.lr_at(10) == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 5.75 / 12.75)))
+    assert trainer.lr_at(17) == pytest.approx(0.0, abs=1e-12)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["step"] == 18  # the last step is logged
-    assert records[-1]["lr"] == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 12.5 / 13.5)))
+    assert records[-1]["step"] == 17  # the last step is logged
+    assert records[-1]["lr"] == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 11.75 / 12.75)))
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert saved["step"] == 18 and saved["planned_steps"] == 18 and saved["elapsed_s"] == 18.0
+    assert saved["step"] == 17 and saved["planned_steps"] == 17 and saved["elapsed_s"] == 17.0
     again = budget_trainer(tmp_path, images, max_minutes=0.3)  # the same command again: nothing left to do
     again.fit()
-    assert again.step == 18
+    assert again.step == 17
 
 
 def test_time_budget_keeps_a_short_warm_up_and_the_whole_schedule_when_affordable(tmp_path, images):
@@ -323,8 +324,8 @@ def test_time_budget_leaves_epoch_end_evaluation_out(tmp_path, images):
     trainer.callbacks = [SlowEval()]
     trainer.clock = lambda: float(trainer.step) + spent[0]
     trainer.fit()
-    # epochs end at steps 5, 10, 15 (inside the timing of steps 2-12, too): 18 steps as without them
-    assert trainer.planned_steps == 18 and trainer.step == 18 and trainer.elapsed_s == 18.0
+    # epochs end at steps 5, 10, 15 (inside the timing of steps 2-12, too): 17 steps as without them
+    assert trainer.planned_steps == 17 and trainer.step == 17 and trainer.elapsed_s == 17.0
     assert spent[0] == 300.0
 
 
@@ -335,20 +336,20 @@ def test_time_budget_run_resumes_exactly(tmp_path, images):
     torch.manual_seed(999)
     rest = budget_trainer(tmp_path / "b", images, max_minutes=0.3)
     rest.fit()
-    assert rest.step == straight.step == 18 and rest.planned_steps == 18
+    assert rest.step == straight.step == 17 and rest.planned_steps == 17
     for a, b in zip(straight.model.parameters(), rest.model.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
 def test_time_budget_stops_when_spent_even_if_the_machine_slowed(tmp_path, images, caplog):
     trainer = make_trainer(tmp_path, images, epochs=6, max_minutes=0.3)
-    # 1 s per step while timed, 3 s per step after: the 18-step plan would take 30 s, the budget is 18
+    # 1 s per step while timed, 3 s per step after: the 17-step plan would take 27 s, the budget is 18
     trainer.clock = lambda: float(trainer.step if trainer.step <= 12 else 12 + 3 * (trainer.step - 12))
     with caplog.at_level("INFO", logger="mimkit"):
         trainer.fit()
-    assert trainer.planned_steps == 18 and trainer.step == 14  # 12 + 3 * 2 = 18 s: out of time
+    assert trainer.planned_steps == 17 and trainer.step == 14  # 12 + 3 * 2 = 18 s: out of time
     assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 14
-    assert any("budget ran out before the planned 18 steps" in r.getMessage() for r in caplog.records)
+    assert any("budget ran out before the planned 17 steps" in r.getMessage() for r in caplog.records)
 
 
 def test_fp16_trains_with_a_gradient_scaler_and_resumes_it(tmp_path, images):
