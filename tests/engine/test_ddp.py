@@ -143,6 +143,18 @@ def test_resume_on_another_world_size_continues_at_the_same_image(tmp_path):
     assert trained < 1e-5 and theory_zero < 8 * 6.25e-4, (trained, theory_zero)
 
 
+def test_time_budget_under_torchrun_ends_every_process_at_the_same_step(tmp_path):
+    """train.max_minutes on 2 processes: each times its own steps, so the plan is made on the slowest
+    process's time and the budget is judged on the slowest clock, together (before, the processes planned
+    apart, stopped at different steps and the run died in gloo)."""
+    done = pretrain("mae", tmp_path, 2, 8, "data.limit=4096", "train.epochs=50", "train.max_minutes=0.05")
+    planned = int(done.stderr.split("time budget 0.05 min:")[1].split(" so ")[1].split(" of ")[0])
+    ended = int(done.stderr.split("trained steps 1-")[1].split(" ")[0])
+    # the plan, or fewer steps if this shared machine slowed down by over 5%: the same on both processes
+    # (the run ended cleanly), and the checkpoint holds that step
+    assert 12 < ended <= planned and torch.load(tmp_path / "last.pt", weights_only=True)["step"] == ended
+
+
 def test_resume_with_another_effective_batch_is_one_line(tmp_path):
     pretrain("mae", tmp_path, 1, 16, "train.max_steps=2")
     config, overrides = RECIPES["mae"]

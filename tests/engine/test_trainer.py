@@ -352,6 +352,20 @@ def test_time_budget_stops_when_spent_even_if_the_machine_slowed(tmp_path, image
     assert any("budget ran out before the planned 17 steps" in r.getMessage() for r in caplog.records)
 
 
+def test_time_budget_spent_near_the_end_of_the_plan_finishes_it(tmp_path, images, caplog):
+    from mimkit.engine.trainer import FINISH_SHARE
+
+    trainer = make_trainer(tmp_path, images, epochs=20, min_lr=0.0, max_minutes=1.0)  # 100 steps, 60 s
+    # 1 s per step while timed, 1.1 s after: the plan, 12 + floor(48 * 0.97) = 58 steps, needs 62.6 s
+    trainer.clock = lambda: float(trainer.step if trainer.step <= 12 else 12 + 1.1 * (trainer.step - 12))
+    with caplog.at_level("INFO", logger="mimkit"):
+        trainer.fit()
+    # spent at step 56 (60.4 s), past 95% of the 58 planned steps: they are finished, 62.6 s < 1.05 * 60
+    assert FINISH_SHARE == 0.05 and trainer.planned_steps == 58 and trainer.step == 58
+    assert trainer.lr_at(58) == pytest.approx(0.0, abs=1e-12)  # the schedule ended at min_lr
+    assert not any("budget ran out" in r.getMessage() for r in caplog.records)
+
+
 def test_fp16_trains_with_a_gradient_scaler_and_resumes_it(tmp_path, images):
     with pytest.warns(RuntimeWarning, match="fp16 is not native on this cpu"):  # CPUs emulate fp16
         trainer = make_trainer(tmp_path, images, precision="fp16", max_steps=2)

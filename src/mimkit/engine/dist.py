@@ -89,6 +89,14 @@ def gather_rows(local: torch.Tensor, total: int) -> torch.Tensor:
     return torch.stack(parts, dim=1).reshape(-1, *local.shape[1:])[:total]
 
 
+def max_over_ranks(value: float, device: torch.device) -> float:
+    """The largest of every process's ``value`` (a collective: every process calls it), e.g. the slowest
+    process's clock, so that all of them take the same decision."""
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def teardown(clean: bool = True) -> None:
     """End the process group if one was started, before the interpreter exits.
 

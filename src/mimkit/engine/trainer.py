@@ -55,6 +55,9 @@ CALIBRATION_SKIP, CALIBRATION_STEPS = 2, 10
 # ones (the fp32 demo on a 2-core AMD EPYC capped to AVX2: 207 of 209 planned steps fitted in the budget),
 # and a plan that overruns is cut short of the end of its schedule
 BUDGET_MARGIN = 0.03
+# a run whose budget is spent within the last 5% of its planned steps finishes them (its schedule ends at
+# min_lr) unless that would overrun the budget by more than 5%
+FINISH_SHARE = 0.05
 
 
 def budget_steps(step: int, elapsed_s: float, s_per_step: float, budget_s: float, total_steps: int) -> int:
@@ -471,15 +474,37 @@ class Trainer:
     def _stop_at(self) -> int:
         return min(self.schedule_steps, self.cfg.max_steps or self.total_steps)
 
-    def _out_of_time(self, budget_s: float | None) -> bool:
-        return budget_s is not None and self.elapsed_s >= budget_s
+    def _out_of_time(self, budget_s: float | None, agree: bool = True) -> bool:
+        """Whether the budget is spent, so that the run stops after this step.
+
+        Within the last :data:`FINISH_SHARE` of the planned steps the run finishes its plan unless that
+        overruns the budget by more than :data:`FINISH_SHARE`. In a distributed run (``agree``) the ranks
+        decide together on the slowest one's clock, at the logging steps only (one all-reduce there, as for
+        stop signals): every call site is reached by every rank after the same step.
+        """
+        if budget_s is None:
+            return False
+        spent = self.elapsed_s
+        if agree and self.env.distributed:
+            if self.step % self.cfg.log_every:
+                return False
+            spent = dist.max_over_ranks(spent, self.env.device)
+        if spent < budget_s:
+            return False
+        near_end = self.planned_steps is not None and self.step >= (1 - FINISH_SHARE) * self.planned_steps
+        return not (near_end and spent < (1 + FINISH_SHARE) * budget_s)
 
     def _plan(self, budget_s: float, s_per_step: float) -> None:
-        """Fit the schedule to the budget from the measured step time (once per run; stored)."""
-        self.planned_steps = budget_steps(self.step, self.elapsed_s, s_per_step, budget_s, self.total_steps)
+        """Fit the schedule to the budget from the measured step time (once per run; stored). In a
+        distributed run every rank plans with the slowest rank's time, so that all plan the same steps."""
+        elapsed_s = self.elapsed_s
+        if self.env.distributed:
+            s_per_step = dist.max_over_ranks(s_per_step, self.env.device)
+            elapsed_s = dist.max_over_ranks(elapsed_s, self.env.device)
+        self.planned_steps = budget_steps(self.step, elapsed_s, s_per_step, budget_s, self.total_steps)
         if self.env.is_main:
             log.info(
-                "time budget %.1f min: %.3f s per step measured, so %d of the %d scheduled steps "
+                "time budget %g min: %.3f s per step measured, so %d of the %d scheduled steps "
                 "(%.2f of %d epochs); warm-up and cosine decay fitted to them",
                 budget_s / 60,
                 s_per_step,
@@ -513,7 +538,7 @@ class Trainer:
     def _summary(self, first_step: int, images: int, seconds: float, budget_s: float | None) -> None:
         if not self.env.is_main or self.step == first_step:
             return
-        ran_out = self._out_of_time(budget_s) and self.step < self._stop_at()
+        ran_out = self._out_of_time(budget_s, agree=False) and self.step < self._stop_at()
         log.info(
             "trained steps %d-%d (%d images) in %.1f s: %.1f images/s (%s)%s",
             first_step + 1,
