@@ -269,6 +269,24 @@ def machine_info() -> dict[str, Any]:
     return machine
 
 
+def write_report(folder: str | os.PathLike, name: str, record: dict[str, Any], text: str) -> list[Path]:
+    """``folder/name.json`` (``record`` with the date and :func:`machine_info` first) and ``folder/name.md``
+    (``text``); returns the two paths."""
+    import datetime
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    stamped = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        **record,
+    }
+    paths = [out / f"{name}.json", out / f"{name}.md"]
+    paths[0].write_text(json.dumps(stamped, indent=2) + "\n")
+    paths[1].write_text(text)
+    return paths
+
+
 def cli_images_per_s(cmd: list[str], cwd: str | os.PathLike, env: dict[str, str] | None = None) -> float:
     """Run a ``mimkit pretrain`` command line and return the images/s of its closing "trained steps" line."""
     import re

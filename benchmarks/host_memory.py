@@ -13,16 +13,13 @@ step time, the page faults per step (minor faults, ``getrusage``) and the peak r
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import resource
 import statistics
 import sys
 import tempfile
-from pathlib import Path
 from typing import Any
 
-from _timing import cpu_name, machine_info, run_rounds, serve_steps, set_allocator  # benchmarks/_timing.py
+from _timing import cpu_name, run_rounds, serve_steps, set_allocator, write_report  # benchmarks/_timing.py
 from method_cost import RECIPES, _NoBatches, build  # benchmarks/method_cost.py
 
 SETTINGS = ("glibc defaults", "kept")
@@ -136,17 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     if args.out:
-        folder = Path(args.out)
-        folder.mkdir(parents=True, exist_ok=True)
-        record = {
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": machine_info(),
-            "args": vars(args),
-            "precision": first["precision"],
-            "rows": rows,
-        }
-        (folder / "host_memory.json").write_text(json.dumps(record, indent=2) + "\n")
-        (folder / "host_memory.md").write_text(text)
+        write_report(
+            args.out, "host_memory", {"args": vars(args), "precision": first["precision"], "rows": rows}, text
+        )
     return 0
 
 

@@ -56,14 +56,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from _timing import machine_info, run_rounds, serve_steps, set_allocator  # benchmarks/_timing.py
+from _timing import run_rounds, serve_steps, set_allocator, write_report  # benchmarks/_timing.py
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # method -> the Fashion-MNIST recipe whose method options and optimiser settings it runs with
@@ -535,17 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     text = render(args, out)
     print("\n" + text)
     if args.out:
-        folder = Path(args.out)
-        folder.mkdir(parents=True, exist_ok=True)
-        record = {
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": machine_info(),
-            "args": {k: v for k, v in vars(args).items() if k != "method_list"},
-            **out,
-        }
-        (folder / "method_cost.json").write_text(json.dumps(record, indent=2) + "\n")
-        (folder / "method_cost.md").write_text(text)
-        print(f"wrote {folder / 'method_cost.json'} and {folder / 'method_cost.md'}", file=sys.stderr)
+        record = {"args": {k: v for k, v in vars(args).items() if k != "method_list"}, **out}
+        json_path, md_path = write_report(args.out, "method_cost", record, text)
+        print(f"wrote {json_path} and {md_path}", file=sys.stderr)
     return 0 if out["rows"] else 1
 
 

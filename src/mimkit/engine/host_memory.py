@@ -44,6 +44,6 @@ def keep_freed_memory() -> bool:
                 _state = bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_KEEP)) and bool(
                     libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_ABOVE)
                 )
-            except (OSError, AttributeError):  # not glibc
-                _state = False
+            except (OSError, AttributeError):  # not glibc: _state stays False
+                pass
     return _state
