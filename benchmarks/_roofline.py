@@ -9,9 +9,16 @@ Two limits a step's time is compared with (benchmarks/method_cost.py):
   forward and backward, as the step dispatched them: same shapes, strides and dtypes), recorded once with
   a ``TorchDispatchMode`` and replayed alone on fresh tensors. No implementation of the same model and
   precision runs faster than the sum of its products; the rest of the step (norms, activations, softmax,
-  the optimizer, copies) is what ``floor / step time`` measures. Fused attention kernels (SDPA's flash
-  kernels) are not in the floor: they are softmax and products in one, and replayed on random inputs
-  they do not run as in the step; where a step uses them, their time counts as the rest.
+  the optimizer, copies) is what ``floor / step time`` measures. A fused attention kernel (SDPA) is
+  softmax and products in one: it is recorded as the products the plain path would run for it
+  (``q k^T`` and ``p v`` forward, four ``bmm`` backward, in its operands' dtype), and its softmax goes
+  to the essential work below.
+- **essential work**: the step's element-wise work that no fusion removes, because its arithmetic is the
+  model's own: activations (GELU), softmax, LayerNorm (forward and backward) and the optimizer's update,
+  recorded and replayed alone the same way. Casts, layout copies, residual adds and bias sums are not in
+  it: a fused implementation folds them into the products or into these ops. ``floor / (floor +
+  essential)`` is the **ceiling** of the floor share: what the step would reach if it ran nothing but
+  its products and this work, each at the speed it runs alone.
 """
 
 from __future__ import annotations
@@ -63,17 +70,108 @@ def _fresh(meta: Any) -> Any:
     return meta
 
 
+# the ops whose arithmetic is the model's own, not removable by fusing: activations, softmax, norms, update
+ESSENTIAL_OPS = {
+    aten.gelu.default,
+    aten.gelu_backward.default,
+    aten._softmax.default,
+    aten._softmax_backward_data.default,
+    aten._safe_softmax.default,  # SDPA's math path
+    aten.native_layer_norm.default,
+    aten.native_layer_norm_backward.default,
+    aten._fused_adamw_.default,
+}
+# fused attention (SDPA): (q, k, v) at these argument positions; recorded as the plain path's work
+_FUSED_ATTENTION = {
+    name: position
+    for names, position in (
+        (
+            (
+                "_scaled_dot_product_flash_attention_for_cpu",
+                "_scaled_dot_product_flash_attention",
+                "_scaled_dot_product_efficient_attention",
+                "_scaled_dot_product_cudnn_attention",
+            ),
+            0,
+        ),
+        (
+            (
+                "_scaled_dot_product_flash_attention_for_cpu_backward",
+                "_scaled_dot_product_flash_attention_backward",
+                "_scaled_dot_product_efficient_attention_backward",
+                "_scaled_dot_product_cudnn_attention_backward",
+            ),
+            1,
+        ),
+    )
+    for name in names
+}
+
+
+def _tensor_meta(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> tuple:
+    """The metadata of a fresh contiguous tensor (what :func:`_fresh` builds)."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.insert(0, step)
+        step *= n
+    return ("tensor", tuple(shape), tuple(strides), dtype, str(device))
+
+
+def plain_attention_work(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backward: bool) -> tuple:
+    """What the plain path (``softmax(q k^T) v``) runs for one fused attention call with operands
+    ``q`` [..., L, d], ``k`` [..., S, d], ``v`` [..., S, e]: ``(products, softmax)``, lists of
+    ``(op, args metadata)``. Forward: ``q k^T`` and ``p v`` as ``bmm`` over the flattened batch and heads,
+    and one softmax of the [..., L, S] scores. Backward: ``dv = p^T do``, ``dp = do v^T``, ``dq = ds k``,
+    ``dk = ds^T q``, and the softmax's backward. Products in the operands' dtype, softmax in fp32 (as under
+    autocast)."""
+    *lead, length, d = q.shape
+    s, e = k.shape[-2], v.shape[-1]
+    b = 1
+    for n in lead:
+        b *= n
+    dtype, device = q.dtype, q.device
+
+    def bmm(m: int, kk: int, n: int) -> tuple:
+        return (
+            aten.bmm.default,
+            (_tensor_meta((b, m, kk), dtype, device), _tensor_meta((b, kk, n), dtype, device)),
+        )
+
+    scores = _tensor_meta((*lead, length, s), torch.float32, device)
+    if not backward:
+        products = [bmm(length, d, s), bmm(length, s, e)]
+        softmax = [(aten._softmax.default, (scores, -1, False))]
+    else:
+        products = [bmm(s, length, e), bmm(length, e, s), bmm(length, s, d), bmm(s, length, d)]
+        softmax = [(aten._softmax_backward_data.default, (scores, scores, -1, torch.float32))]
+    return products, softmax
+
+
 class MatmulRecorder(TorchDispatchMode):
-    """Records every matrix-product op a region dispatches: ``calls`` counts (op, arguments' metadata)."""
+    """Records what a region dispatches: ``calls`` counts its matrix-product ops and ``essential`` its
+    essential element-wise ops, each as (op, arguments' metadata, keyword arguments' metadata); a fused
+    attention call counts as the plain path's products and softmax (:func:`plain_attention_work`)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls: Counter = Counter()
+        self.essential: Counter = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in MATMUL_OPS:
             self.calls[(func, _meta(args), _meta(tuple(sorted(kwargs.items()))))] += 1
+        elif func in ESSENTIAL_OPS:
+            self.essential[(func, _meta(args), _meta(tuple(sorted(kwargs.items()))))] += 1
+        else:
+            position = _FUSED_ATTENTION.get(func.__name__.split(".")[0])
+            if position is not None:
+                q, k, v = args[position : position + 3]
+                products, softmax = plain_attention_work(q, k, v, backward=position == 1)
+                for op, meta in products:
+                    self.calls[(op, meta, ())] += 1
+                for op, meta in softmax:
+                    self.essential[(op, meta, ())] += 1
         return func(*args, **kwargs)
 
 

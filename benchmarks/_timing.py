@@ -133,6 +133,7 @@ def run_rounds(
     skip_failed: bool = False,
     progress: Callable[[int, Hashable, list[float]], None] | None = None,
     calls: Sequence[str] = (),
+    round_calls: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Start ``worker(key, worker_args, conn)`` for every key (spawned processes), time them in rounds.
 
@@ -150,6 +151,9 @@ def run_rounds(
         progress: called after each visit with ``(round index, key, times)``.
         calls: after the rounds, each worker in turn is asked for each of these (see :func:`serve_steps`);
             the answers are in its results under the same names.
+        round_calls: like ``calls``, but asked in every round, right after the worker's timed steps (while
+            the others wait): a measurement to set against those steps on a machine whose speed drifts
+            (shared VMs); its results hold a list of the answers, one per round.
 
     Returns:
         ``info`` (key -> the worker's info dict; failed ones hold ``"error"``), ``results`` (key ->
@@ -177,7 +181,11 @@ def run_rounds(
                     raise RuntimeError(f"building {key} failed: {info[key]['error']}")
                 workers.pop(key)[0].join(timeout=30)
         live = [k for k in keys if k in workers]
-        results = {k: {"times": [], "round_medians": [], "other_load": [], "peak_rss_mb": 0.0} for k in live}
+        results = {
+            k: {"times": [], "round_medians": [], "other_load": [], "peak_rss_mb": 0.0}
+            | {name: [] for name in round_calls}
+            for k in live
+        }
         ncpu = os.cpu_count() or 1
         quiet_rounds = 0
         for r in range(rounds if live else 0):
@@ -199,6 +207,9 @@ def run_rounds(
                 if s0 and s1 and s1[1] > s0[1]:  # the machine's CPU time not spent by this worker
                     busy = (s1[0] - s0[0]) / (s1[1] - s0[1]) * wall * ncpu
                     res["other_load"].append(max(0.0, busy - msg["cpu_s"]) / (wall * ncpu))
+                for name in round_calls:
+                    conn.send({"call": name})
+                    res[name].append(conn.recv()[name])
                 if progress is not None:
                     progress(r, key, msg["times"])
         for key in live:  # one worker at a time, the others idle

@@ -6,6 +6,13 @@ trainer does per batch: forward (under bf16 autocast or in fp32), backward, Adam
 AdamW and parameter groups for both sides), gradients set to None. Data loading is not timed (one fixed
 random batch per side; a new random mask every step).
 
+Each row also gets the step's model FLOPs per image (``torch.utils.flop_counter``, counted on the eager
+step) and its MFU against the machine's 2048^3 matrix-product peak in that precision, measured in the same
+run (benchmarks/_roofline.py). ``--data-path`` adds mimkit's step fed by mimkit's own data path, as
+``mimkit pretrain`` feeds it (decoded uint8 images in memory, the BatchLoader with pinned batches on a GPU,
+a non-blocking copy, MAE's augmentation on the device), next to the same step on a fixed batch, and the
+data path alone: whether loading is what the step waits for.
+
 Each (side, precision) pair runs in its own worker process, so its peak RSS (on a GPU: peak allocated
 GPU memory) is its own. The parent runs the workers one at a time, in a rotating order, round after round,
 so that noise from other work on a shared machine hits every side alike; a row's rate is the batch over
@@ -15,6 +22,8 @@ the median of all its timed steps.
     python benchmarks/mae_throughput.py --no-peer --precision bf16 --rounds 2
     python benchmarks/mae_throughput.py --quiet-wait 120 --json out.json
     python benchmarks/mae_throughput.py --device cuda --shape vit_base_224 --batch 256   # on a GPU
+    python benchmarks/mae_throughput.py --device cuda --shape vit_base_224 --precision bf16 \
+        --compile both --data-path --json mae_vit_base.json    # the GPU table: MFU, compile, data path
 
 Results, and the machine they were measured on: benchmarks/README.md.
 
@@ -42,6 +51,8 @@ from _timing import (  # benchmarks/_timing.py
 
 PRECISIONS = ("fp32", "bf16")
 COMPILED = " compiled"  # suffix of a side that runs torch.compile'd (--compile)
+LOADER = " + loader"  # suffix of a mimkit side fed by mimkit's data path (--data-path)
+ALONE = "loader alone"  # the data path without a model (--data-path)
 
 # The Fashion-MNIST recipe shape (the default), shared by both sides.
 SHAPE = dict(
@@ -154,9 +165,63 @@ def make_optimizer(model, kind: str):
     return torch.optim.AdamW(param_groups(model), lr=1.5e-4, betas=(0.9, 0.95), **impl)
 
 
+def data_path(shape: dict[str, Any], args: dict[str, Any], device):
+    """mimkit's data path for the shape, as ``mimkit pretrain`` runs it: an in-memory dataset of decoded
+    uint8 images (random, ``--images`` of them), its BatchLoader (batches pinned on a GPU), the copy to the
+    device (non-blocking) and MAE's augmentation there (random resized crop, flip, normalisation).
+
+    Returns:
+        ``next_batch()``: the next augmented float batch on the device (a new epoch when one ends).
+    """
+    import torch
+
+    from mimkit.data import ImageDataset, build_loader
+    from mimkit.data.transforms import PretrainAugment
+
+    c, side = shape["in_chans"], shape["img_size"]
+    n = args["images"] or 4 * args["batch"]
+    images = torch.randint(0, 256, (n, c, side, side), generator=torch.Generator().manual_seed(0))
+    data = ImageDataset(
+        torch.zeros(n, dtype=torch.long), [], c, (side, side), [0.5] * c, [0.29] * c, images=images.byte()
+    )
+    loader = build_loader(
+        data, args["batch"], shuffle=True, drop_last=True, seed=0, pin_memory=device.type == "cuda"
+    )
+    augment = PretrainAugment(data.img_size, data.mean, data.std, "mae").to(device)
+    state = {"epoch": 0, "batches": iter(loader)}
+
+    def next_batch():
+        try:
+            batch, _ = next(state["batches"])
+        except StopIteration:
+            state["epoch"] += 1
+            loader.set_epoch(state["epoch"])
+            state["batches"] = iter(loader)
+            batch, _ = next(state["batches"])
+        with torch.no_grad():
+            return augment(batch.to(device, non_blocking=True))
+
+    return next_batch
+
+
+def count_gflop_per_img(loss_fn, images, autocast) -> float:
+    """Forward + backward FLOPs of one step per image (``torch.utils.flop_counter``; matrix products and
+    attention), counted on the eager step; the gradients it leaves are the caller's to clear."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops = FlopCounterMode(display=False)
+    with flops:
+        with autocast():
+            loss = loss_fn(images)
+        loss.backward()
+    return flops.get_total_flops() / images.shape[0] / 1e9
+
+
 def worker(key: tuple[str, str], args: dict[str, Any], conn) -> None:
     """One (side, precision) in its own process: build, then run timed segments on request."""
     side, precision = key
+    fed = side.endswith(LOADER)
+    side = side.removesuffix(LOADER)
     side, compiled = side.removesuffix(COMPILED), side.endswith(COMPILED)
     set_allocator(args["glibc_defaults"])
     import torch
@@ -165,6 +230,17 @@ def worker(key: tuple[str, str], args: dict[str, Any], conn) -> None:
         torch.set_num_threads(args["threads"])
     torch.manual_seed(0)
     shape, device = SHAPES[args["shape"]], torch.device(args["device"])
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    peak = (lambda: torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None
+    try:
+        next_batch = data_path(shape, args, device) if fed or side == ALONE else None
+    except Exception as err:  # report, do not leave the parent waiting
+        conn.send({"error": f"{type(err).__name__}: {err}"})
+        return
+    if side == ALONE:  # the data path's own rate: host batch, pinned copy, augmentation on the device
+        conn.send({"params": 0, "trainable": 0, "threads": torch.get_num_threads(), "gflop_per_img": 0.0})
+        serve_steps(conn, next_batch, sync, peak)
+        return
     try:
         if side == "mimkit":
             model, loss_fn = build_mimkit(shape)
@@ -172,10 +248,6 @@ def worker(key: tuple[str, str], args: dict[str, Any], conn) -> None:
             model, loss_fn = build_transformers(shape, args["peer_attn"])
         model.to(device).train()
         opt = make_optimizer(model, args["optimizer"])
-        if compiled:  # the trainer's train.compile=true; compiles in the untimed warm-up steps
-            from mimkit.engine.trainer import compile_step
-
-            loss_fn = compile_step(loss_fn, device)
     except Exception as err:  # report, do not leave the parent waiting
         conn.send({"error": f"{type(err).__name__}: {err}"})
         return
@@ -185,10 +257,16 @@ def worker(key: tuple[str, str], args: dict[str, Any], conn) -> None:
         autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
     else:
         autocast = nullcontext
+    gflop_per_img = count_gflop_per_img(loss_fn, images, autocast)
+    opt.zero_grad(set_to_none=True)
+    if compiled:  # the trainer's train.compile=true; compiles in the untimed warm-up steps
+        from mimkit.engine.trainer import compile_step
+
+        loss_fn = compile_step(loss_fn, device)
 
     def step() -> None:
         with autocast():
-            loss = loss_fn(images)
+            loss = loss_fn(next_batch() if fed else images)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -198,12 +276,10 @@ def worker(key: tuple[str, str], args: dict[str, Any], conn) -> None:
             "params": sum(p.numel() for p in model.parameters()),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "threads": torch.get_num_threads(),
+            "gflop_per_img": gflop_per_img,
         }
     )
-    if device.type == "cuda":
-        serve_steps(conn, step, torch.cuda.synchronize, lambda: torch.cuda.max_memory_allocated() / 2**20)
-    else:
-        serve_steps(conn, step)
+    serve_steps(conn, step, sync, peak)
 
 
 def peer_available() -> str | None:
@@ -258,6 +334,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also time mimkit (or both sides) under torch.compile, as mimkit's train.compile=true does it "
         "(extra rows; default none); compiling happens in the untimed warm-up steps",
     )
+    parser.add_argument(
+        "--data-path",
+        action="store_true",
+        help="also time mimkit's step fed by its own data path (decoded uint8 images in memory, BatchLoader "
+        "with pinned batches on a GPU, the copy to the device, MAE's augmentation there) and that data path "
+        "alone (extra rows)",
+    )
+    parser.add_argument(
+        "--images", type=int, default=0, help="images in the --data-path dataset (default: 4 batches)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument(
         "--glibc-defaults",
@@ -284,8 +370,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("batch", "steps", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.warmup < 0:
-        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.warmup < 0 or args.images < 0:
+        parser.error("--warmup and --images must be >= 0")
+    if args.data_path and 0 < args.images < args.batch:
+        parser.error(f"--images {args.images} is less than one batch ({args.batch})")
     if args.device != "cpu":  # checked here, not in each worker process
         import torch
 
@@ -300,6 +388,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the workers, run the rounds, return the results (rows, ratio, notes)."""
+    import torch
+
     sides, peer_note = ["mimkit"], None
     if args.peer:
         reason = peer_available()
@@ -317,10 +407,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "glibc_defaults": args.glibc_defaults,
         "shape": args.shape,
         "device": args.device,
+        "images": args.images,
     }
     if args.compile != "none":
         sides += [s + COMPILED for s in sides if args.compile == "both" or s == "mimkit"]
     configs = [(s, p) for s in sides for p in args.precisions]
+    if args.data_path:  # mimkit's sides again, fed by its data path; then that path alone
+        configs += [(s + LOADER, p) for s in sides if s.startswith("mimkit") for p in args.precisions]
+        configs.append((ALONE, "uint8"))
+    from _roofline import matmul_peak_gflops
+
+    from mimkit.engine.precision import DTYPES
+
+    peaks = {p: matmul_peak_gflops(DTYPES[p], torch.device(args.device)) for p in args.precisions}
 
     def report(r: int, cfg: tuple[str, str], times: list[float]) -> None:
         rate = args.batch / statistics.median(times)
@@ -344,12 +443,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for (side, prec), res in results.items():
         med = statistics.median(res["times"])
+        gflop = info[(side, prec)]["gflop_per_img"]
         rows.append(
             {
                 "side": side,
                 "precision": prec,
                 "img_per_s": args.batch / med,
                 "ms_per_step": med * 1e3,
+                "gflop_per_img": gflop,
+                "mfu": gflop * args.batch / med / peaks[prec] if prec in peaks and gflop else None,
                 "img_per_s_rounds": [round(args.batch / m, 1) for m in res["round_medians"]],
                 "peak_rss_mb": res["peak_rss_mb"],
                 "peak_device_mb": res.get("peak_device_mb"),
@@ -362,7 +464,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return row["img_per_s"]
 
     best = {s: max((r for r in rows if r["side"] == s), key=rate) for s in sides}
-    # The ratio compares each library's fastest row (over precisions and, with --compile, compiled or not).
+    # The ratio compares each library's fastest model step (over precisions and, with --compile, compiled or
+    # not) on a fixed batch: the peer has no data path of its own.
     fastest = {
         lib: max((b for s, b in best.items() if s.startswith(lib)), key=rate, default=None)
         for lib in ("mimkit", "transformers")
@@ -379,7 +482,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threads": info[configs[0]]["threads"],
         "quiet_rounds": timed["quiet_rounds"],
         "peer_note": peer_note,
+        "peaks_gflops": peaks,
     }
+
+
+def data_path_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """With --data-path: each fed row against the same step on a fixed batch, and the data path's own rate
+    against the fastest fed step (how far it is from being what the step waits for)."""
+    by = {(r["side"], r["precision"]): r for r in rows}
+    fed = [r for r in rows if r["side"].endswith(LOADER)]
+    lines = []
+    for row in fed:
+        alone = by[(row["side"].removesuffix(LOADER), row["precision"])]
+        lines.append(
+            f"{row['side']} {row['precision']}: {row['img_per_s']:.1f} img/s, "
+            f"{row['img_per_s'] / alone['img_per_s']:.3f} of the same step on a fixed batch"
+        )
+    loader = next((r for r in rows if r["side"] == ALONE), None)
+    if loader is not None and fed:
+        fastest = max(fed, key=lambda r: r["img_per_s"])
+        lines.append(
+            f"data path alone: {loader['img_per_s']:.0f} img/s, "
+            f"{loader['img_per_s'] / fastest['img_per_s']:.1f}x the fastest fed step"
+        )
+    return ["", *lines] if lines else []
 
 
 def print_report(args: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -393,16 +519,24 @@ def print_report(args: argparse.Namespace, out: dict[str, Any]) -> None:
         f"AdamW {args.optimizer}{extras}; median of {args.rounds} rounds x {args.steps} steps per row\n"
     )
     memory = "peak GPU memory (MB)" if gpu else "peak RSS (MB)"
-    print(f"| side | precision | img/s | ms/step | rounds (img/s) | {memory} | other load |")
-    print("|---|---|---:|---:|---|---:|---:|")
+    peaks = ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in out["peaks_gflops"].items())
+    print(f"machine peak (2048^3 matrix product): {peaks}\n")
+    print(
+        f"| side | precision | img/s | ms/step | GFLOP/img | MFU | rounds (img/s) | {memory} | other load |"
+    )
+    print("|---|---|---:|---:|---:|---:|---|---:|---:|")
     for row in out["rows"]:
         load = "n/a" if row["other_load"] is None else f"{100 * row['other_load']:.0f}%"
         mark = " (best)" if out["best"].get(row["side"]) == row["precision"] else ""
         rounds = "-".join(f"{v:.0f}" for v in (min(row["img_per_s_rounds"]), max(row["img_per_s_rounds"])))
+        mfu = "n/a" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
         print(
             f"| {row['side']} | {row['precision']}{mark} | {row['img_per_s']:.1f} | {row['ms_per_step']:.0f} "
-            f"| {rounds} | {row['peak_device_mb' if gpu else 'peak_rss_mb']:.0f} | {load} |"
+            f"| {row['gflop_per_img']:.3f} | {mfu} | {rounds} "
+            f"| {row['peak_device_mb' if gpu else 'peak_rss_mb']:.0f} | {load} |"
         )
+    for line in data_path_lines(out["rows"]):
+        print(line)
     if out["ratio"] is not None:
         print(
             f"\nratio, mimkit best ({' '.join(out['fastest']['mimkit'])}) / transformers best "
@@ -434,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": machine,
             "args": {k: v for k, v in vars(args).items() if k != "precisions"},
-            "shape": SHAPE,
+            "shape": SHAPES[args.shape],
             **out,
         }
         with open(args.json, "w") as f:

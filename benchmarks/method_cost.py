@@ -30,9 +30,13 @@ Against the machine's limits, in the same run (benchmarks/_roofline.py): each ro
 FLOPs per image, the rate it achieves, the machine's measured 2048^3 matrix-product peak in the step's
 precision (MFU = achieved / peak), and the step's **floor**: its own matrix products (same shapes, strides
 and dtypes, recorded while it ran) replayed alone. ``floor share`` = floor / step time: 1.0 would be a step
-that does nothing but its matrix products. The peer, transformers' ``ViTMAEForPreTraining`` with MAE's
-recipe shape (as in mae_throughput.py; forward, backward, fused AdamW, no gradient clipping), runs in the
-same rounds in fp32 and, where bf16 is native, in bf16: its best row is "the peer".
+that does nothing but its matrix products (the floor is replayed in every round, right after the row's
+timed steps, and the share is the median of the rounds' shares). Its **ceiling** adds the step's essential
+element-wise work (GELU, softmax, LayerNorm, the optimizer update; replayed alone the same way): ``floor /
+(floor + essential)`` is the best floor share a step that still computes them can reach. The peer,
+transformers' ``ViTMAEForPreTraining`` with MAE's recipe shape (as in mae_throughput.py; forward,
+backward, fused AdamW, no gradient clipping), runs in the same rounds in fp32 and, where bf16 is native,
+in bf16: its best row is "the peer".
 
 How it measures (shared with mae_throughput.py, see benchmarks/_timing.py): each method runs in its own
 worker process (own allocator state and peak RSS); the parent asks the workers for ``--steps`` timed steps
@@ -190,15 +194,17 @@ def count_step(model, step, batch: int) -> dict[str, float]:
 
 
 def record_matmuls(step, device) -> tuple[dict[str, int], dict[str, Any]]:
-    """The step's matrix products, recorded during one step: ``({"matmul_calls": n}, {"floor_s": replay})``
-    where ``replay()`` times them alone (asked for by the parent when no other worker runs)."""
+    """The step's matrix products and essential element-wise work, recorded during one step:
+    ``({"matmul_calls": n}, {"floor_s": replay, "essential_s": replay})`` where each ``replay()`` times its
+    ops alone (asked for by the parent when no other worker runs)."""
     from _roofline import MatmulRecorder, replay_seconds
 
     recorder = MatmulRecorder()
     with recorder:
         step()
     return {"matmul_calls": sum(recorder.calls.values())}, {
-        "floor_s": lambda: replay_seconds(recorder.calls, device)
+        "floor_s": lambda: replay_seconds(recorder.calls, device),
+        "essential_s": lambda: replay_seconds(recorder.essential, device),
     }
 
 
@@ -406,7 +412,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.quiet_wait,
         skip_failed=True,
         progress=report,
-        calls=["floor_s"],
+        round_calls=["floor_s", "essential_s"],
     )
     info, results = timed["info"], timed["results"]
     notes = [f"{m}: not run, {i['error']}" for m, i in info.items() if "error" in i]
@@ -432,8 +438,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "peak_rss_mb": res["peak_rss_mb"],
                 "gflop_per_s": i["gflop_per_img"] * args.batch / med,
                 "mfu": i["gflop_per_img"] * args.batch / med / peak,
-                "floor_s": res["floor_s"],
-                "floor_share": res["floor_s"] / med,
+                # each round's floor and essential work replayed right after its steps: shares per round
+                "floor_s": statistics.median(res["floor_s"]),
+                "floor_share": statistics.median(
+                    f / m for f, m in zip(res["floor_s"], res["round_medians"], strict=True)
+                ),
+                "floor_share_rounds": [
+                    round(f / m, 3) for f, m in zip(res["floor_s"], res["round_medians"], strict=True)
+                ],
+                "essential_s": statistics.median(res["essential_s"]),
+                "share_ceiling": statistics.median(
+                    f / (f + e) for f, e in zip(res["floor_s"], res["essential_s"], strict=True)
+                ),
                 "matmul_calls": i["matmul_calls"],
                 "steps_timed": len(res["times"]),
                 "other_load": statistics.mean(res["other_load"]) if res["other_load"] else None,
@@ -489,9 +505,9 @@ def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
         f"product, {out['precision']}): **{out['peak_gflops']:.0f} GFLOP/s**.",
         "",
         "| row | ms/step | img/s | cost vs MAE | GFLOP/img | GFLOP/s | MFU (of peak) | floor ms/step "
-        "| floor share | encoder tokens/img | params (trainable) | rounds (img/s) | peak RSS (MB) "
-        "| other load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|---:|",
+        "| floor share | essential ms/step | share ceiling | encoder tokens/img | params (trainable) "
+        "| rounds (img/s) | peak RSS (MB) | other load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|---:|",
     ]
     for row in out["rows"]:
         ratio = "n/a" if row["cost_vs_mae"] is None else f"{row['cost_vs_mae']:.2f}x"
@@ -500,7 +516,8 @@ def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
         lines.append(
             f"| {row['method']} | {row['s_per_step'] * 1e3:.0f} | {row['img_per_s']:.1f} "
             f"| {ratio} | {row['gflop_per_img']:.3f} | {row['gflop_per_s']:.0f} | {100 * row['mfu']:.1f}% "
-            f"| {row['floor_s'] * 1e3:.0f} | {100 * row['floor_share']:.0f}% | {_tokens(row)} "
+            f"| {row['floor_s'] * 1e3:.0f} | {100 * row['floor_share']:.0f}% "
+            f"| {row['essential_s'] * 1e3:.0f} | {100 * row['share_ceiling']:.0f}% | {_tokens(row)} "
             f"| {row['params'] / 1e6:.2f}M ({row['trainable'] / 1e6:.2f}M) "
             f"| {min(rates):.0f}-{max(rates):.0f} | {row['peak_rss_mb']:.0f} | {load} |"
         )
@@ -516,8 +533,13 @@ def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
         "first block of the trained encoder (class token included; MAE: visible only), plus the frozen "
         "teacher's.",
         "- MFU: GFLOP/s over the machine's peak. Floor: the step's own matrix products (GEMMs and "
-        "convolutions, forward and backward, as dispatched; not fused attention kernels) replayed alone; "
-        "floor share = floor / step time (the target is >= 85% for MAE). benchmarks/_roofline.py.",
+        "convolutions, forward and backward, as dispatched; a fused attention kernel as the products the "
+        "plain path runs for it) replayed alone; floor share = floor / step time (the target is >= 85% for "
+        "MAE). Essential: the step's GELU, softmax, LayerNorm (forward and backward) and optimizer update "
+        "replayed alone; share ceiling = floor / (floor + essential), the floor share of a step that ran "
+        "nothing else. Both are replayed in every round right after the row's timed steps, and the shares "
+        "are medians of the rounds' (a shared machine's speed drifts between rounds). "
+        "benchmarks/_roofline.py.",
         "- other load: share of the machine's CPU time used by other processes while a method ran.",
     ]
     for row in out["rows"]:

@@ -104,6 +104,7 @@ def build_trainer(
             num_workers=cfg.data.num_workers,
             rank=env.rank,
             world_size=env.world_size,
+            pin_memory=env.device.type == "cuda",
         )
     if config is None:
         config = {**to_dict(cfg), "data_stats": data_stats(dataset)}

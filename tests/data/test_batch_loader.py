@@ -116,3 +116,23 @@ def test_bad_loader_arguments():
         build_loader(ds, 0)
     with pytest.raises(ValueError, match="rank=2, world_size=2"):
         build_loader(ds, 2, rank=2, world_size=2)
+
+
+def test_pretraining_pins_its_batches_for_a_gpu_only(monkeypatch, tmp_path):
+    """The pretraining loader pins host batches when the run's device is CUDA (asynchronous copies),
+    and not on the CPU (pinning needs an accelerator there is none of)."""
+    import mimkit.pretrain as pretrain
+    from mimkit.engine import dist
+    from mimkit.engine.config import load_config
+
+    class NoAugment:
+        def to(self, device):
+            return self
+
+    monkeypatch.setattr(pretrain, "Trainer", lambda method, loader, *args, **kwargs: loader)
+    monkeypatch.setattr(pretrain, "build_augment", lambda data_cfg, dataset: NoAugment())
+    cfg = load_config(None, ["train.batch_size=4"])
+    for device, pinned in (("cpu", False), ("cuda", True)):
+        monkeypatch.setattr(dist, "setup", lambda _, d=device: dist.DistEnv(device=torch.device(d)))
+        loader = pretrain.build_trainer(cfg, id_dataset(8), None, tmp_path)
+        assert loader.pin_memory is pinned

@@ -157,7 +157,13 @@ def cached_pooled_features(
         batch = min(batch_size, -(-len(dataset) // env.world_size))
         # under torchrun each process takes every world_size-th image; the rows are gathered back in order
         loader = build_loader(
-            dataset, batch, shuffle=False, drop_last=False, rank=env.rank, world_size=env.world_size
+            dataset,
+            batch,
+            shuffle=False,
+            drop_last=False,
+            rank=env.rank,
+            world_size=env.world_size,
+            pin_memory=dev.type == "cuda",
         )
         feats, labels = extract_pooled(encoder, loader, transform, dev, missing, precision)
         if env.world_size > 1:

@@ -42,7 +42,7 @@ def extract_pooled(
     feats: dict[str, list[torch.Tensor]] = {pool: [] for pool in pools}
     labels = []
     for images, target in loader:
-        images = transform(images.to(device))
+        images = transform(images.to(device, non_blocking=True))
         with autocast(precision, device.type):
             tokens = encoder.forward_features(images)
             for pool, out in feats.items():

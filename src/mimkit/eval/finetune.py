@@ -166,6 +166,7 @@ def finetune(
         seed=train_cfg.seed,
         rank=env.rank,
         world_size=env.world_size,
+        pin_memory=env.device.type == "cuda",
     )
     img_size = tuple(classifier.encoder.img_size)
     augment = FinetuneAugment(
