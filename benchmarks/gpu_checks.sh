@@ -8,8 +8,11 @@
 #   DEVICE=cpu SHAPE=fmnist ROUNDS=1 bash benchmarks/gpu_checks.sh   # a smoke run of the script on a CPU
 #
 # It needs torch with CUDA, transformers (the peer), pytest and mimkit's own dependencies; mimkit itself is
-# read from src/. A machine without network access (this project's device machines: no kornia there) gets
-# the missing wheels carried in .whl/ and installed before the run (the device tool's README says how).
+# read from src/. This project's device machines have no network and no kornia: download its wheels here
+# for their Python 3.12 (kornia and kornia_rs, `pip download --no-deps --only-binary=:all: --python-version
+# 3.12 ... -d .whl`, .whl/ ignored by git), carry .whl, and run
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+#   PYTHONPATH=/tmp/site bash benchmarks/gpu_checks.sh
 # Budget: about 8 minutes on an H100/H200; each part has its own timeout so that one part's hang still
 # leaves the others' results.
 set -uo pipefail
