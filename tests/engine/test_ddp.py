@@ -279,3 +279,32 @@ def test_finetuning_under_torchrun_equals_one_process(tmp_path):
     assert len(a) == len(b) == 8 and all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(a, b, strict=True))
     wa, wb = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 5e-4
+
+
+def test_tsne_under_torchrun_draws_the_same_picture(tmp_path):
+    """The t-SNE picture's features come from the split feature pass, gathered back in order: 2 processes
+    write the same PNG, byte for byte, as one (the embedding is seeded)."""
+    pretrain("mae", tmp_path / "run", 1, 16)
+    args = ["eval", "tsne", str(tmp_path / "run"), "--train-limit", "203", "--test-limit", "101",
+            "--device", "cpu", "--precision", "fp32", "--no-cache", "--max-iter", "250"]  # fmt: skip
+    cli(1, *args, "--out", str(tmp_path / "one.png"))
+    two = cli(2, *args, "--out", str(tmp_path / "two.png"))
+    assert two.stdout.count("wrote") + two.stderr.count("wrote") == 1  # one process writes
+    assert (tmp_path / "one.png").read_bytes() == (tmp_path / "two.png").read_bytes()
+
+
+def test_label_efficiency_under_torchrun_equals_one_process(tmp_path):
+    """Each fraction's fine-tuning is the trainer's DDP: 2 processes x 8 train as 1 x 16 (augmentation that
+    draws from the global stream off, as in the fine-tuning test); the same subsets, steps and losses."""
+    pretrain("mae", tmp_path / "run", 1, 16)
+    settings = ["train.epochs=2", "train.warmup_epochs=0", "train.precision=fp32", "train.progress=false",
+                "train.tensorboard=false", "train.log_every=1", "mixup=0", "cutmix=0", "randaug_n=0",
+                "reprob=0", "crop_scale=[1.0,1.0]", "hflip=false", "train.device=cpu"]  # fmt: skip
+    base = ["eval", "label-efficiency", str(tmp_path / "run"), "--train-limit", "64", "--test-limit", "32",
+            "--fractions", "0.5", "--no-random", "--set", *settings]  # fmt: skip
+    cli(1, *base, "train.batch_size=16", "--out", str(tmp_path / "one"))
+    cli(2, *base, "train.batch_size=8", "--out", str(tmp_path / "two"))
+    one, two = (Path(tmp_path, d, "label_efficiency.csv").read_text() for d in ("one", "two"))
+    assert one == two and len(one.splitlines()) == 2  # header and the pretrained 50% row
+    a, b = (losses(tmp_path / d / "pretrained_50pct") for d in ("one", "two"))  # 36 images: 2 x 2 steps
+    assert len(a) == len(b) == 4 and all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(a, b, strict=True))
