@@ -5,9 +5,13 @@ For each method (MAE, SimMIM, SiT, GMML on the same encoder, each with its Fashi
 built as in method_cost.py) two worker processes: one with glibc's defaults (``MIMKIT_KEEP_FREED_MEMORY=0``)
 and one with freed memory kept, timed in interleaved rounds (benchmarks/_timing.py). Per row: the median
 step time, the page faults per step (minor faults, ``getrusage``) and the peak resident memory.
+``--mapped-large-blocks`` adds a third process per method: freed memory kept, but blocks over glibc's
+largest mmap threshold (32 MiB) still served by ``mmap`` (glibc's ``M_MMAP_MAX`` default, 65,536), as
+mimkit's setting was before 2026-12-03; those are returned to the OS when freed and faulted in again.
 
     python benchmarks/host_memory.py                       # every method, precision auto, batch 256
     python benchmarks/host_memory.py --precision fp32 --methods mae --out runs/host_memory
+    python benchmarks/host_memory.py --mapped-large-blocks --methods sit
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from _timing import cpu_name, run_rounds, serve_steps, set_allocator, write_repo
 from method_cost import RECIPES, _NoBatches, build  # benchmarks/method_cost.py
 
 SETTINGS = ("glibc defaults", "kept")
+MAPPED = "kept, large blocks mapped"  # --mapped-large-blocks
+_M_MMAP_MAX, _GLIBC_MMAP_MAX = -4, 65536  # <malloc.h>, glibc's default
 
 
 def _faults() -> int:
@@ -33,6 +39,13 @@ def worker(key: tuple[str, str], args: dict[str, Any], conn) -> None:
     """One method with one allocator setting: build it and a Trainer, then serve timed steps."""
     method, setting = key
     allocator = set_allocator(glibc_defaults=setting == "glibc defaults")
+    if setting == MAPPED:  # undo one part of mimkit's setting: large blocks mapped again
+        import ctypes
+
+        if not ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX):
+            conn.send({"error": "mallopt(M_MMAP_MAX) refused"})
+            return
+        allocator += ", large blocks mapped"
     import torch
 
     from mimkit.engine.dist import DistEnv
@@ -80,12 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--mapped-large-blocks", action="store_true", help=f"add the setting '{MAPPED}' (blocks over 32 MiB)"
+    )
     parser.add_argument("--out", default=None, help="directory to write host_memory.json and .md into")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods or any(m not in RECIPES for m in methods):
         parser.error(f"--methods {args.methods!r}: use a comma list of {', '.join(RECIPES)}")
-    keys = [(m, s) for m in methods for s in SETTINGS]
+    settings = SETTINGS + ((MAPPED,) if args.mapped_large_blocks else ())
+    keys = [(m, s) for m in methods for s in settings]
     wargs = {"encoder": args.encoder, "batch": args.batch, "precision": args.precision}
 
     def report(r: int, key: tuple[str, str], times: list[float]) -> None:
@@ -97,39 +114,45 @@ def main(argv: list[str] | None = None) -> int:
     )
     info, results = timed["info"], timed["results"]
     rows = []
-    d, k = SETTINGS
     for method in methods:
-        default, kept = results[(method, SETTINGS[0])], results[(method, SETTINGS[1])]
-        t_default, t_kept = statistics.median(default["times"]), statistics.median(kept["times"])
+        res = {s: results[(method, s)] for s in settings}
+        times = {s: statistics.median(r["times"]) for s, r in res.items()}
         rows.append(
             {
                 "method": method,
-                "ms_per_step": {d: t_default * 1e3, k: t_kept * 1e3},
-                "img_per_s": {d: args.batch / t_default, k: args.batch / t_kept},
-                "time_ratio_kept": t_kept / t_default,
-                "faults_per_step": {d: default["faults_per_step"], k: kept["faults_per_step"]},
-                "peak_rss_mb": {d: default["peak_rss_mb"], k: kept["peak_rss_mb"]},
-                "other_load": statistics.mean(default["other_load"] + kept["other_load"]),
+                "ms_per_step": {s: t * 1e3 for s, t in times.items()},
+                "img_per_s": {s: args.batch / t for s, t in times.items()},
+                "time_ratio": {s: t / times[SETTINGS[0]] for s, t in times.items()},
+                "faults_per_step": {s: r["faults_per_step"] for s, r in res.items()},
+                "peak_rss_mb": {s: r["peak_rss_mb"] for s, r in res.items()},
+                "other_load": statistics.mean(x for r in res.values() for x in r["other_load"]),
             }
         )
     first = info[keys[0]]
+    others = settings[1:]
     lines = [
         f"Training step, glibc's allocator defaults against freed memory kept: encoder `{args.encoder}`, "
         f"batch {args.batch}, precision {args.precision} -> {first['precision']}, CPU {cpu_name()} "
         f"({first['threads']} threads), torch {first['torch']}; median of {args.rounds} rounds x "
         f"{args.steps} steps per row.",
         "",
-        "| method | ms/step, defaults | ms/step, kept | kept / defaults | page faults/step, defaults | "
-        "page faults/step, kept | peak RSS MB, defaults | peak RSS MB, kept | other load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | "
+        + " | ".join(f"ms/step, {s}" for s in settings)
+        + " | "
+        + " | ".join(f"{s} / defaults" for s in others)
+        + " | "
+        + " | ".join(f"page faults/step, {s}" for s in settings)
+        + " | "
+        + " | ".join(f"peak RSS MB, {s}" for s in settings)
+        + " | other load |",
+        "|---|" + "---:|" * (4 * len(settings)) + "",
     ]
     for row in rows:
-        lines.append(
-            f"| {row['method']} | {row['ms_per_step'][d]:.0f} | {row['ms_per_step'][k]:.0f} "
-            f"| {row['time_ratio_kept']:.2f} | {row['faults_per_step'][d]:,.0f} "
-            f"| {row['faults_per_step'][k]:,.0f} "
-            f"| {row['peak_rss_mb'][d]:.0f} | {row['peak_rss_mb'][k]:.0f} | {100 * row['other_load']:.0f}% |"
-        )
+        cells = [f"{row['ms_per_step'][s]:.0f}" for s in settings]
+        cells += [f"{row['time_ratio'][s]:.2f}" for s in others]
+        cells += [f"{row['faults_per_step'][s]:,.0f}" for s in settings]
+        cells += [f"{row['peak_rss_mb'][s]:.0f}" for s in settings]
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {100 * row['other_load']:.0f}% |")
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     if args.out:

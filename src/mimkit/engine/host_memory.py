@@ -10,13 +10,16 @@ the same peak resident memory (within 2%). PyTorch's CPU performance guides reac
 preloading jemalloc or tcmalloc; ``mallopt`` does it from inside the process, with the allocator already
 loaded.
 
-Kept: up to 1 GiB of free heap top (``M_TRIM_THRESHOLD``), and blocks of up to 32 MiB (glibc's largest
-``M_MMAP_THRESHOLD``) served from the heap rather than by ``mmap``. Larger blocks are still mapped and
-returned on free (SiT's two-view activations at batch 256: 370,000 faults per step remain), so that a
-large buffer freed mid-run (a dataset, a feature bank) goes back to the OS; ``M_MMAP_MAX=0`` would keep
-those too (measured: SiT's faults gone, its step 2-16% shorter in two runs) at the price of memory that
-stays with the process. Set ``MIMKIT_KEEP_FREED_MEMORY=0`` to leave glibc's defaults (a process that embeds
-mimkit and wants freed memory back at once).
+Kept: up to 1 GiB of free heap top (``M_TRIM_THRESHOLD``), and every block served from the heap rather
+than by ``mmap`` (``M_MMAP_THRESHOLD`` 32 MiB, glibc's largest, and ``M_MMAP_MAX`` 0): glibc returns a
+mapped block to the OS when it is freed, so blocks over 32 MiB (SiT's two-view activations at batch 256,
+any larger model or batch) page-faulted in again every step. Measured with ``benchmarks/host_memory.py``
+(same machine, bf16, 2026-12-03; ``--mapped-large-blocks`` is the setting before): SiT's step 0.72x and
+0.81x the time (two runs) of freed memory kept with large blocks mapped, 422,000 page faults per step -> 1,
+peak RSS +1-3%; MAE, SimMIM and GMML unchanged (they had no block over 32 MiB). The price: a large buffer
+freed mid-run (a dataset, a feature bank) stays with the process for reuse instead of going back to the OS,
+except what is freed at the top of the heap beyond 1 GiB. Set ``MIMKIT_KEEP_FREED_MEMORY=0`` to leave
+glibc's defaults (a process that embeds mimkit and wants freed memory back at once).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # <malloc.h>
 _TRIM_KEEP = 1 << 30
 _MMAP_ABOVE = 1 << 25  # glibc refuses more than 32 MiB on 64-bit systems
 _state: bool | None = None  # once per process: mallopt's settings hold for the process's lifetime
@@ -41,8 +44,13 @@ def keep_freed_memory() -> bool:
         if os.environ.get("MIMKIT_KEEP_FREED_MEMORY", "1").strip() not in ("0", "false", "no"):
             try:
                 libc = ctypes.CDLL("libc.so.6")
-                _state = bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_KEEP)) and bool(
-                    libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_ABOVE)
+                _state = all(
+                    libc.mallopt(option, value)
+                    for option, value in (
+                        (_M_TRIM_THRESHOLD, _TRIM_KEEP),
+                        (_M_MMAP_THRESHOLD, _MMAP_ABOVE),
+                        (_M_MMAP_MAX, 0),
+                    )
                 )
             except (OSError, AttributeError):  # not glibc: _state stays False
                 pass
