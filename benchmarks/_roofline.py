@@ -76,36 +76,21 @@ ESSENTIAL_OPS = {
     aten.gelu_backward.default,
     aten._softmax.default,
     aten._softmax_backward_data.default,
-    aten._safe_softmax.default,  # SDPA's math path
     aten.native_layer_norm.default,
     aten.native_layer_norm_backward.default,
     aten._fused_adamw_.default,
 }
-# fused attention (SDPA): (q, k, v) at these argument positions; recorded as the plain path's work
-_FUSED_ATTENTION = {
-    name: position
-    for names, position in (
-        (
-            (
-                "_scaled_dot_product_flash_attention_for_cpu",
-                "_scaled_dot_product_flash_attention",
-                "_scaled_dot_product_efficient_attention",
-                "_scaled_dot_product_cudnn_attention",
-            ),
-            0,
-        ),
-        (
-            (
-                "_scaled_dot_product_flash_attention_for_cpu_backward",
-                "_scaled_dot_product_flash_attention_backward",
-                "_scaled_dot_product_efficient_attention_backward",
-                "_scaled_dot_product_cudnn_attention_backward",
-            ),
-            1,
-        ),
-    )
-    for name in names
+if hasattr(aten, "_safe_softmax"):  # SDPA's math path (torch >= 2.5)
+    ESSENTIAL_OPS.add(aten._safe_softmax.default)
+# fused attention (SDPA), recorded as the plain path's work: forward ops take (q, k, v, ...), backward ops
+# (grad_out, q, k, v, ...)
+_FUSED_FORWARD = {
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
 }
+_FUSED_BACKWARD = {name + "_backward" for name in _FUSED_FORWARD}
 
 
 def _tensor_meta(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> tuple:
@@ -163,15 +148,14 @@ class MatmulRecorder(TorchDispatchMode):
             self.calls[(func, _meta(args), _meta(tuple(sorted(kwargs.items()))))] += 1
         elif func in ESSENTIAL_OPS:
             self.essential[(func, _meta(args), _meta(tuple(sorted(kwargs.items()))))] += 1
-        else:
-            position = _FUSED_ATTENTION.get(func.__name__.split(".")[0])
-            if position is not None:
-                q, k, v = args[position : position + 3]
-                products, softmax = plain_attention_work(q, k, v, backward=position == 1)
-                for op, meta in products:
-                    self.calls[(op, meta, ())] += 1
-                for op, meta in softmax:
-                    self.essential[(op, meta, ())] += 1
+        elif (name := func.__name__.split(".")[0]) in _FUSED_FORWARD | _FUSED_BACKWARD:
+            backward = name in _FUSED_BACKWARD
+            q, k, v = args[1:4] if backward else args[:3]
+            products, softmax = plain_attention_work(q, k, v, backward)
+            for op, meta in products:
+                self.calls[(op, meta, ())] += 1
+            for op, meta in softmax:
+                self.essential[(op, meta, ())] += 1
         return func(*args, **kwargs)
 
 

@@ -180,9 +180,10 @@ def data_path(shape: dict[str, Any], args: dict[str, Any], device):
 
     c, side = shape["in_chans"], shape["img_size"]
     n = args["images"] or 4 * args["batch"]
-    images = torch.randint(0, 256, (n, c, side, side), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, c, side, side), dtype=torch.uint8, generator=generator)
     data = ImageDataset(
-        torch.zeros(n, dtype=torch.long), [], c, (side, side), [0.5] * c, [0.29] * c, images=images.byte()
+        torch.zeros(n, dtype=torch.long), [], c, (side, side), [0.5] * c, [0.29] * c, images=images
     )
     loader = build_loader(
         data, args["batch"], shuffle=True, drop_last=True, seed=0, pin_memory=device.type == "cuda"
