@@ -28,7 +28,7 @@ from method_cost import RECIPES, _NoBatches, build  # benchmarks/method_cost.py
 
 SETTINGS = ("glibc defaults", "kept")
 MAPPED = "kept, large blocks mapped"  # --mapped-large-blocks
-_M_MMAP_MAX, _GLIBC_MMAP_MAX = -4, 65536  # <malloc.h>, glibc's default
+_GLIBC_MMAP_MAX = 65536  # glibc's default M_MMAP_MAX
 
 
 def _faults() -> int:
@@ -41,6 +41,8 @@ def worker(key: tuple[str, str], args: dict[str, Any], conn) -> None:
     allocator = set_allocator(glibc_defaults=setting == "glibc defaults")
     if setting == MAPPED:  # undo one part of mimkit's setting: large blocks mapped again
         import ctypes
+
+        from mimkit.engine.host_memory import _M_MMAP_MAX
 
         if not ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX):
             conn.send({"error": "mallopt(M_MMAP_MAX) refused"})
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         + " | "
         + " | ".join(f"peak RSS MB, {s}" for s in settings)
         + " | other load |",
-        "|---|" + "---:|" * (4 * len(settings)) + "",
+        "|---|" + "---:|" * (4 * len(settings)),
     ]
     for row in rows:
         cells = [f"{row['ms_per_step'][s]:.0f}" for s in settings]
