@@ -184,19 +184,28 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("recipe", ["mae", "sit"])
 def test_fsdp_trains_what_ddp_trains(tmp_path, recipe):
-    """FSDP2 on 2 processes against DDP on 2 processes, the same recipe: the same losses and weights (up to
-    float rounding; measured identical on gloo). SiT: its teacher is sharded too and moves by EMA shard by
-    shard; its batch norms are synchronised."""
+    """FSDP2 on 2 processes against DDP on 2 processes, the same recipe: the same losses and weights up to
+    float rounding. SiT: its teacher is sharded too and moves by EMA shard by shard; its batch norms are
+    synchronised.
+
+    FSDP reduce-scatters the gradients where DDP all-reduces them: the same sums, added in another order, so
+    each gradient may differ in its last bits (fp32: ~1e-7 relative). Adam steps a weight by about
+    lr * m / sqrt(v): a gradient above its rounding noise moves the step by the same ~1e-7 relative, so 8
+    steps at lr 6.25e-4 keep the trained weights within 1e-5, as the DDP test holds them. A gradient that
+    is zero in theory (attention's key biases; SiT's biases before a BatchNorm) is rounding noise only,
+    and Adam turns any noise into steps of about the lr: held to one lr per step (measured on the Intel
+    Xeon with AMX: 1.03e-4 over them, which a flat 1e-6 failed)."""
     ddp = pretrain(recipe, tmp_path / "ddp", 2, 8, *EQUAL[recipe])
     fsdp = pretrain(recipe, tmp_path / "fsdp", 2, 8, *EQUAL[recipe], "train.strategy=fsdp")
     assert "FSDP2: parameters, gradients and optimizer state sharded across 2 processes" in fsdp.stderr
     assert "FSDP2" not in ddp.stderr
     a, b = losses(tmp_path / "ddp"), losses(tmp_path / "fsdp")
     assert len(a) == len(b) == 8
-    assert all(abs(x - y) <= 1e-6 * abs(x) for x, y in zip(a, b, strict=True)), (a, b)
+    assert all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(a, b, strict=True)), (a, b)
     wa, wb = _weights(tmp_path / "ddp"), _weights(tmp_path / "fsdp")
     assert wa.keys() == wb.keys()  # the checkpoint of a sharded run holds the full model, same names
-    assert max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa) < 1e-6
+    trained, theory_zero = _weight_differences(wa, wb)
+    assert trained < 1e-5 and theory_zero < 8 * 6.25e-4, (trained, theory_zero)
     assert "Warning" not in fsdp.stderr, fsdp.stderr[-2000:]
 
 
