@@ -1,5 +1,6 @@
 """mimkit: masked image modeling (MAE, SimMIM, SiT/GMML) for Vision Transformers."""
 
+from mimkit import hub, pretrain
 from mimkit.methods import create_method, list_methods
 from mimkit.methods.mae import MAE
 from mimkit.methods.simmim import SimMIM
@@ -10,6 +11,9 @@ from mimkit.models.vit import VisionTransformer
 from mimkit.weights import export_encoder_safetensors, load_weights
 
 __version__ = "0.1.0"
+
+# from_pretrained reads with the factories and the run loader, layers above the mixin (hub.py's docstring)
+hub.Pretrained.reader = pretrain.open_model
 
 __all__ = [
     "MAE",

@@ -7,14 +7,21 @@ Local directories only: mimkit never downloads. Written here rather than through
 and a method's first argument is an encoder module, not a JSON value; the factories already are the one
 place that knows how to build each model from names and options. Pushing a saved directory to a hub
 stays the user's choice (``huggingface_hub.upload_folder``).
+
+Every model inherits this mixin, so it sits below them and imports nothing above it. Reading a directory
+back needs what sits above: the factories (a saved config names an encoder and a method) and, for a run
+directory or a training checkpoint, the pretraining config. The top-level package hands that reader in
+(``mimkit/__init__.py`` sets :attr:`Pretrained.reader` to :func:`mimkit.pretrain.open_model`), as a model
+declares its FSDP units for the engine: the lower layer names the seam, a higher one fills it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch.nn as nn
 
@@ -31,6 +38,8 @@ class Pretrained:
     (``mimkit_config``)."""
 
     mimkit_config: dict[str, Any] | None = None
+    #: ``path -> model``, what :meth:`from_pretrained` reads with; set by ``mimkit/__init__.py``
+    reader: ClassVar[Callable[[Path], nn.Module]]
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` to ``directory`` (created if needed)."""
@@ -58,22 +67,7 @@ class Pretrained:
         Raises:
             FileNotFoundError: nothing there; ValueError: a directory or run of another kind of model.
         """
-        from mimkit.pretrain import load_pretrained
-
-        path = Path(path)
-        config_file = path / CONFIG
-        if config_file.is_file() and (path / WEIGHTS).is_file():
-            config = json.loads(config_file.read_text())
-            if config.get("format") != FORMAT:
-                raise ValueError(
-                    f"{path} is not a mimkit save_pretrained directory (no {FORMAT!r} in config.json)"
-                )
-            model = build(config)
-            from safetensors.torch import load_file
-
-            model.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
-        else:
-            model, _, _ = load_pretrained(path)  # a run directory or a training checkpoint
+        model = Pretrained.reader(Path(path))
         if not isinstance(model, cls) and isinstance(getattr(model, "encoder", None), cls):
             model = model.encoder
         if not isinstance(model, cls):
@@ -81,18 +75,19 @@ class Pretrained:
         return model.eval()
 
 
-def build(config: dict[str, Any]) -> nn.Module:
-    """The model a ``mimkit_config`` describes: ``{"encoder": {"name", ...}}`` and, for a method,
-    ``{"method": {"name", ...}}``."""
-    from mimkit.methods import create_method
-    from mimkit.models import create_encoder
+def saved_config(path: Path) -> dict[str, Any] | None:
+    """The ``config.json`` of a :meth:`~Pretrained.save_pretrained` directory; None when ``path`` holds no
+    config and weights.
 
-    encoder_cfg = dict(config["encoder"])
-    encoder = create_encoder(encoder_cfg.pop("name"), **encoder_cfg)
-    if "method" not in config:
-        return encoder
-    method_cfg = dict(config["method"])
-    return create_method(method_cfg.pop("name"), encoder=encoder, **method_cfg)
+    Raises:
+        ValueError: a config and weights that are not mimkit's (a transformers or timm directory).
+    """
+    if not ((path / CONFIG).is_file() and (path / WEIGHTS).is_file()):
+        return None
+    config = json.loads((path / CONFIG).read_text())
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a mimkit save_pretrained directory (no {FORMAT!r} in config.json)")
+    return config
 
 
 def record(model: nn.Module, config: dict[str, Any]) -> nn.Module:

@@ -1,7 +1,7 @@
 """Pretraining from a config: build data, encoder and method, then run the one trainer.
 
 Also rebuilds a trained method from a run's checkpoint (``load_pretrained``), for the CLI's
-``reconstruct`` and ``knn``.
+``reconstruct`` and ``knn``, and reads any saved model for ``from_pretrained`` (``open_model``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from mimkit import hub
 from mimkit.data import build_augment, build_dataset, build_loader
 from mimkit.data.shards import ShardLoader, ShardSet
 from mimkit.engine import dist
@@ -217,3 +218,22 @@ def load_pretrained(path: str | os.PathLike) -> tuple[nn.Module, PretrainConfig,
     method = build_method(cfg, stats=stats)
     load_weights(method, raw)
     return method, cfg, stats
+
+
+def open_model(path: str | os.PathLike) -> nn.Module:
+    """The model at ``path``: a :meth:`~mimkit.hub.Pretrained.save_pretrained` directory (built from its
+    config by the factories, loaded strictly) or the method of a run directory or training checkpoint
+    (:func:`load_pretrained`). What ``from_pretrained`` reads with (``mimkit/__init__.py`` hands it over)."""
+    path = Path(path)
+    config = hub.saved_config(path)
+    if config is None:
+        return load_pretrained(path)[0]
+    encoder_cfg = dict(config["encoder"])
+    model = create_encoder(encoder_cfg.pop("name"), **encoder_cfg)
+    if "method" in config:
+        method_cfg = dict(config["method"])
+        model = create_method(method_cfg.pop("name"), encoder=model, **method_cfg)
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(path / hub.WEIGHTS)), strict=True)
+    return model
