@@ -12,8 +12,7 @@ from mimkit.weights import export_encoder_safetensors, load_weights
 
 __version__ = "0.1.0"
 
-# from_pretrained reads with the factories and the run loader, layers above the mixin (hub.py's docstring)
-hub.Pretrained.reader = pretrain.open_model
+hub.Pretrained.reader = pretrain.open_model  # from_pretrained's reader, from above (hub.py's docstring)
 
 __all__ = [
     "MAE",

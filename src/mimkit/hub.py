@@ -8,11 +8,9 @@ and a method's first argument is an encoder module, not a JSON value; the factor
 place that knows how to build each model from names and options. Pushing a saved directory to a hub
 stays the user's choice (``huggingface_hub.upload_folder``).
 
-Every model inherits this mixin, so it sits below them and imports nothing above it. Reading a directory
-back needs what sits above: the factories (a saved config names an encoder and a method) and, for a run
-directory or a training checkpoint, the pretraining config. The top-level package hands that reader in
-(``mimkit/__init__.py`` sets :attr:`Pretrained.reader` to :func:`mimkit.pretrain.open_model`), as a model
-declares its FSDP units for the engine: the lower layer names the seam, a higher one fills it.
+Every model inherits this mixin, so it imports nothing above the models. Reading back needs what sits
+above them (the factories; a run's pretraining config), so the top-level package hands the reader in:
+``mimkit/__init__.py`` sets :attr:`Pretrained.reader` to :func:`mimkit.pretrain.open_model`.
 """
 
 from __future__ import annotations
@@ -38,8 +36,7 @@ class Pretrained:
     (``mimkit_config``)."""
 
     mimkit_config: dict[str, Any] | None = None
-    #: ``path -> model``, what :meth:`from_pretrained` reads with; set by ``mimkit/__init__.py``
-    reader: ClassVar[Callable[[Path], nn.Module]]
+    reader: ClassVar[Callable[[Path], nn.Module]]  # path -> model, for from_pretrained: mimkit/__init__.py
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` to ``directory`` (created if needed)."""
@@ -73,21 +70,6 @@ class Pretrained:
         if not isinstance(model, cls):
             raise ValueError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
         return model.eval()
-
-
-def saved_config(path: Path) -> dict[str, Any] | None:
-    """The ``config.json`` of a :meth:`~Pretrained.save_pretrained` directory; None when ``path`` holds no
-    config and weights.
-
-    Raises:
-        ValueError: a config and weights that are not mimkit's (a transformers or timm directory).
-    """
-    if not ((path / CONFIG).is_file() and (path / WEIGHTS).is_file()):
-        return None
-    config = json.loads((path / CONFIG).read_text())
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a mimkit save_pretrained directory (no {FORMAT!r} in config.json)")
-    return config
 
 
 def record(model: nn.Module, config: dict[str, Any]) -> nn.Module:

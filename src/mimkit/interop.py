@@ -15,9 +15,7 @@
   load each format).
 
 Only ViT encoders go to transformers and timm (mimkit's Swin keeps the original release's names, not
-timm's current ones: it exports as ``safetensors`` and ``onnx``). The names are mapped by the tables of
-:mod:`mimkit.models.hf_names`, which loading reads too; this module runs the exports (it sits above
-pretraining, whose run loading it uses).
+timm's current ones: it exports as ``safetensors`` and ``onnx``). The names: :mod:`mimkit.models.hf_names`.
 """
 
 from __future__ import annotations
@@ -31,18 +29,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from mimkit.models.hf_names import (
-    encoder_config,  # noqa: F401 - eval/sources.py imports it from here
-    hf_config_args,
-    mae_decoder_to_hf,
-    mlp_dim,
-    vit_to_hf,
-)
+from mimkit.models import hf_names
 from mimkit.models.vit import VisionTransformer
 from mimkit.pretrain import load_pretrained, resolve_checkpoint
 from mimkit.weights import export_encoder_safetensors
 
 log = logging.getLogger(__name__)
+encoder_config = hf_names.encoder_config  # eval/sources.py imports it from here (until issue 30 item 2)
 
 FORMATS = ("transformers", "timm", "onnx")
 ONNX_OPSET = 18
@@ -105,8 +98,8 @@ def export_transformers(method: nn.Module, stats: dict[str, Any], out: Path) -> 
     vit = _vit(method.encoder if hasattr(method, "encoder") else method, "transformers").eval()
     x = _probe(vit)
     checks = {}
-    model = ViTModel(ViTConfig(**hf_config_args(vit)), add_pooling_layer=False)
-    model.load_state_dict(vit_to_hf(vit, set(model.state_dict())), strict=True)
+    model = ViTModel(ViTConfig(**hf_names.hf_config_args(vit)), add_pooling_layer=False)
+    model.load_state_dict(hf_names.vit_to_hf(vit, set(model.state_dict())), strict=True)
     model.save_pretrained(out / "vit")
     _image_processor(out / "vit", vit, stats)
     loaded = ViTModel.from_pretrained(out / "vit").eval()
@@ -116,7 +109,7 @@ def export_transformers(method: nn.Module, stats: dict[str, Any], out: Path) -> 
     if type(method).__name__ == "MAE":
         dec = method.decoder
         config = ViTMAEConfig(
-            **hf_config_args(vit),
+            **hf_names.hf_config_args(vit),
             decoder_hidden_size=dec.embed.out_features, decoder_num_hidden_layers=len(dec.blocks),
             decoder_num_attention_heads=dec.blocks[0].attn.num_heads if len(dec.blocks) else 1,
             decoder_intermediate_size=dec.blocks[0].mlp.fc1.out_features if len(dec.blocks) else 1,
@@ -124,7 +117,7 @@ def export_transformers(method: nn.Module, stats: dict[str, Any], out: Path) -> 
         )  # fmt: skip
         mae = ViTMAEForPreTraining(config)
         keys = set(mae.state_dict())
-        state = vit_to_hf(vit, keys, "vit.") | mae_decoder_to_hf(dec, keys)
+        state = hf_names.vit_to_hf(vit, keys, "vit.") | hf_names.mae_decoder_to_hf(dec, keys)
         mae.load_state_dict(state, strict=True)
         mae.save_pretrained(out / "vit_mae")
         _image_processor(out / "vit_mae", vit, stats)
@@ -152,7 +145,7 @@ def export_timm(method: nn.Module, stats: dict[str, Any], out: Path) -> dict[str
     model_args = {
         "img_size": list(vit.img_size), "patch_size": vit.patch_size, "in_chans": vit.in_chans,
         "embed_dim": vit.embed_dim, "depth": vit.depth, "num_heads": vit.num_heads,
-        "mlp_ratio": mlp_dim(vit) / vit.embed_dim, "qkv_bias": True, "class_token": True,
+        "mlp_ratio": hf_names.mlp_dim(vit) / vit.embed_dim, "qkv_bias": True, "class_token": True,
         "global_pool": "token", "num_classes": 0,
     }  # fmt: skip
     config = {

@@ -7,6 +7,7 @@ Also rebuilds a trained method from a run's checkpoint (``load_pretrained``), fo
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from pathlib import Path
@@ -14,7 +15,6 @@ from typing import Any
 
 import torch.nn as nn
 
-from mimkit import hub
 from mimkit.data import build_augment, build_dataset, build_loader
 from mimkit.data.shards import ShardLoader, ShardSet
 from mimkit.engine import dist
@@ -23,6 +23,7 @@ from mimkit.engine.config import PretrainConfig, _build, named_options, save_con
 from mimkit.engine.precision import auto_to_native
 from mimkit.engine.runctl import RunLock
 from mimkit.engine.trainer import Trainer
+from mimkit.hub import CONFIG, FORMAT, WEIGHTS
 from mimkit.methods import create_method
 from mimkit.models import create_encoder
 from mimkit.weights import is_model_dir, load_weights, read_checkpoint
@@ -225,15 +226,15 @@ def open_model(path: str | os.PathLike) -> nn.Module:
     config by the factories, loaded strictly) or the method of a run directory or training checkpoint
     (:func:`load_pretrained`). What ``from_pretrained`` reads with (``mimkit/__init__.py`` hands it over)."""
     path = Path(path)
-    config = hub.saved_config(path)
-    if config is None:
+    if not is_model_dir(path):  # no config.json and model.safetensors: a run directory or a checkpoint
         return load_pretrained(path)[0]
-    encoder_cfg = dict(config["encoder"])
-    model = create_encoder(encoder_cfg.pop("name"), **encoder_cfg)
+    config = json.loads((path / CONFIG).read_text())
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a mimkit save_pretrained directory (no {FORMAT!r} in config.json)")
+    model = create_encoder(**config["encoder"])
     if "method" in config:
-        method_cfg = dict(config["method"])
-        model = create_method(method_cfg.pop("name"), encoder=model, **method_cfg)
+        model = create_method(**config["method"], encoder=model)
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(path / hub.WEIGHTS)), strict=True)
+    model.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
     return model

@@ -12,6 +12,7 @@ counted, as a folder does).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tarfile
@@ -40,19 +41,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     member = tarfile.TarInfo(name)
     member.size = len(data)
     member.mode = 0o644
-    tar.addfile(member, fileobj=_Bytes(data))
-
-
-class _Bytes:
-    """A read-only file object over bytes (what ``TarFile.addfile`` reads from)."""
-
-    def __init__(self, data: bytes):
-        self.data, self.at = data, 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self.data) if n < 0 else self.at + n
-        out, self.at = self.data[self.at : end], min(end, len(self.data))
-        return out
+    tar.addfile(member, fileobj=io.BytesIO(data))  # shares the bytes: no copy
 
 
 def pack_shards(

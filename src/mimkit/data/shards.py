@@ -225,14 +225,8 @@ class _Stream(IterableDataset):
         seed: str,
         start: int,
     ):
-        self.dataset, self.plans, self.batch_size, self.buffer, self.seed = (
-            dataset,
-            plans,
-            batch_size,
-            buffer,
-            seed,
-        )
-        self.start = start
+        self.dataset, self.plans, self.batch_size = dataset, plans, batch_size
+        self.buffer, self.seed, self.start = buffer, seed, start
 
     def _members(self, shards: Sequence[Shard], rnd: random.Random) -> Iterator[tuple[int, str, bytes, int]]:
         """The shards' members through the shuffle buffer, pass after pass over the list (each pass drained

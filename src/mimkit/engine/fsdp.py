@@ -1,10 +1,9 @@
 """FSDP2 (``torch.distributed.fsdp.fully_shard``) for ``train.strategy: fsdp``: parameters, gradients and
 optimizer state sharded across processes, for encoders too large to replicate (ViT-L / ViT-H).
 
-Sharding: every module that declares itself a unit (``fsdp_unit = True``: the models' transformer blocks,
-ViT and MAE-decoder ``Block`` and ``SwinBlock``) is sharded on its own, so that one block's parameters are
-gathered at a time, then the whole model (the rest: embeddings, norms, heads). The model says where its
-units are, as torchtitan's models supply their parallelize plan: the engine imports no model.
+Sharding: every module that declares itself a unit (``fsdp_unit = True``: the transformer blocks) is its
+own unit, so that one block's parameters are gathered at a time, then the whole model (the rest: embeddings,
+norms, heads). The model says where its units are, as torchtitan's models supply their parallelize plan.
 
 Checkpoints hold the **gathered full state** (model and optimizer), in the same format as a single
 process's: one file that resumes on any number of processes and with either strategy, and that every

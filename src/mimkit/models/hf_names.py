@@ -1,10 +1,7 @@
-"""The contract with other libraries' names: transformers' ViT / ViTMAE state-dict and config names against
-mimkit's, and the mimkit encoder a transformers or timm ``config.json`` describes.
-
-mimkit's ViT names are timm's, so timm needs no table. The mapping is written here by hand (the fused
-``qkv`` split into query / key / value): it is the product's contract with those libraries. Plain tables on
-state dicts, at the models' layer, so that loading (:mod:`mimkit.weights`) and exporting
-(:mod:`mimkit.interop`) both read them from below.
+"""transformers' ViT / ViTMAE state-dict and config names against mimkit's (timm's are mimkit's), and the
+mimkit encoder a transformers or timm ``config.json`` describes. Written by hand (the fused ``qkv`` split
+into query / key / value): the product's contract with those libraries, at the models' layer so that
+loading (:mod:`mimkit.weights`) and exporting (:mod:`mimkit.interop`) both read it from below.
 """
 
 from __future__ import annotations

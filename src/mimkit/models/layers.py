@@ -54,14 +54,6 @@ def use_fused_attention(x: torch.Tensor) -> bool:
     return not (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu"))
 
 
-def attention_in_words(fused: bool | str, device_type: str, precision: str) -> str:
-    """In words, the attention a training step takes with an attention module's ``fused`` setting on a
-    device in a precision (``"auto"``: what :func:`use_fused_attention` picks)."""
-    if fused == "auto" and device_type == "cpu" and precision in ("bf16", "fp16"):
-        return "plain softmax(q k^T) v (on the CPU under autocast it trains faster than SDPA's fused kernel)"
-    return "fused scaled_dot_product_attention" if fused else "plain softmax(q k^T) v"
-
-
 class Attention(nn.Module):
     """Multi-head self-attention with one fused ``qkv`` projection (q, k, v in that order).
 
@@ -83,8 +75,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def attention_path(self, device_type: str, precision: str) -> str:
-        """What a training step runs, in words (the trainer logs it for every module that says)."""
-        return attention_in_words(self.fused, device_type, precision)
+        """What a training step runs on a device in a precision, in words (the trainer logs it for every
+        module that says); ``fused="auto"``: what :func:`use_fused_attention` picks."""
+        if self.fused == "auto" and device_type == "cpu" and precision in ("bf16", "fp16"):
+            return (
+                "plain softmax(q k^T) v (on the CPU under autocast it trains faster than SDPA's fused kernel)"
+            )
+        return "fused scaled_dot_product_attention" if self.fused else "plain softmax(q k^T) v"
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         n, length, dim = x.shape

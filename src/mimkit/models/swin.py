@@ -52,7 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mimkit.hub import Pretrained
-from mimkit.models.layers import DropPath, Mlp, PatchEmbed, attention_in_words, to_2tuple, use_fused_attention
+from mimkit.models.layers import Attention, DropPath, Mlp, PatchEmbed, to_2tuple, use_fused_attention
 from mimkit.models.masked import replace_masked_tokens
 from mimkit.models.registry import ENCODERS
 
@@ -169,9 +169,7 @@ class WindowAttention(nn.Module):
         # contiguous: CUDA's fused SDPA kernels need an attn_mask whose last dimension has stride 1
         return bias.view(t, t, self.num_heads).permute(2, 0, 1).contiguous()
 
-    def attention_path(self, device_type: str, precision: str) -> str:
-        """What a training step runs, in words (the trainer logs it for every module that says)."""
-        return attention_in_words(self.fused, device_type, precision)
+    attention_path = Attention.attention_path  # the same ``fused`` setting, the same words
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` [B, nW, T, C]; ``mask`` [nW, T, T] additive (or ``None``) -> [B, nW, T, C]."""
