@@ -75,7 +75,7 @@ from mimkit.eval.label_efficiency import CHANCE_MARK, CHANCE_WHY, finished_runs,
 from mimkit.eval.linear import LinearProbeConfig, linear_probe
 from mimkit.eval.online_knn import OnlineKNN
 from mimkit.eval.protocols import load_recipe
-from mimkit.interop import vit_from_hf
+from mimkit.models.hf_names import vit_from_hf
 from mimkit.pretrain import build_encoder, build_method, build_trainer, data_stats
 from mimkit.weights import export_encoder_safetensors
 
@@ -246,7 +246,7 @@ def build_peer(cfg: PretrainConfig, in_chans: int, img_size: tuple[int, int], se
 
 
 def peer_encoder(peer: PeerMAE, encoder_cfg: dict[str, Any]) -> nn.Module:
-    """The peer's encoder as a mimkit ViT (q, k, v fused into qkv: mimkit.interop). Checked to agree."""
+    """The peer's encoder as a mimkit ViT (qkv fused: mimkit.models.hf_names). Checked to agree."""
     state = {k: v.detach().cpu() for k, v in peer.model.vit.state_dict().items()}
     enc = build_encoder(encoder_cfg)
     enc.load_state_dict(vit_from_hf(state, enc.depth), strict=True)

@@ -80,7 +80,7 @@ def main() -> int:
     result: dict = {"machine": machine_info(), "date": datetime.date.today().isoformat(), "args": vars(args)}
     if not jpeg.is_dir():
         result["write_jpegs_s"] = write_jpegs(jpeg, args.images)
-    from mimkit.data.shards import pack_shards
+    from mimkit.data.packing import pack_shards
 
     t = time.perf_counter()
     pack_shards(jpeg, shards, args.shard_size, force=True)

@@ -15,9 +15,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mimkit import create_encoder, create_method
-from mimkit.data.multiview import TwoViewAugment
 from mimkit.engine import Trainer
 from mimkit.engine.config import load_config
+from mimkit.methods.views import TwoViewAugment
 from mimkit.weights import read_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

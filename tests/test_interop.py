@@ -103,7 +103,7 @@ def test_a_directory_timm_wrote_loads_into_mimkit(tmp_path):
     model_args) builds the same-size mimkit encoder with timm's weights: the same features."""
     timm = pytest.importorskip("timm")  # needs torchvision: runs where timm imports
     from mimkit import create_encoder
-    from mimkit.interop import encoder_config
+    from mimkit.models.hf_names import encoder_config
     from mimkit.weights import load_weights
 
     theirs = timm.create_model(

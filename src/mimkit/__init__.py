@@ -1,5 +1,6 @@
 """mimkit: masked image modeling (MAE, SimMIM, SiT/GMML) for Vision Transformers."""
 
+from mimkit import hub, pretrain
 from mimkit.methods import create_method, list_methods
 from mimkit.methods.mae import MAE
 from mimkit.methods.simmim import SimMIM
@@ -10,6 +11,8 @@ from mimkit.models.vit import VisionTransformer
 from mimkit.weights import export_encoder_safetensors, load_weights
 
 __version__ = "0.1.0"
+
+hub.Pretrained.reader = pretrain.open_model  # from_pretrained's reader, from above (hub.py's docstring)
 
 __all__ = [
     "MAE",

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "embed":
             code = run_embed(args)
         elif args.command == "shards":
-            from mimkit.data.shards import pack_shards
+            from mimkit.data.packing import pack_shards
 
             index = pack_shards(args.src, args.out, args.shard_size, args.labeled, args.seed, args.force)
             skipped = f", {len(index['skipped'])} unreadable skipped" if index["skipped"] else ""

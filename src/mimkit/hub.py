@@ -7,14 +7,19 @@ Local directories only: mimkit never downloads. Written here rather than through
 and a method's first argument is an encoder module, not a JSON value; the factories already are the one
 place that knows how to build each model from names and options. Pushing a saved directory to a hub
 stays the user's choice (``huggingface_hub.upload_folder``).
+
+Every model inherits this mixin, so it imports nothing above the models. Reading back needs what sits
+above them (the factories; a run's pretraining config), so the top-level package hands the reader in:
+``mimkit/__init__.py`` sets :attr:`Pretrained.reader` to :func:`mimkit.pretrain.open_model`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch.nn as nn
 
@@ -31,6 +36,7 @@ class Pretrained:
     (``mimkit_config``)."""
 
     mimkit_config: dict[str, Any] | None = None
+    reader: ClassVar[Callable[[Path], nn.Module]]  # path -> model, for from_pretrained: mimkit/__init__.py
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` to ``directory`` (created if needed)."""
@@ -58,41 +64,12 @@ class Pretrained:
         Raises:
             FileNotFoundError: nothing there; ValueError: a directory or run of another kind of model.
         """
-        from mimkit.pretrain import load_pretrained
-
-        path = Path(path)
-        config_file = path / CONFIG
-        if config_file.is_file() and (path / WEIGHTS).is_file():
-            config = json.loads(config_file.read_text())
-            if config.get("format") != FORMAT:
-                raise ValueError(
-                    f"{path} is not a mimkit save_pretrained directory (no {FORMAT!r} in config.json)"
-                )
-            model = build(config)
-            from safetensors.torch import load_file
-
-            model.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
-        else:
-            model, _, _ = load_pretrained(path)  # a run directory or a training checkpoint
+        model = Pretrained.reader(Path(path))
         if not isinstance(model, cls) and isinstance(getattr(model, "encoder", None), cls):
             model = model.encoder
         if not isinstance(model, cls):
             raise ValueError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
         return model.eval()
-
-
-def build(config: dict[str, Any]) -> nn.Module:
-    """The model a ``mimkit_config`` describes: ``{"encoder": {"name", ...}}`` and, for a method,
-    ``{"method": {"name", ...}}``."""
-    from mimkit.methods import create_method
-    from mimkit.models import create_encoder
-
-    encoder_cfg = dict(config["encoder"])
-    encoder = create_encoder(encoder_cfg.pop("name"), **encoder_cfg)
-    if "method" not in config:
-        return encoder
-    method_cfg = dict(config["method"])
-    return create_method(method_cfg.pop("name"), encoder=encoder, **method_cfg)
 
 
 def record(model: nn.Module, config: dict[str, Any]) -> nn.Module:

@@ -1,12 +1,13 @@
 """Pretraining from a config: build data, encoder and method, then run the one trainer.
 
 Also rebuilds a trained method from a run's checkpoint (``load_pretrained``), for the CLI's
-``reconstruct`` and ``knn``.
+``reconstruct`` and ``knn``, and reads any saved model for ``from_pretrained`` (``open_model``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ from mimkit.engine.config import PretrainConfig, _build, named_options, save_con
 from mimkit.engine.precision import auto_to_native
 from mimkit.engine.runctl import RunLock
 from mimkit.engine.trainer import Trainer
+from mimkit.hub import CONFIG, FORMAT, WEIGHTS
 from mimkit.methods import create_method
 from mimkit.models import create_encoder
 from mimkit.weights import is_model_dir, load_weights, read_checkpoint
@@ -217,3 +219,22 @@ def load_pretrained(path: str | os.PathLike) -> tuple[nn.Module, PretrainConfig,
     method = build_method(cfg, stats=stats)
     load_weights(method, raw)
     return method, cfg, stats
+
+
+def open_model(path: str | os.PathLike) -> nn.Module:
+    """The model at ``path``: a :meth:`~mimkit.hub.Pretrained.save_pretrained` directory (built from its
+    config by the factories, loaded strictly) or the method of a run directory or training checkpoint
+    (:func:`load_pretrained`). What ``from_pretrained`` reads with (``mimkit/__init__.py`` hands it over)."""
+    path = Path(path)
+    if not is_model_dir(path):  # no config.json and model.safetensors: a run directory or a checkpoint
+        return load_pretrained(path)[0]
+    config = json.loads((path / CONFIG).read_text())
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a mimkit save_pretrained directory (no {FORMAT!r} in config.json)")
+    model = create_encoder(**config["encoder"])
+    if "method" in config:
+        model = create_method(**config["method"], encoder=model)
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
+    return model

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mimkit.engine.checkpoint import load_checkpoint
+from mimkit.models.hf_names import mae_decoder_from_hf, vit_from_hf
 from mimkit.models.pos_embed import resample_pos_embed
 
 log = logging.getLogger("mimkit")
@@ -46,8 +47,6 @@ def _read_model_dir(path: Path) -> dict[str, Any]:
     """A transformers ``ViTModel`` / ``ViTMAEForPreTraining`` directory in mimkit's names (an MAE's
     ``encoder.*`` and ``decoder.*`` for ViTMAE), or a timm directory (its names are mimkit's)."""
     from safetensors.torch import load_file
-
-    from mimkit.interop import mae_decoder_from_hf, vit_from_hf
 
     try:
         config = json.loads((path / "config.json").read_text())

@@ -248,9 +248,9 @@ def test_pydicom_test_files_are_read_or_counted(caplog):
 
 
 def test_augmentations_keep_the_channel_count():
-    from mimkit.data.multiview import TwoViewAugment
     from mimkit.data.transforms import FinetuneAugment, PretrainAugment
     from mimkit.masking.gmml import gmml_corrupt
+    from mimkit.methods.views import TwoViewAugment
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 65536, (4, 13, 16, 24), generator=g, dtype=torch.int32).to(torch.uint16)

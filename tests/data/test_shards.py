@@ -15,7 +15,8 @@ from PIL import Image
 from mimkit.cli import main
 from mimkit.data.config import DataConfig
 from mimkit.data.images import decode_image
-from mimkit.data.shards import INDEX, ShardLoader, ShardSet, pack_shards
+from mimkit.data.packing import pack_shards
+from mimkit.data.shards import INDEX, ShardLoader, ShardSet
 
 
 def folder(root: Path, per_class: int = 24, size=(20, 24)) -> Path:

@@ -178,6 +178,25 @@ def test_resume_with_another_effective_batch_is_one_line(tmp_path):
 # ----------------------------------------------------------------------------- FSDP2 (train.strategy=fsdp)
 
 
+def test_fsdp_units_are_the_blocks_the_models_declare():
+    """The engine imports no model: each transformer block declares itself a unit (``fsdp_unit``), so an MAE
+    shards its encoder's and its decoder's blocks, a Swin SimMIM every block of every stage, nothing else."""
+    from mimkit import create_encoder, create_method
+    from mimkit.engine.fsdp import units
+    from mimkit.models.layers import Block
+    from mimkit.models.swin import SwinBlock
+
+    vit = create_encoder("vit_tiny_patch4_28", embed_dim=32, depth=3, num_heads=2)
+    mae = create_method("mae", encoder=vit, decoder_dim=16, decoder_depth=2, decoder_heads=2)
+    assert units(mae) == [*mae.encoder.blocks, *mae.decoder.blocks]
+    assert all(type(u) is Block for u in units(mae)) and len(units(mae)) == 3 + 2
+    swin = create_encoder(
+        "swin_tiny_patch2_window4_32", in_chans=1, embed_dim=24, depths=[2, 2], num_heads=[2, 2]
+    )
+    simmim = create_method("simmim", encoder=swin, mask_patch_size=8)
+    assert len(units(simmim)) == 2 + 2 and all(type(u) is SwinBlock for u in units(simmim))
+
+
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "last.pt", weights_only=True)["model"]
 

@@ -5,7 +5,7 @@ from typing import Optional
 import pytest
 
 from mimkit.engine.config import PretrainConfig, TrainConfig, _build, load_config, parse_overrides
-from mimkit.engine.schedule import cosine_lr, cosine_momentum
+from mimkit.engine.schedule import cosine_lr
 
 
 def test_cosine_lr_hand_values():
@@ -18,21 +18,6 @@ def test_cosine_lr_hand_values():
     assert cosine_lr(35, base, total, warm, min_lr=0.1) == pytest.approx(
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))
     )
-
-
-def test_cosine_momentum_end_points_and_formula():
-    assert cosine_momentum(0, 100) == pytest.approx(0.996)
-    assert cosine_momentum(100, 100) == pytest.approx(1.0)
-    assert cosine_momentum(50, 100) == pytest.approx(0.998)  # half way: cos(pi / 2) = 0
-    step, total = 30, 100
-    expected = 1 - (1 - 0.996) * (math.cos(math.pi * step / total) + 1) / 2
-    assert cosine_momentum(step, total) == pytest.approx(expected)
-    values = [cosine_momentum(s, 100) for s in range(101)]
-    assert all(x <= y for x, y in zip(values[:-1], values[1:], strict=True))
-    assert cosine_momentum(-5, 100) == cosine_momentum(0, 100)  # clamped
-    assert cosine_momentum(150, 100) == cosine_momentum(100, 100)
-    with pytest.raises(ValueError, match="total_steps.*0"):
-        cosine_momentum(0, 0)
 
 
 def test_yaml_and_dotted_overrides(tmp_path):

@@ -385,3 +385,39 @@ def test_fp16_trains_with_a_gradient_scaler_and_resumes_it(tmp_path, images):
     assert resumed.scaler.get_scale() == 65536.0  # a fresh scaler's
     resumed.resume(tmp_path / "last.pt")
     assert resumed.scaler.get_scale() == 1024.0
+
+
+@pytest.mark.parametrize(
+    ("precision", "fused", "expected"),
+    [
+        ("fp32", "auto", "attention: fused scaled_dot_product_attention;"),
+        ("bf16", "auto", "attention: plain softmax(q k^T) v (on the CPU under autocast"),
+        ("bf16", True, "attention: fused scaled_dot_product_attention;"),
+        ("fp32", False, "attention: plain softmax(q k^T) v;"),
+    ],
+)
+def test_the_first_line_names_the_attention_the_model_runs(
+    tmp_path, images, caplog, precision, fused, expected
+):
+    """The trainer imports no model: the attention modules say what they run (the ``"auto"`` policy: plain
+    math for bf16 training on the CPU, SDPA otherwise; a fixed setting is what it says)."""
+    trainer = make_trainer(tmp_path, images, precision=precision)
+    for module in trainer.model.modules():
+        if hasattr(module, "fused"):
+            module.fused = fused
+    with caplog.at_level("INFO", logger="mimkit"):
+        trainer._announce()
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training on cpu")]
+    assert expected in line, line
+
+
+def test_a_model_without_attention_says_none(tmp_path, images, caplog):
+    model = torch.nn.Linear(64, 1)
+    model.training_step = lambda batch: {"loss": model(batch[0].flatten(1).float()).mean()}
+    cfg = TrainConfig(
+        precision="fp32", device="cpu", progress=False, tensorboard=False, epochs=1, warmup_epochs=0
+    )
+    trainer = Trainer(model, TensorLoader(images, 8), cfg, tmp_path)
+    with caplog.at_level("INFO", logger="mimkit"):
+        trainer._announce()
+    assert any("; attention: none;" in r.getMessage() for r in caplog.records)

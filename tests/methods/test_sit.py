@@ -7,7 +7,7 @@ import torch
 
 from mimkit.masking.gmml import gmml_corrupt
 from mimkit.methods import create_method
-from mimkit.methods.sit import SiT
+from mimkit.methods.sit import SiT, cosine_momentum
 from mimkit.models import create_encoder
 
 SMALL_HEADS = dict(recon_hidden_dim=32, proj_hidden_dim=32, proj_dim=16)
@@ -213,3 +213,18 @@ def test_bad_inputs():
     method = _sit()
     with pytest.raises(ValueError, match="replace.*1 image"):
         method.training_step((torch.randn(1, 1, 16, 16), None))
+
+
+def test_cosine_momentum_end_points_and_formula():
+    assert cosine_momentum(0, 100) == pytest.approx(0.996)
+    assert cosine_momentum(100, 100) == pytest.approx(1.0)
+    assert cosine_momentum(50, 100) == pytest.approx(0.998)  # half way: cos(pi / 2) = 0
+    step, total = 30, 100
+    expected = 1 - (1 - 0.996) * (math.cos(math.pi * step / total) + 1) / 2
+    assert cosine_momentum(step, total) == pytest.approx(expected)
+    values = [cosine_momentum(s, 100) for s in range(101)]
+    assert all(x <= y for x, y in zip(values[:-1], values[1:], strict=True))
+    assert cosine_momentum(-5, 100) == cosine_momentum(0, 100)  # clamped
+    assert cosine_momentum(150, 100) == cosine_momentum(100, 100)
+    with pytest.raises(ValueError, match="total_steps.*0"):
+        cosine_momentum(0, 0)

@@ -36,10 +36,12 @@ from mimkit.data.images import (
     ImageInfo,
     UnreadableImageError,
     decode_image,
+    decode_setup,
     image_info,
     is_image_file,
     list_images,
 )
+from mimkit.data.shards import ShardSet
 from mimkit.data.stats import apply_clip, channel_stats, normalization, resolve_clip, sample_indices
 
 logger = logging.getLogger(__name__)
@@ -174,9 +176,12 @@ def build_dataset(
     if cfg.source == "folder":
         return _build_folder(cfg, split, train_dataset)
     if cfg.source == "shards":
-        from mimkit.data.shards import build_shards  # shards read folders' helpers from here
-
-        return build_shards(cfg, split)
+        if split != "train":
+            raise ValueError(
+                "data.source=shards holds the images for pretraining only; evaluate on a folder "
+                "(data.source=folder) or an IDX source"
+            )
+        return ShardSet(cfg)
     return _build_idx(cfg, split, train_dataset)
 
 
@@ -323,19 +328,6 @@ def scan_folder(
         files += found
         labels += [classes.index(name)] * len(found)
     return files, labels, classes
-
-
-def decode_setup(cfg: DataConfig, info: ImageInfo) -> tuple[int, tuple[int, int], DecodeOptions]:
-    """``(channels, (H, W), decode options)`` the images are stored with: the config's, else what the first
-    image (``info``) says; the bands picked first."""
-    native = len(cfg.bands) if cfg.bands else info.channels
-    size = size_pair(cfg.img_size) if cfg.img_size is not None else (info.height, info.width)
-    window = tuple(cfg.window) if isinstance(cfg.window, list) else cfg.window
-    return (
-        cfg.channels or native,
-        size,
-        DecodeOptions(tuple(cfg.bands) if cfg.bands else None, info.dtype, window),
-    )
 
 
 def _first_image_info(files: Sequence[Path], folder: Path, window) -> ImageInfo:

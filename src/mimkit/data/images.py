@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from mimkit.data.config import DataConfig, size_pair
 from mimkit.data.readers import (
     DICOM_EXTENSIONS,
     NUMPY_EXTENSIONS,
@@ -255,6 +256,19 @@ class DecodeOptions:
     bands: tuple[int, ...] | None = None
     dtype: torch.dtype = torch.uint8
     window: tuple[float, float] | str | None = None
+
+
+def decode_setup(cfg: DataConfig, info: ImageInfo) -> tuple[int, tuple[int, int], DecodeOptions]:
+    """``(channels, (H, W), decode options)`` the images are stored with: the config's, else what the first
+    image (``info``) says; the bands picked first."""
+    native = len(cfg.bands) if cfg.bands else info.channels
+    size = size_pair(cfg.img_size) if cfg.img_size is not None else (info.height, info.width)
+    window = tuple(cfg.window) if isinstance(cfg.window, list) else cfg.window
+    return (
+        cfg.channels or native,
+        size,
+        DecodeOptions(tuple(cfg.bands) if cfg.bands else None, info.dtype, window),
+    )
 
 
 def decode_image(

@@ -1,12 +1,5 @@
-"""Tar shards in the WebDataset layout, for image sets of too many files to read one by one.
-
-``mimkit shards make SRC OUT`` packs a folder (class sub-folders or not, as ``data.source: folder`` reads
-it) into ``OUT/shard-000000.tar``, ... of ``--shard-size`` images each: every image is a member
-``{key}.{ext}`` holding the file's own bytes (no re-encoding), with ``{key}.cls`` (the class index as text)
-when the folder is labeled, keys being the images' positions in a seeded shuffle of the folder, so that
-every shard mixes the classes. ``OUT/shards.json`` lists the shards, their image counts, the classes, the
-first image's size, bands and dtype, and the files that could not be decoded (checked while packing:
-skipped and counted, as a folder does).
+"""Tar shards in the WebDataset layout, streamed: for image sets of too many files to read one by one.
+:mod:`mimkit.data.packing` makes them (``mimkit shards make SRC OUT``).
 
 ``data.source: shards`` with ``data.root: OUT`` streams them (:class:`ShardLoader`): every epoch the shards
 are put in an order drawn from ``seed + epoch``; process ``r`` of ``W`` takes shards ``r, r + W, ...``,
@@ -30,11 +23,9 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import random
 import tarfile
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,16 +34,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mimkit.data.config import DataConfig
-from mimkit.data.datasets import decode_setup, scan_folder, warn_skipped
-from mimkit.data.images import (
-    STORE_DTYPES,
-    DecodeOptions,
-    ImageInfo,
-    UnreadableImageError,
-    decode_bytes,
-    decode_image,
-    image_info,
-)
+from mimkit.data.images import STORE_DTYPES, ImageInfo, UnreadableImageError, decode_bytes, decode_setup
 from mimkit.data.loader import EpochCursor
 from mimkit.data.stats import STATS_SAMPLE, apply_clip, channel_stats, normalization, resolve_clip
 
@@ -60,112 +42,6 @@ logger = logging.getLogger(__name__)
 
 INDEX = "shards.json"
 FORMAT = "mimkit-shards/1"
-
-
-# ----------------------------------------------------------------------------- packing
-
-
-def _readable(path: Path) -> ImageInfo | str:
-    """The file's image info if it decodes (at a small size: JPEG decodes a fraction), else why not."""
-    try:
-        info = image_info(path)
-        decode_image(path, info.channels, (8, 8), "stretch", DecodeOptions(dtype=info.dtype))
-        return info
-    except Exception as err:  # noqa: BLE001 - any failure means "unreadable": skipped and counted
-        return str(err).splitlines()[0] if str(err) else type(err).__name__
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    member = tarfile.TarInfo(name)
-    member.size = len(data)
-    member.mode = 0o644
-    tar.addfile(member, fileobj=_Bytes(data))
-
-
-class _Bytes:
-    """A read-only file object over bytes (what ``TarFile.addfile`` reads from)."""
-
-    def __init__(self, data: bytes):
-        self.data, self.at = data, 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self.data) if n < 0 else self.at + n
-        out, self.at = self.data[self.at : end], min(end, len(self.data))
-        return out
-
-
-def pack_shards(
-    src: str | os.PathLike,
-    out: str | os.PathLike,
-    shard_size: int = 1000,
-    labeled: str | bool = "auto",
-    seed: int = 0,
-    force: bool = False,
-) -> dict[str, Any]:
-    """Pack the images of folder ``src`` into tar shards in ``out``; returns the index written there.
-
-    Raises:
-        FileNotFoundError: ``src`` is not a directory.
-        ValueError: ``shard_size`` < 1, ``out`` not empty (without ``force``), no readable image.
-    """
-    src, out = Path(src).expanduser(), Path(out).expanduser()
-    if not src.is_dir():
-        raise FileNotFoundError(f"{src} is not a directory of images")
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"the shard size must be a positive number of images, got {shard_size!r}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ValueError(f"{out} exists and is not an empty directory; choose another or pass --force")
-    files, labels, classes = scan_folder(src, labeled)
-    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        checked = list(pool.map(_readable, files, chunksize=16))
-    failures = [(str(f), why) for f, why in zip(files, checked, strict=True) if isinstance(why, str)]
-    warn_skipped(failures, str(src), len(files))
-    kept = [
-        (f, y, info) for f, y, info in zip(files, labels, checked, strict=True) if not isinstance(info, str)
-    ]
-    if not kept:
-        raise ValueError(f"none of the {len(files)} image files under {src} could be read")
-    order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed)).tolist()
-    kept = [kept[i] for i in order]
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("shard-*.tar"):  # --force over an earlier packing
-        stale.unlink()
-    shards = []
-    for number, start in enumerate(range(0, len(kept), shard_size)):
-        name = f"shard-{number:06d}.tar"
-        part = kept[start : start + shard_size]
-        tmp = out / f".{name}.tmp"
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for offset, (path, label, _) in enumerate(part):
-                key = f"{start + offset:09d}"
-                _add(tar, f"{key}{path.suffix.lower() or '.dcm'}", path.read_bytes())
-                if classes:
-                    _add(tar, f"{key}.cls", str(label).encode())
-        os.replace(tmp, out / name)
-        shards.append({"file": name, "count": len(part)})
-    first = kept[0][2]
-    index = {
-        "format": FORMAT,
-        "source": str(src),
-        "images": len(kept),
-        "classes": classes,
-        "shards": shards,
-        "image": {
-            "height": first.height,
-            "width": first.width,
-            "channels": first.channels,
-            "dtype": str(first.dtype).removeprefix("torch."),
-        },
-        "skipped": [path for path, _ in failures],
-        "seed": seed,
-    }
-    tmp = out / f".{INDEX}.tmp"
-    tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(tmp, out / INDEX)
-    return index
-
-
-# ----------------------------------------------------------------------------- reading
 
 
 @dataclass(frozen=True)
@@ -313,15 +189,6 @@ class ShardSet:
         return torch.stack(rows)
 
 
-def build_shards(cfg: DataConfig, split: str) -> ShardSet:
-    if split != "train":
-        raise ValueError(
-            "data.source=shards holds the images for pretraining only; evaluate on a folder "
-            "(data.source=folder) or an IDX source"
-        )
-    return ShardSet(cfg)
-
-
 # ----------------------------------------------------------------------------- streaming
 
 
@@ -358,14 +225,8 @@ class _Stream(IterableDataset):
         seed: str,
         start: int,
     ):
-        self.dataset, self.plans, self.batch_size, self.buffer, self.seed = (
-            dataset,
-            plans,
-            batch_size,
-            buffer,
-            seed,
-        )
-        self.start = start
+        self.dataset, self.plans, self.batch_size = dataset, plans, batch_size
+        self.buffer, self.seed, self.start = buffer, seed, start
 
     def _members(self, shards: Sequence[Shard], rnd: random.Random) -> Iterator[tuple[int, str, bytes, int]]:
         """The shards' members through the shuffle buffer, pass after pass over the list (each pass drained

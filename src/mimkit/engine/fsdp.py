@@ -1,8 +1,9 @@
 """FSDP2 (``torch.distributed.fsdp.fully_shard``) for ``train.strategy: fsdp``: parameters, gradients and
 optimizer state sharded across processes, for encoders too large to replicate (ViT-L / ViT-H).
 
-Sharding: every transformer block (ViT and MAE-decoder ``Block``, ``SwinBlock``) is its own unit, so that
-one block's parameters are gathered at a time, then the whole model (the rest: embeddings, norms, heads).
+Sharding: every module that declares itself a unit (``fsdp_unit = True``: the transformer blocks) is its
+own unit, so that one block's parameters are gathered at a time, then the whole model (the rest: embeddings,
+norms, heads). The model says where its units are, as torchtitan's models supply their parallelize plan.
 
 Checkpoints hold the **gathered full state** (model and optimizer), in the same format as a single
 process's: one file that resumes on any number of processes and with either strategy, and that every
@@ -31,11 +32,9 @@ _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
 _LOAD = StateDictOptions(full_state_dict=True)
 
 
-def _units(module: nn.Module) -> list[nn.Module]:
-    from mimkit.models.layers import Block
-    from mimkit.models.swin import SwinBlock
-
-    return [m for m in module.modules() if isinstance(m, (Block, SwinBlock))]
+def units(module: nn.Module) -> list[nn.Module]:
+    """The submodules of ``module`` that declare themselves FSDP units (``fsdp_unit = True``)."""
+    return [m for m in module.modules() if getattr(m, "fsdp_unit", False)]
 
 
 def shard(module: nn.Module) -> tuple[nn.Module, int]:
@@ -47,11 +46,11 @@ def shard(module: nn.Module) -> tuple[nn.Module, int]:
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
             torch.distributed.broadcast(tensor, src=0)
-    units = _units(module)
-    for unit in units:
+    blocks = units(module)
+    for unit in blocks:
         fully_shard(unit)
     fully_shard(module)
-    return module, len(units)
+    return module, len(blocks)
 
 
 def is_sharded(module: nn.Module) -> bool:

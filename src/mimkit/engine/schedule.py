@@ -1,5 +1,5 @@
-"""Schedules: the learning rate (per-iteration linear warm-up, then half-cosine to ``min_lr``, as MAE) and
-the EMA teachers' momentum."""
+"""The learning-rate schedule: per-iteration linear warm-up, then half-cosine to ``min_lr``, as MAE. (The EMA
+teachers' momentum schedule is their method's: :func:`mimkit.methods.sit.cosine_momentum`.)"""
 
 from __future__ import annotations
 
@@ -17,13 +17,3 @@ def cosine_lr(
         return base_lr
     t = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def cosine_momentum(step: int, total_steps: int, start: float = 0.996, end: float = 1.0) -> float:
-    """EMA momentum rising from ``start`` (step 0) to ``end`` (step ``total_steps``) on a half-cosine
-    (BYOL / DINO / SiT teachers): ``end - (end - start) * (cos(pi * step / total_steps) + 1) / 2``; steps
-    outside ``[0, total_steps]`` are clamped."""
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps!r}")
-    t = min(max(step, 0), total_steps) / total_steps
-    return end - (end - start) * (math.cos(math.pi * t) + 1) / 2

@@ -518,14 +518,14 @@ class Trainer:
         """One line: the precision and attention path the steps take, the effective batch and its lr."""
         if not self.env.is_main:
             return
-        from mimkit.models.layers import attention_path
-
+        where = (self.env.device.type, self.precision.precision)  # each attention module says what it runs
+        paths = {m.attention_path(*where) for m in self.model.modules() if hasattr(m, "attention_path")}
         log.info(
             "training on %s in %s; attention: %s%s%s; batch %d x %d accumulated x %d process(es) = %d per "
             "step, lr %.3g",
             self.env.device,
             self.precision.precision,
-            attention_path(self.env.device.type, self.precision.precision, training=True),
+            " / ".join(sorted(paths)) or "none",
             "; torch.compile" if self.cfg.compile else "",
             "; freed host memory kept for reuse" if self.keeps_freed_memory else "",
             self.cfg.batch_size,

@@ -13,26 +13,26 @@ teacher(clean view 2) and student(corrupted view 2) with teacher(clean view 1). 
 augmented view per image.
 
 The data pipeline hands over normalised, un-augmented images at the model size; the views are made
-here, on the device (:class:`~mimkit.data.multiview.TwoViewAugment`).
+here, on the device (:class:`~mimkit.methods.views.TwoViewAugment`).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from mimkit.data.multiview import TwoViewAugment
-from mimkit.engine.schedule import cosine_momentum
 from mimkit.heads.sit import ProjectionHead, SiTReconstructionHead
 from mimkit.hub import Pretrained
 from mimkit.losses.contrastive import nt_xent
 from mimkit.losses.l1 import masked_l1
 from mimkit.masking.gmml import MAX_RECTS, check_fills, check_geometry, check_max_ratios, gmml_corrupt
 from mimkit.methods.registry import METHODS
+from mimkit.methods.views import TwoViewAugment
 from mimkit.models.masked import check_masked_encoder
 
 RECON_LOSSES = ("masked", "full")
@@ -46,6 +46,16 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None
     """
     for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
         t.lerp_(s.detach().to(t.dtype), 1.0 - momentum)
+
+
+def cosine_momentum(step: int, total_steps: int, start: float = 0.996, end: float = 1.0) -> float:
+    """EMA momentum rising from ``start`` (step 0) to ``end`` (step ``total_steps``) on a half-cosine
+    (BYOL / DINO / SiT teachers): ``end - (end - start) * (cos(pi * step / total_steps) + 1) / 2``; steps
+    outside ``[0, total_steps]`` are clamped."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps!r}")
+    t = min(max(step, 0), total_steps) / total_steps
+    return end - (end - start) * (math.cos(math.pi * t) + 1) / 2
 
 
 @METHODS.register("sit")
@@ -77,7 +87,7 @@ class SiT(Pretrained, nn.Module):
         pixel_mean: the data pipeline's per-channel mean, so colour jitter / solarise work on real
             ``[0, 1]`` pixels; ``None`` uses each batch's per-channel range instead.
         pixel_std: the data pipeline's per-channel standard deviation (with ``pixel_mean``).
-        augment_options: extra :class:`~mimkit.data.multiview.TwoViewAugment` options (``blur_p``, ...).
+        augment_options: extra :class:`~mimkit.methods.views.TwoViewAugment` options (``blur_p``, ...).
     """
 
     def __init__(

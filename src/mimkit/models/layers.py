@@ -54,13 +54,6 @@ def use_fused_attention(x: torch.Tensor) -> bool:
     return not (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu"))
 
 
-def attention_path(device_type: str, precision: str, training: bool) -> str:
-    """In words, what :func:`use_fused_attention` picks for a device, a precision and training or not."""
-    if device_type == "cpu" and training and precision in ("bf16", "fp16"):
-        return "plain softmax(q k^T) v (on the CPU under autocast it trains faster than SDPA's fused kernel)"
-    return "fused scaled_dot_product_attention"
-
-
 class Attention(nn.Module):
     """Multi-head self-attention with one fused ``qkv`` projection (q, k, v in that order).
 
@@ -80,6 +73,15 @@ class Attention(nn.Module):
         self.fused = fused
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+
+    def attention_path(self, device_type: str, precision: str) -> str:
+        """What a training step runs on a device in a precision, in words (the trainer logs it for every
+        module that says); ``fused="auto"``: what :func:`use_fused_attention` picks."""
+        if self.fused == "auto" and device_type == "cpu" and precision in ("bf16", "fp16"):
+            return (
+                "plain softmax(q k^T) v (on the CPU under autocast it trains faster than SDPA's fused kernel)"
+            )
+        return "fused scaled_dot_product_attention" if self.fused else "plain softmax(q k^T) v"
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         n, length, dim = x.shape
@@ -142,6 +144,8 @@ class DropPath(nn.Module):
 
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+
+    fsdp_unit = True  # sharded on its own under train.strategy=fsdp (mimkit.engine.fsdp)
 
     def __init__(
         self,

@@ -52,7 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mimkit.hub import Pretrained
-from mimkit.models.layers import DropPath, Mlp, PatchEmbed, to_2tuple, use_fused_attention
+from mimkit.models.layers import Attention, DropPath, Mlp, PatchEmbed, to_2tuple, use_fused_attention
 from mimkit.models.masked import replace_masked_tokens
 from mimkit.models.registry import ENCODERS
 
@@ -169,6 +169,8 @@ class WindowAttention(nn.Module):
         # contiguous: CUDA's fused SDPA kernels need an attn_mask whose last dimension has stride 1
         return bias.view(t, t, self.num_heads).permute(2, 0, 1).contiguous()
 
+    attention_path = Attention.attention_path  # the same ``fused`` setting, the same words
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` [B, nW, T, C]; ``mask`` [nW, T, T] additive (or ``None``) -> [B, nW, T, C]."""
         b, nw, t, c = x.shape
@@ -199,6 +201,8 @@ class SwinBlock(nn.Module):
         shift: shift this block's windows by ``window_size // 2`` (on axes longer than the window).
         mlp_ratio, qkv_bias, drop_path, fused_attn: as in the ViT block.
     """
+
+    fsdp_unit = True  # sharded on its own under train.strategy=fsdp (mimkit.engine.fsdp)
 
     def __init__(
         self,

@@ -4,7 +4,7 @@ import kornia.augmentation as K
 import pytest
 import torch
 
-from mimkit.data.multiview import TwoViewAugment, default_blur_kernel
+from mimkit.methods.views import TwoViewAugment, default_blur_kernel
 
 # Photometric steps off: only crop and flip remain.
 _GEOMETRY_ONLY = dict(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)

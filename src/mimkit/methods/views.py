@@ -1,4 +1,4 @@
-"""Two augmented views of a batch, made on its device with kornia (SiT / BYOL / DINO style).
+"""Two augmented views of a batch, made on its device with kornia by the method (SiT / BYOL / DINO style).
 
 Each view: RandomResizedCrop (scale 0.2-1) back to the input size, horizontal flip, colour jitter
 (p 0.8), grey-scale (p 0.2), Gaussian blur and solarisation. The views are asymmetric as in BYOL / DINO:
