@@ -12,6 +12,8 @@ from mimkit.cli import main
 FMNIST = "/usr/share/datasets/fashion-mnist"
 pytestmark = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="dataset-fashion-mnist is not installed")
 
+MAE = "configs/mae_fashion_mnist.yaml"
+
 
 @pytest.fixture(scope="module")
 def tiny(tiny_mae_overrides):
@@ -121,10 +123,11 @@ def test_export_then_knn_from_encoder_file(run_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["pretrain", "data.root=/nonexistent/dir"], "/nonexistent/dir"),
-        (["pretrain", "train.epohcs=3"], "unknown config key 'train.epohcs'"),
-        (["pretrain", "method.mask_ratio=1.5"], "mask_ratio must be in (0, 1), got 1.5"),
-        (["pretrain", "encoder.img_size=30"], "not divisible by the patch size 4"),
+        (["pretrain", "-c", MAE, "data.root=/nonexistent/dir"], "/nonexistent/dir"),
+        (["pretrain", "-c", MAE, "train.epohcs=3"], "unknown config key 'train.epohcs'"),
+        (["pretrain", "-c", MAE, "method.mask_ratio=1.5"], "mask_ratio must be in (0, 1), got 1.5"),
+        (["pretrain", "-c", MAE, "encoder.img_size=30"], "not divisible by the patch size 4"),
+        (["pretrain", "/nonexistent/dir"], "no such folder of images: '/nonexistent/dir'"),
         (["pretrain", "--config", "nope.yaml"], "nope.yaml"),
         (["reconstruct", "/nonexistent/run"], "/nonexistent/run"),
         (["knn", "/nonexistent/run"], "/nonexistent/run"),

@@ -9,6 +9,7 @@ mimkit export runs/mae encoder.safetensors
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 
 from mimkit.data import EvalTransform, build_dataset
 from mimkit.engine import NonFiniteLossError, dist, load_config
+from mimkit.engine.config import parse_overrides
 from mimkit.engine.runctl import EXIT_PREEMPTED, Preempted
 from mimkit.eval.sources import eval_data_config
 from mimkit.eval_cli import (
@@ -29,15 +31,35 @@ from mimkit.eval_cli import (
 )
 from mimkit.models import create_encoder
 from mimkit.pretrain import load_pretrained, pretrain, resolve_checkpoint
+from mimkit.recipe import RECIPE_RECORD, choose
 from mimkit.viz import DEFAULT_STRETCH, display_bands, save_reconstruction_grid
 from mimkit.weights import export_encoder_safetensors, load_weights
 
 log = logging.getLogger("mimkit")
 
 
-def run_pretrain(config: str | None, overrides: list[str]) -> Path:
-    """Pretrain from a YAML recipe plus ``key.sub=value`` overrides; returns the run directory."""
-    return pretrain(load_config(config, overrides))
+def run_pretrain(config: str | None, overrides: list[str], folder: str | None = None) -> Path:
+    """Pretrain from a YAML recipe plus ``key.sub=value`` overrides, or on a ``folder`` of images with a
+    recipe chosen for it (:mod:`mimkit.recipe`) when no recipe is given; returns the run directory."""
+    if config is not None:
+        where = ["data.source=folder", f"data.root={folder}"] if folder else []
+        return pretrain(load_config(config, where + overrides))
+    data = parse_overrides(overrides).get("data", {})
+    folder = folder or (data.get("root") if data.get("source") == "folder" else None)
+    if folder is None:
+        raise ValueError(
+            "give a folder of images (mimkit pretrain DIR: a recipe is chosen for it) or a recipe "
+            "(mimkit pretrain --config configs/<recipe>.yaml)"
+        )
+    cfg, record = choose(folder, overrides)
+    saved = Path(cfg.output_dir) / "config.yaml"
+    if saved.is_file():  # a run of this folder exists: resume it with its own recipe, never a new plan
+        log.info("%s has a recipe already: resuming with it (its config.yaml)", cfg.output_dir)
+        return pretrain(load_config(saved, overrides))
+    if dist.is_main_process():
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        Path(cfg.output_dir, RECIPE_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    return pretrain(cfg)
 
 
 def run_reconstruct(
@@ -103,9 +125,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", help="pretrain from a YAML config with dotted overrides")
-    p.add_argument("--config", "-c", help="YAML recipe (see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=5 output_dir=runs/x")
+    p = sub.add_parser(
+        "pretrain", help="pretrain on a folder of images (a recipe is chosen) or from a YAML recipe"
+    )
+    p.add_argument("--config", "-c", help="YAML recipe (see configs/); without it the recipe is chosen")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="[DIR] KEY=VALUE",
+        help="a folder of images, then settings, e.g. my_images/ train.max_minutes=30 output_dir=runs/x",
+    )
 
     p = sub.add_parser("reconstruct", help="PNG grid of a run's reconstructions")
     p.add_argument("checkpoint", help="run directory or checkpoint file")
@@ -179,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     code, clean = 0, False
     try:
         if args.command == "pretrain":
-            run_dir = run_pretrain(args.config, args.overrides)
+            folders = [a for a in args.overrides if "=" not in a]
+            if len(folders) > 1:
+                raise ValueError(f"pretrain takes one folder of images, got {', '.join(folders)}")
+            settings = [a for a in args.overrides if "=" in a]
+            run_dir = run_pretrain(args.config, settings, folders[0] if folders else None)
             if main_process:
                 print(f"run directory: {run_dir}")
         elif args.command == "reconstruct":

@@ -1,0 +1,276 @@
+"""A pretraining recipe chosen from the images and the machine: ``mimkit pretrain DIR``.
+
+Two steps, kept apart as nnU-Net keeps its dataset fingerprint apart from its plan: :func:`fingerprint`
+reads facts from the folder (how many images, their size, aspect, bands, bit depth, labels) and
+:func:`plan` turns facts, the machine (:func:`machine`) and the time budget into config values, each with
+its reason. :func:`choose` does both and returns the config; the run directory keeps the facts and the
+reasons (``recipe.json``) next to the config they produced, and a run directory that already has a
+config is resumed with it rather than planned again. Every value is an ordinary config key, so a dotted
+override on the command line wins over the plan (and is listed as the user's choice).
+
+The constants below were measured (docs/own-images.md): on 2-core CPUs a ViT-Tiny-wide encoder at
+64-96 px is what a few minutes buy, and the budget decides how many epochs run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mimkit.data.datasets import scan_folder
+from mimkit.data.images import image_info
+from mimkit.engine.config import PretrainConfig, _build, merge, parse_overrides
+from mimkit.engine.dist import resolve_device
+from mimkit.engine.precision import auto_to_native
+
+log = logging.getLogger("mimkit")
+
+SAMPLED = 200  # images whose headers are read for the size / band / depth facts
+CPU_MAX_SIZE = 96  # largest side the CPU plan trains at (tokens, and so time, grow with its square)
+GPU_MAX_SIZE = 224  # the papers' ImageNet size
+CPU_MINUTES = 10.0  # the default budget: the plan prints it, train.max_minutes changes it
+GPU_MINUTES = 60.0
+MAX_EPOCHS = 800  # MAE's longest schedule: small folders stop here before the budget does
+WARMUP_STEPS = 200  # lr warm-up, in optimizer steps (then rounded up to whole epochs)
+BLR = 1e-3  # base lr (lr = blr * batch / 256): the Fashion-MNIST recipes' value for ViT-Tiny
+MIN_STEPS_PER_EPOCH = 8  # the batch is cut so that an epoch has at least this many steps
+RECIPE_RECORD = "recipe.json"  # in the run directory: the facts, the machine and each choice with its reason
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Facts about a folder of images, read once (recorded in the run's ``recipe.json``).
+
+    Attributes:
+        root: the folder (its ``train/`` part when it has one).
+        images: image files found.
+        classes: images per class sub-folder; empty when unlabeled.
+        height, width: median size of the sampled images, pixels.
+        short_side: 10th percentile of their shorter side (what most images can give without upsampling).
+        channels: band count of the first sampled image (1 grey, 3 colour, N multispectral).
+        bit_depth: 8, 16 or 32 (float) bits per value.
+        has_test: a ``test/`` or ``val/`` folder holds the held-out images already.
+    """
+
+    root: str
+    images: int
+    classes: dict[str, int]
+    height: int
+    width: int
+    short_side: int
+    channels: int
+    bit_depth: int
+    has_test: bool
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the plan reads of the hardware: device, its native precision, memory, cores."""
+
+    device: str
+    precision: str
+    memory_gb: float
+    cores: int
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One planned config value and why."""
+
+    key: str
+    value: Any
+    reason: str
+
+
+def fingerprint(root: str | os.PathLike, labeled: str | bool = "auto") -> Fingerprint:
+    """Read the facts of an image folder: file counts per class and the headers of up to
+    :data:`SAMPLED` images spread over it (no image is decoded whole unless its format needs it)."""
+    folder = Path(root)
+    if not folder.is_dir():
+        raise ValueError(f"no such folder of images: {str(folder)!r}")
+    has_test = any((folder / name).is_dir() for name in ("test", "val"))
+    train = folder / "train" if (folder / "train").is_dir() else folder
+    files, labels, classes = scan_folder(train, labeled, exclude=("test", "val") if train == folder else ())
+    stride = max(1, len(files) // SAMPLED)
+    infos = []
+    for path in files[::stride][:SAMPLED]:
+        try:
+            infos.append(image_info(path))
+        except Exception:  # noqa: BLE001 - an unreadable file is counted and skipped by the dataset later
+            continue
+    if not infos:
+        raise ValueError(f"none of the sampled image files under {folder} can be read")
+    counts = {name: 0 for name in classes}
+    for label in labels:
+        if label >= 0:
+            counts[classes[label]] += 1
+    shorts = sorted(min(i.height, i.width) for i in infos)
+    depth = {torch.uint8: 8, torch.uint16: 16}.get(infos[0].dtype, 32)
+    return Fingerprint(
+        root=str(train),
+        images=len(files),
+        classes=counts,
+        height=int(statistics.median(i.height for i in infos)),
+        width=int(statistics.median(i.width for i in infos)),
+        short_side=shorts[len(shorts) // 10],
+        channels=infos[0].channels,
+        bit_depth=depth,
+        has_test=has_test,
+    )
+
+
+def machine(device: str = "auto") -> Machine:
+    """The device the run will use, its native precision and memory (GPU memory, else host memory)."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        memory = torch.cuda.get_device_properties(dev).total_memory / 2**30
+    else:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return Machine(dev.type, auto_to_native("auto", dev), round(memory, 1), os.cpu_count() or 1)
+
+
+def _size_and_patch(fp: Fingerprint, hw: Machine) -> tuple[int, int, str]:
+    """Training size, patch size and why: the images' own size up to the device's cap, rounded to the
+    patch, with a patch that gives a grid of 8-14 tokens a side (the papers' 14x14 at 224 px)."""
+    cap = GPU_MAX_SIZE if hw.device == "cuda" else CPU_MAX_SIZE
+    side = min(fp.short_side, cap)
+    patch = 4 if side <= 40 else 8 if side <= 112 else 16
+    size = max(2 * patch, side // patch * patch)
+    why = f"most images are >= {fp.short_side} px on their shorter side"
+    if fp.short_side > cap:
+        why += f"; {cap} px is the {hw.device.upper()} plan's largest (time grows with the square)"
+    return size, patch, why + f"; {patch} px patches give a {size // patch}x{size // patch} token grid"
+
+
+# encoder -> MAE decoder (width, depth, heads): the paper's 512 x 8 for ViT-B and up; narrower encoders get
+# a decoder about as wide as themselves (the Fashion-MNIST recipe's 128 x 4 for ViT-Tiny)
+DECODERS = {
+    "vit_tiny_patch16": (128, 4, 4),
+    "vit_small_patch16": (256, 4, 8),
+    "vit_base_patch16": (512, 8, 16),
+}
+
+
+def _encoder(fp: Fingerprint, hw: Machine) -> tuple[str, str]:
+    if hw.device == "cuda" and fp.images >= 100_000:
+        return "vit_base_patch16", f"{fp.images:,} images on a GPU: the MAE paper's ViT-B"
+    if hw.device == "cuda" and fp.images >= 10_000:
+        return "vit_small_patch16", f"{fp.images:,} images on a GPU: ViT-S (ViT-B wants 100,000+)"
+    return "vit_tiny_patch16", "ViT-Tiny width: what a small folder or a CPU budget can train"
+
+
+def _batch(fp: Fingerprint, hw: Machine) -> tuple[int, str]:
+    top = 256
+    batch = top
+    while batch > 16 and fp.images // batch < MIN_STEPS_PER_EPOCH:
+        batch //= 2
+    if batch == top:
+        return batch, "the recipes' batch"
+    return batch, f"{fp.images:,} images: at least {MIN_STEPS_PER_EPOCH} steps per epoch"
+
+
+def plan(fp: Fingerprint, hw: Machine, given: dict[str, Any] | None = None) -> list[Choice]:
+    """The config values for pretraining on the fingerprinted folder, each with its reason.
+
+    ``given``: values the user set (flat dotted keys); the choices that follow from them use them (the
+    warm-up from the batch given, the decoder from the encoder given, ...).
+    """
+    given = given or {}
+    size, patch, why_size = _size_and_patch(fp, hw)
+    encoder, why_encoder = _encoder(fp, hw)
+    encoder = given.get("encoder.name", encoder)
+    batch, why_batch = _batch(fp, hw)
+    method = given.get("method.name", "mae")
+    minutes = given.get("train.max_minutes")
+    steps_per_epoch = max(1, fp.images // given.get("train.batch_size", batch))
+    warmup = math.ceil(WARMUP_STEPS / steps_per_epoch)
+    budget = minutes if minutes is not None else GPU_MINUTES if hw.device == "cuda" else CPU_MINUTES
+    depth = {8: "8-bit", 16: "16-bit", 32: "float"}[fp.bit_depth]
+    kind = {1: "grey", 3: "colour"}.get(fp.channels, f"{fp.channels}-band")
+    choices = [
+        Choice("data.source", "folder", f"{fp.images:,} {depth} {kind} images in {fp.root}"),
+        Choice("data.img_size", size, why_size),
+        Choice("data.channels", fp.channels, f"the images' own {fp.channels} band(s)"),
+        Choice("encoder.name", encoder, why_encoder),
+        Choice("encoder.patch_size", patch, "see data.img_size"),
+        Choice("method.name", method, "MAE (He et al., 2021): the method to fine-tune from"),
+    ]
+    if method == "mae" and encoder in DECODERS:
+        width, depth, heads = DECODERS[encoder]
+        choices += [
+            Choice("method.decoder_dim", width, f"a light decoder for {encoder.split('_')[1]}"),
+            Choice("method.decoder_depth", depth, "see method.decoder_dim"),
+            Choice("method.decoder_heads", heads, "see method.decoder_dim"),
+            Choice("method.norm_pix_loss", True, "the paper's per-patch normalised targets"),
+        ]
+    if fp.bit_depth > 8:
+        choices.append(
+            Choice("data.clip", [0.5, 99.5], f"{depth} values: clip each band's 0.5-99.5th percentiles")
+        )
+    choices += [
+        Choice("train.batch_size", batch, why_batch),
+        Choice(
+            "train.max_minutes", budget, f"the default budget on a {hw.device.upper()}; the schedule fits it"
+        ),
+        Choice("train.epochs", MAX_EPOCHS, "an upper bound: the budget usually ends the run first"),
+        Choice("train.warmup_epochs", warmup, f"about {WARMUP_STEPS} steps of warm-up"),
+        Choice("train.blr", BLR, "small encoders on short schedules want more than ImageNet's 1.5e-4"),
+        Choice("train.precision", hw.precision, f"native on this {hw.device.upper()}"),
+    ]
+    return choices
+
+
+def as_overrides(choices: list[Choice]) -> dict[str, Any]:
+    """``{"data": {"img_size": 64, ...}, ...}``: the choices as a nested config dict."""
+    tree: dict[str, Any] = {}
+    for choice in choices:
+        node = tree
+        *parents, leaf = choice.key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = choice.value
+    return tree
+
+
+def table(choices: list[Choice], given: dict[str, Any]) -> str:
+    """The plan as printed: key, value, reason; a key the user set says so."""
+    rows = [("key", "value", "why")]
+    for c in choices:
+        if c.key in given:
+            rows.append((c.key, repr(given[c.key]), "set on the command line"))
+        else:
+            rows.append((c.key, repr(c.value), c.reason))
+    width = [max(len(r[i]) for r in rows) for i in (0, 1)]
+    return "\n".join(f"  {k:<{width[0]}}  {v:<{width[1]}}  {w}" for k, v, w in rows)
+
+
+def choose(root: str | os.PathLike, overrides: list[str]) -> tuple[PretrainConfig, dict[str, Any]]:
+    """The planned config for pretraining on ``root`` with the user's ``key=value`` overrides on top, and
+    the record of how it was chosen (``{"fingerprint", "machine", "choices"}``)."""
+    given = parse_overrides(overrides)
+    flat = _flatten(given)
+    fp = fingerprint(root, flat.get("data.labeled", "auto"))
+    hw = machine(flat.get("train.device", "auto"))
+    choices = plan(fp, hw, flat)
+    base = {"output_dir": str(Path("runs") / Path(root).resolve().name), "data": {"root": str(root)}}
+    cfg = _build(PretrainConfig, merge(merge(base, as_overrides(choices)), given), "")
+    log.info("recipe chosen for %s (override any value with KEY=VALUE):\n%s", root, table(choices, flat))
+    record = {"fingerprint": asdict(fp), "machine": asdict(hw), "choices": [asdict(c) for c in choices]}
+    return cfg, record
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

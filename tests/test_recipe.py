@@ -1,0 +1,131 @@
+"""The recipe chosen from a folder and the machine (mimkit.recipe): facts read right, choices worked out by
+hand from the plan's rules, the command line's values winning, the record kept with the run."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from mimkit.cli import main
+from mimkit.recipe import Fingerprint, Machine, fingerprint, plan
+
+CPU = Machine(device="cpu", precision="bf16", memory_gb=24.0, cores=2)
+GPU = Machine(device="cuda", precision="bf16", memory_gb=80.0, cores=16)
+
+
+def _folder(root, sizes_per_class, mode="RGB"):
+    rng = np.random.default_rng(0)
+    for name, sizes in sizes_per_class.items():
+        (root / name).mkdir(parents=True)
+        for i, (h, w) in enumerate(sizes):
+            if mode == "I;16":
+                Image.fromarray(rng.integers(0, 65535, (h, w), dtype=np.uint16)).save(
+                    root / name / f"{i}.png"
+                )
+            else:
+                pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                Image.fromarray(pixels).convert(mode).save(root / name / f"{i}.png")
+    return root
+
+
+def test_fingerprint_reads_counts_sizes_bands_and_depth(tmp_path):
+    sizes = {"a": [(40, 60)] * 5, "b": [(50, 70)] * 7, "c": [(30, 30)] * 4}
+    fp = fingerprint(_folder(tmp_path / "rgb", sizes))
+    assert fp.images == 16 and fp.classes == {"a": 5, "b": 7, "c": 4}
+    # 16 heights sorted: 4 x 30, 5 x 40, 7 x 50 -> the median (mean of the 8th and 9th) is 40 (40, 40)
+    assert (fp.height, fp.width) == (40, 60) and fp.channels == 3 and fp.bit_depth == 8
+    assert fp.short_side == 30  # the 10th percentile of the shorter sides: index 16 // 10 = 1 -> 30
+    assert not fp.has_test
+    grey16 = fingerprint(_folder(tmp_path / "deep", {"x": [(32, 32)] * 3}, mode="I;16"))
+    assert (grey16.channels, grey16.bit_depth, grey16.classes) == (1, 16, {"x": 3})
+
+
+def test_fingerprint_of_a_folder_with_a_split_reads_its_train_part(tmp_path):
+    _folder(tmp_path / "train", {"a": [(24, 24)] * 6, "b": [(24, 24)] * 6})
+    _folder(tmp_path / "test", {"a": [(24, 24)] * 2, "b": [(24, 24)] * 2})
+    fp = fingerprint(tmp_path)
+    assert fp.images == 12 and fp.has_test
+
+
+def _fp(images=1000, short=64, channels=3, depth=8):
+    return Fingerprint("x", images, {}, short, short, short, channels, depth, False)
+
+
+def _values(choices):
+    return {c.key: c.value for c in choices}
+
+
+def test_plan_for_small_rgb_photos_on_a_cpu():
+    v = _values(plan(_fp(images=1000, short=64), CPU))
+    assert (v["data.img_size"], v["encoder.patch_size"]) == (64, 8)  # an 8x8 grid
+    assert v["encoder.name"] == "vit_tiny_patch16"
+    # batch 256 -> 3 steps, 128 -> 7 steps: halved until 1000 // 64 = 15 >= 8 steps per epoch
+    assert v["train.batch_size"] == 64
+    assert v["train.warmup_epochs"] == 14  # ceil(200 steps / 15 steps per epoch)
+    assert v["train.max_minutes"] == 10.0 and v["train.precision"] == "bf16"
+    assert "data.clip" not in v
+
+
+def test_plan_caps_the_size_on_a_cpu_and_follows_the_images_on_a_gpu():
+    v = _values(plan(_fp(images=5000, short=300), CPU))
+    assert (v["data.img_size"], v["encoder.patch_size"], v["train.batch_size"]) == (96, 8, 256)
+    v = _values(plan(_fp(images=200_000, short=500), GPU))
+    assert (v["data.img_size"], v["encoder.patch_size"], v["encoder.name"]) == (224, 16, "vit_base_patch16")
+    assert (v["method.decoder_dim"], v["method.decoder_depth"]) == (512, 8)  # the MAE paper's
+    assert v["train.max_minutes"] == 60.0
+    v = _values(plan(_fp(images=3000, short=28, channels=1), CPU))
+    assert (v["data.img_size"], v["encoder.patch_size"], v["data.channels"]) == (28, 4, 1)
+
+
+def test_plan_clips_deep_images_and_keeps_every_band():
+    v = _values(plan(_fp(images=800, short=64, channels=13, depth=16), CPU))
+    assert v["data.clip"] == [0.5, 99.5] and v["data.channels"] == 13
+
+
+TINY = [
+    "encoder.embed_dim=32",
+    "encoder.depth=1",
+    "encoder.num_heads=2",
+    "method.decoder_dim=16",
+    "method.decoder_depth=1",
+    "method.decoder_heads=2",
+    "train.max_steps=2",
+    "train.precision=fp32",
+    "train.progress=false",
+    "train.tensorboard=false",
+]
+
+
+def test_pretrain_on_a_folder_plans_records_and_resumes_with_its_recipe(tmp_path, caplog):
+    images = _folder(tmp_path / "imgs", {"a": [(24, 24)] * 10, "b": [(24, 24)] * 10})
+    out = tmp_path / "run"
+    caplog.set_level("INFO", logger="mimkit")
+    assert main(["pretrain", str(images), f"output_dir={out}", "train.batch_size=8", *TINY]) == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["data"]["img_size"] == 24 and config["encoder"]["patch_size"] == 4
+    assert config["train"]["batch_size"] == 8  # the command line's value, not the plan's
+    record = json.loads((out / "recipe.json").read_text())
+    assert record["fingerprint"]["images"] == 20 and record["fingerprint"]["classes"] == {"a": 10, "b": 10}
+    assert any(c["key"] == "data.img_size" and c["value"] == 24 for c in record["choices"])
+    assert re.search(r"train\.batch_size +8 +set on the command line", caplog.text)
+    # the warm-up follows the batch given: 20 images // 8 = 2 steps per epoch -> ceil(200 / 2) epochs
+    assert config["train"]["warmup_epochs"] == 100
+    caplog.clear()
+    assert main(["pretrain", str(images), f"output_dir={out}", *TINY[:-4], "train.max_steps=3"]) == 0
+    assert "has a recipe already" in caplog.text
+
+
+def test_pretrain_without_a_folder_or_a_recipe_is_one_line(capsys):
+    assert main(["pretrain", "train.epochs=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mimkit: error: give a folder of images") and "\n" not in err
+
+
+@pytest.mark.parametrize("argv", [["pretrain", "/no/such/folder"], ["pretrain", "a", "b"]])
+def test_bad_folder_arguments_are_one_line(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mimkit: error:") and "\n" not in err
