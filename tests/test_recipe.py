@@ -80,12 +80,24 @@ def test_plan_caps_the_size_on_a_cpu_and_follows_the_images_on_a_gpu():
     assert (v["data.img_size"], v["encoder.patch_size"], v["data.channels"]) == (28, 4, 1)
 
 
+def test_plan_picks_the_method_for_the_folder_and_the_machine():
+    v = _values(plan(_fp(images=1000), CPU))
+    assert v["method.name"] == "sit" and v["encoder.depth"] == 6 and v["data.augment"] == "none"
+    v = _values(plan(_fp(images=200_000), CPU))
+    assert v["method.name"] == "mae" and v["method.mask_ratio"] == 0.75 and v["train.blr"] == 1e-3
+    v = _values(plan(_fp(images=1000, short=64), CPU, {"method.name": "simmim"}))
+    assert v["method.mask_patch_size"] == 16 and v["method.mask_ratio"] == 0.6  # 2 x 2 patches of 8 px
+    v = _values(plan(_fp(images=1000), GPU))
+    assert v["method.name"] == "mae"
+
+
 def test_plan_clips_deep_images_and_keeps_every_band():
     v = _values(plan(_fp(images=800, short=64, channels=13, depth=16), CPU))
     assert v["data.clip"] == [0.5, 99.5] and v["data.channels"] == 13
 
 
 TINY = [
+    "method.name=mae",
     "encoder.embed_dim=32",
     "encoder.depth=1",
     "encoder.num_heads=2",

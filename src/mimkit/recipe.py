@@ -39,7 +39,10 @@ CPU_MINUTES = 10.0  # the default budget: the plan prints it, train.max_minutes 
 GPU_MINUTES = 60.0
 MAX_EPOCHS = 800  # MAE's longest schedule: small folders stop here before the budget does
 WARMUP_STEPS = 200  # lr warm-up, in optimizer steps (then rounded up to whole epochs)
-BLR = 1e-3  # base lr (lr = blr * batch / 256): the Fashion-MNIST recipes' value for ViT-Tiny
+# MAE's base lr (lr = blr * batch / 256) by encoder: the paper's 1.5e-4 for ViT-B; the Fashion-MNIST
+# recipe's 1e-3 for ViT-Tiny (short schedules on small encoders want more)
+BLRS = {"vit_tiny_patch16": 1e-3, "vit_small_patch16": 5e-4, "vit_base_patch16": 1.5e-4}
+SIT_MAX_IMAGES = 50_000  # on a CPU, folders under this size get SiT (see _method)
 MIN_STEPS_PER_EPOCH = 8  # the batch is cut so that an epoch has at least this many steps
 RECIPE_RECORD = "recipe.json"  # in the run directory: the facts, the machine and each choice with its reason
 
@@ -176,6 +179,59 @@ def _batch(fp: Fingerprint, hw: Machine) -> tuple[int, str]:
     return batch, f"{fp.images:,} images: at least {MIN_STEPS_PER_EPOCH} steps per epoch"
 
 
+def _method_choices(method: str, encoder: str, patch: int) -> list[Choice]:
+    """Each method's own settings: the papers' where they fit a small encoder, else the Fashion-MNIST
+    recipes' (configs/), which were tuned for ViT-Tiny on 2 CPU cores."""
+    if method == "mae":
+        width, depth, heads = DECODERS.get(encoder, DECODERS["vit_tiny_patch16"])
+        return [
+            Choice("method.mask_ratio", 0.75, "the MAE paper's"),
+            Choice("method.decoder_dim", width, f"a light decoder for {encoder.split('_')[1]}"),
+            Choice("method.decoder_depth", depth, "see method.decoder_dim"),
+            Choice("method.decoder_heads", heads, "see method.decoder_dim"),
+            Choice("method.norm_pix_loss", True, "the paper's per-patch normalised targets"),
+            Choice("data.augment", "mae", "random resized crops (20-100% of the image) and flips"),
+            Choice("train.blr", BLRS.get(encoder, BLRS["vit_tiny_patch16"]), "MAE's, scaled for the width"),
+            Choice("train.betas", [0.9, 0.95], "the MAE paper's"),
+            Choice("train.clip_grad", 3.0, "bf16 safety, as in the configs/ recipes"),
+        ]
+    if method == "simmim":
+        return [
+            Choice("method.mask_ratio", 0.6, "the SimMIM paper's"),
+            Choice(
+                "method.mask_patch_size", 2 * patch, "masked cells of 2x2 patches (the paper: 32 px at 16)"
+            ),
+            Choice("data.augment", "simmim", "SimMIM's milder crops (67-100%) and flips"),
+            Choice("train.blr", 5e-4, "the SimMIM Fashion-MNIST recipe's"),
+            Choice("train.betas", [0.9, 0.999], "the SimMIM paper's"),
+            Choice("train.clip_grad", 5.0, "the SimMIM paper's"),
+        ]
+    if method == "sit":
+        return [
+            Choice("encoder.depth", 6, "SiT encodes 4 views per image: half the blocks keeps it affordable"),
+            Choice(
+                "method.recon_hidden_dim", 512, "heads sized for ViT-Tiny (the paper's 2048 / 4096 for ViT-B)"
+            ),
+            Choice("method.proj_hidden_dim", 512, "see method.recon_hidden_dim"),
+            Choice("method.proj_dim", 256, "the SiT paper's"),
+            Choice("data.augment", "none", "SiT makes its own two views of each image"),
+            Choice("train.blr", 5e-4, "the SiT paper's"),
+            Choice("train.betas", [0.9, 0.999], "the SiT paper's"),
+            Choice("train.weight_decay", 0.04, "the SiT paper's"),
+            Choice("train.clip_grad", 3.0, "the SiT paper's"),
+        ]
+    return []
+
+
+def _method(fp: Fingerprint, hw: Machine) -> tuple[str, str]:
+    if hw.device == "cuda" or fp.images >= SIT_MAX_IMAGES:
+        return "mae", "MAE (He et al., 2021): the paper's method at scale, and the one to fine-tune from"
+    return "sit", (
+        f"under {SIT_MAX_IMAGES:,} images on a CPU: SiT's contrastive part gives frozen features that "
+        "beat a random init within minutes (MAE's do not: docs/own-images.md)"
+    )
+
+
 def plan(fp: Fingerprint, hw: Machine, given: dict[str, Any] | None = None) -> list[Choice]:
     """The config values for pretraining on the fingerprinted folder, each with its reason.
 
@@ -184,47 +240,38 @@ def plan(fp: Fingerprint, hw: Machine, given: dict[str, Any] | None = None) -> l
     """
     given = given or {}
     size, patch, why_size = _size_and_patch(fp, hw)
+    patch = given.get("encoder.patch_size", patch)
     encoder, why_encoder = _encoder(fp, hw)
     encoder = given.get("encoder.name", encoder)
+    method, why_method = _method(fp, hw)
+    method = given.get("method.name", method)
     batch, why_batch = _batch(fp, hw)
-    method = given.get("method.name", "mae")
+    warmup = math.ceil(WARMUP_STEPS / max(1, fp.images // given.get("train.batch_size", batch)))
     minutes = given.get("train.max_minutes")
-    steps_per_epoch = max(1, fp.images // given.get("train.batch_size", batch))
-    warmup = math.ceil(WARMUP_STEPS / steps_per_epoch)
     budget = minutes if minutes is not None else GPU_MINUTES if hw.device == "cuda" else CPU_MINUTES
-    depth = {8: "8-bit", 16: "16-bit", 32: "float"}[fp.bit_depth]
+    bits = {8: "8-bit", 16: "16-bit", 32: "float"}[fp.bit_depth]
     kind = {1: "grey", 3: "colour"}.get(fp.channels, f"{fp.channels}-band")
+    device = hw.device.upper()
     choices = [
-        Choice("data.source", "folder", f"{fp.images:,} {depth} {kind} images in {fp.root}"),
+        Choice("data.source", "folder", f"{fp.images:,} {bits} {kind} images in {fp.root}"),
         Choice("data.img_size", size, why_size),
         Choice("data.channels", fp.channels, f"the images' own {fp.channels} band(s)"),
         Choice("encoder.name", encoder, why_encoder),
         Choice("encoder.patch_size", patch, "see data.img_size"),
-        Choice("method.name", method, "MAE (He et al., 2021): the method to fine-tune from"),
+        Choice("method.name", method, why_method),
+        *_method_choices(method, encoder, patch),
     ]
-    if method == "mae" and encoder in DECODERS:
-        width, depth, heads = DECODERS[encoder]
-        choices += [
-            Choice("method.decoder_dim", width, f"a light decoder for {encoder.split('_')[1]}"),
-            Choice("method.decoder_depth", depth, "see method.decoder_dim"),
-            Choice("method.decoder_heads", heads, "see method.decoder_dim"),
-            Choice("method.norm_pix_loss", True, "the paper's per-patch normalised targets"),
-        ]
     if fp.bit_depth > 8:
         choices.append(
-            Choice("data.clip", [0.5, 99.5], f"{depth} values: clip each band's 0.5-99.5th percentiles")
+            Choice("data.clip", [0.5, 99.5], f"{bits} values: clip each band's 0.5-99.5th percentiles")
         )
-    choices += [
+    return choices + [
         Choice("train.batch_size", batch, why_batch),
-        Choice(
-            "train.max_minutes", budget, f"the default budget on a {hw.device.upper()}; the schedule fits it"
-        ),
+        Choice("train.max_minutes", budget, f"the default budget on a {device}: the schedule fits it"),
         Choice("train.epochs", MAX_EPOCHS, "an upper bound: the budget usually ends the run first"),
         Choice("train.warmup_epochs", warmup, f"about {WARMUP_STEPS} steps of warm-up"),
-        Choice("train.blr", BLR, "small encoders on short schedules want more than ImageNet's 1.5e-4"),
-        Choice("train.precision", hw.precision, f"native on this {hw.device.upper()}"),
+        Choice("train.precision", hw.precision, f"native on this {device}"),
     ]
-    return choices
 
 
 def as_overrides(choices: list[Choice]) -> dict[str, Any]:
