@@ -178,9 +178,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
     dataset = build_dataset(cfg.data, "pretrain")
     if len(dataset) < cfg.train.batch_size:
         raise ValueError(
-            f"the dataset has {len(dataset)} images, fewer than train.batch_size={cfg.train.batch_size}"
+            f"the dataset has {len(dataset)} images to pretrain on, fewer than train.batch_size="
+            f"{cfg.train.batch_size}: set train.batch_size to at most {len(dataset)}"
         )
-    check_labeled_kind(cfg.data, dataset.channels, dataset.decode.dtype)
+    check_labeled_kind(cfg.data, dataset.channels, dataset.decode.dtype, tuple(dataset.img_size))
     method = build_method(cfg, dataset)
     callbacks = []
     if cfg.online_knn.every and cfg.data.source == "shards" and not cfg.data.labeled_root:

@@ -232,3 +232,13 @@ def test_labeled_images_of_another_kind_are_one_line(tmp_path):
     check_labeled_kind(cfg, 3, torch.uint8)  # the same kind
     cfg.channels = 1
     check_labeled_kind(cfg, 1, torch.uint8)  # asked for: RGB converts to grey
+
+
+def test_another_native_size_is_said(tmp_path, caplog):
+    grey(tmp_path / "labeled" / "a" / "0.png", 0)  # 4x4
+    cfg = DataConfig(source="folder", root=str(tmp_path), labeled_root=str(tmp_path / "labeled"))
+    with caplog.at_level(logging.INFO, logger="mimkit.data"):
+        check_labeled_kind(cfg, 1, torch.uint8, (4, 4))
+        assert "resized" not in caplog.text
+        check_labeled_kind(cfg, 1, torch.uint8, (8, 6))
+    assert "the labeled images (a/0.png: 4x4) are resized to the run's 8x6 (center_crop)" in caplog.text

@@ -296,11 +296,14 @@ def holdout_folder(cfg: DataConfig) -> tuple[Path, list[Path], list[int], list[s
 _DEPTHS = {torch.uint8: "8-bit", torch.uint16: "16-bit", torch.float32: "float"}
 
 
-def check_labeled_kind(cfg: DataConfig, channels: int, dtype: torch.dtype) -> None:
+def check_labeled_kind(
+    cfg: DataConfig, channels: int, dtype: torch.dtype, size: tuple[int, int] | None = None
+) -> None:
     """A one-line ValueError when ``cfg.labeled_root`` holds images of another kind than the pretraining
-    images (``channels`` bands stored as ``dtype``): another bit depth, or, while ``cfg.channels`` is
-    native, another band count. (Grey, RGB and RGBA would convert into each other: setting
-    ``data.channels`` asks for it, so it is never silent.)"""
+    images (``channels`` bands stored as ``dtype``, ``size = (H, W)``): another bit depth, or, while
+    ``cfg.channels`` is native, another band count. (Grey, RGB and RGBA would convert into each other:
+    setting ``data.channels`` asks for it, so it is never silent.) Another native size is said in a line:
+    the labeled images are resized to the run's."""
     if not cfg.labeled_root:
         return
     view = labeled_view(cfg)
@@ -309,13 +312,17 @@ def check_labeled_kind(cfg: DataConfig, channels: int, dtype: torch.dtype) -> No
     if not files:
         raise _no_images(folder)
     window = tuple(cfg.window) if isinstance(cfg.window, list) else cfg.window
-    theirs, _, options = decode_setup(view, _first_image_info(files, folder, window))
+    info = _first_image_info(files, folder, window)
+    theirs, _, options = decode_setup(view, info)
     example = files[0].relative_to(folder)
     if options.dtype != dtype:
         raise ValueError(
             f"the labeled folder {folder} holds {_DEPTHS[options.dtype]} images ({example}, ...), the "
             f"pretraining images are {_DEPTHS[dtype]}: give labeled images of the same bit depth"
         )
+    if size is not None and cfg.img_size is None and (info.height, info.width) != tuple(size):
+        logger.info("the labeled images (%s: %dx%d) are resized to the run's %dx%d (%s)",
+                    example, info.height, info.width, *size, cfg.resize_mode)  # fmt: skip
     if cfg.channels is None and theirs != channels:
         fix = (
             f"set data.channels={channels} to convert them (grey, RGB and RGBA convert into each other)"
