@@ -13,10 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
-from mimkit.data import build_augment, build_dataset, build_loader
+from mimkit.data import DataConfig, build_augment, build_dataset, build_loader
+from mimkit.data.datasets import check_labeled_kind, holdout_folder
 from mimkit.data.shards import ShardLoader, ShardSet
+from mimkit.data.splits import SPLIT_FILE, draw_split, read_split, write_split
 from mimkit.engine import dist
 from mimkit.engine.checkpoint import last_checkpoint, seed_everything
 from mimkit.engine.config import PretrainConfig, _build, named_options, save_config, to_dict
@@ -124,29 +127,81 @@ def build_trainer(
     )
 
 
+def prepare_split(cfg: PretrainConfig, is_main: bool = True) -> DataConfig:
+    """The data config a run pretrains with: when its labeled folder (``data.labeled_root``, else a folder
+    ``data.root``) has no test/ or val/, ``split_file`` names the file that records its held-out part,
+    read if it exists (never redrawn), else drawn from ``train.seed`` and written by the main process.
+    """
+    data = cfg.data
+    found = holdout_folder(data) if data.holdout is not None else None
+    if found is None:
+        return data
+    path = Path(data.split_file) if data.split_file else Path(cfg.output_dir) / SPLIT_FILE
+    if path.exists():
+        split = read_split(path)
+        if (split.holdout, split.seed) != (data.holdout, cfg.train.seed):
+            log.warning(
+                "%s was drawn with data.holdout=%s and seed %d; it is reused as it is (delete it, or give "
+                "another data.split_file, to draw data.holdout=%s with seed %d)",
+                path, split.holdout, split.seed, data.holdout, cfg.train.seed,
+            )  # fmt: skip
+        log.info("%s, as drawn before in %s", split.summary(), path)
+    else:
+        split = draw_split(*found, data.holdout, cfg.train.seed)
+        if is_main:
+            split = write_split(split, path)
+            pretraining = "reads them too" if data.holdout_in_pretraining else "leaves them out"
+            leaves = f"pretraining {pretraining}"
+            if data.labeled_root:
+                leaves = "the evaluation fits on the rest and scores on them"
+            log.info("%s -> %s; %s", split.summary(), path, leaves)
+    return dataclasses.replace(data, split_file=str(path))
+
+
+def _with_stats(data: DataConfig, dataset) -> DataConfig:
+    """``data`` fixed to the normalisation, size and channels the run pretrains with (as the evaluation)."""
+    stats = data_stats(dataset)
+    return dataclasses.replace(
+        data,
+        img_size=list(stats["img_size"]),
+        channels=stats["channels"],
+        normalize=[list(stats["mean"]), list(stats["std"])],
+        clip=stats.get("clip"),
+    )
+
+
 def pretrain(cfg: PretrainConfig) -> Path:
     """Run (or resume) the pretraining described by ``cfg``; returns the run directory."""
     env = dist.setup(cfg.train.device)
     seed_everything(cfg.train.seed + env.rank)
-    dataset = build_dataset(cfg.data, "train")
+    cfg = dataclasses.replace(cfg, data=prepare_split(cfg, env.is_main))
+    if env.world_size > 1 and cfg.data.split_file:  # the others read the split file the main process wrote
+        torch.distributed.barrier()
+    dataset = build_dataset(cfg.data, "pretrain")
     if len(dataset) < cfg.train.batch_size:
         raise ValueError(
-            f"the dataset has {len(dataset)} images, fewer than train.batch_size={cfg.train.batch_size}"
+            f"the dataset has {len(dataset)} images to pretrain on, fewer than train.batch_size="
+            f"{cfg.train.batch_size}: set train.batch_size to at most {len(dataset)}"
         )
+    check_labeled_kind(cfg.data, dataset.channels, dataset.decode.dtype, tuple(dataset.img_size))
     method = build_method(cfg, dataset)
     callbacks = []
-    if cfg.online_knn.every and cfg.data.source == "shards":
+    if cfg.online_knn.every and cfg.data.source == "shards" and not cfg.data.labeled_root:
         raise ValueError(
-            "online_knn needs a labeled test split, which shards do not hold; set online_knn.every=0"
+            "online_knn needs a labeled test split, which shards do not hold; set online_knn.every=0 or give "
+            "a labeled folder with data.labeled_root"
         )
     if cfg.online_knn.every:
         from mimkit.eval.online_knn import OnlineKNN
 
         knn = cfg.online_knn
-        test_set = build_dataset(cfg.data, "test", train_dataset=dataset)
+        bank = dataset  # the labeled training images, never the held-out ones
+        if cfg.data.labeled_root or (cfg.data.holdout_in_pretraining and cfg.data.split_file):
+            bank = build_dataset(_with_stats(cfg.data, dataset), "train")
+        test_set = build_dataset(cfg.data, "test", train_dataset=bank)
         callbacks.append(
             OnlineKNN(
-                dataset,
+                bank,
                 test_set,
                 every=knn.every,
                 k=knn.k,
@@ -216,6 +271,9 @@ def load_pretrained(path: str | os.PathLike) -> tuple[nn.Module, PretrainConfig,
         )
     stats = config.get("data_stats", {})
     cfg = _build(PretrainConfig, {k: v for k, v in config.items() if k != "data_stats"}, "")
+    moved = path.parent / SPLIT_FILE  # a run directory moved, or read from another working directory
+    if cfg.data.split_file and not Path(cfg.data.split_file).exists() and moved.is_file():
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, split_file=str(moved)))
     method = build_method(cfg, stats=stats)
     load_weights(method, raw)
     return method, cfg, stats

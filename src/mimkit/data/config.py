@@ -56,7 +56,8 @@ class DataConfig:
             (image files: class sub-folders, or flat / nested without labels) or ``"shards"`` (tar shards
             made by ``mimkit shards make``, streamed: :mod:`mimkit.data.shards`; pretraining only).
         root: directory holding the IDX files or the images. Folders: the train split is ``root/train``
-            if it exists, else ``root``; the test split is ``root/test`` or ``root/val``.
+            if it exists, else ``root``; the test split is ``root/test`` or ``root/val``, else (a labeled
+            folder without them) the held-out part that ``split_file`` records.
         img_size: ``H = W`` or ``[H, W]`` the images are stored at. ``None``: 28x28 for IDX, the size of
             the first image for folders.
         channels: the band count images are stored with: any positive int, or ``None`` / ``"native"``
@@ -89,6 +90,16 @@ class DataConfig:
         memory_limit_mb: the size under which ``in_memory="auto"`` decodes a folder up front.
         resize_mode: folders only: how an image of another shape reaches ``img_size``: ``"center_crop"``
             (scale the shorter side, crop the centre: keeps the aspect ratio) or ``"stretch"``.
+        holdout: the held-out part ``mimkit pretrain`` draws in a labeled folder without ``test/`` or
+            ``val/``: a fraction in (0, 1) of each class (default 0.2) or a count of images per class (an
+            int >= 1); ``None``: draw none (:mod:`mimkit.data.splits`).
+        split_file: the JSON file that records the drawn parts (the run's ``split.json``); an existing
+            one is read, never redrawn. Pretraining sets it; ``None`` before.
+        labeled_root: a folder with one sub-folder per class that the evaluation uses instead of
+            ``root`` (its train split to fit, its test split or held-out part to score), while
+            pretraining reads ``root``: many unlabeled images and a small labeled set.
+        holdout_in_pretraining: pretraining also reads the held-out images (without their labels); by
+            default it leaves them out, so the scores are on images the encoder never saw.
     """
 
     source: str = "fashion_mnist"
@@ -110,6 +121,10 @@ class DataConfig:
     in_memory: str | bool = "auto"
     memory_limit_mb: int = 2048
     resize_mode: str = "center_crop"
+    holdout: float | int | None = 0.2
+    split_file: str | None = None
+    labeled_root: str | None = None
+    holdout_in_pretraining: bool = False
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -161,6 +176,26 @@ class DataConfig:
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(
                 f"data.resize_mode must be one of {', '.join(RESIZE_MODES)}; got {self.resize_mode!r}"
+            )
+        self._check_holdout()
+
+    def _check_holdout(self) -> None:
+        h = self.holdout
+        if h is not None and not ((isinstance(h, float) and 0 < h < 1) or (_is_int(h) and h >= 1)):
+            raise ValueError(
+                "data.holdout must be a fraction in (0, 1) of each class (e.g. 0.2), a count of images per "
+                f"class >= 1 (e.g. 50), or null for no held-out part; got {h!r}"
+            )
+        for name in ("split_file", "labeled_root"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+                setattr(self, name, value)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"data.{name} must be a path or null, got {value!r}")
+        if not isinstance(self.holdout_in_pretraining, bool):
+            raise ValueError(
+                f"data.holdout_in_pretraining must be true or false, got {self.holdout_in_pretraining!r}"
             )
 
     def _check_bands_window_clip(self) -> None:

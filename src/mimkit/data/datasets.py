@@ -13,7 +13,8 @@ added to ``skipped_files`` and reported. Neither is ever fatal, unless no image 
 
 Length: the two sources (IDX files, image folders) and their two modes (in memory, decoded on the fly)
 share the dataset class and its bookkeeping of skipped files; decoding is in :mod:`mimkit.data.images`,
-statistics in :mod:`mimkit.data.stats`.
+statistics in :mod:`mimkit.data.stats`; a labeled folder's held-out part drawn by pretraining is read from
+its split file (:mod:`mimkit.data.splits`).
 """
 
 from __future__ import annotations
@@ -42,11 +43,19 @@ from mimkit.data.images import (
     list_images,
 )
 from mimkit.data.shards import ShardSet
+from mimkit.data.splits import (
+    drawn_split,
+    folder_layout,
+    labeled_view,
+    no_test_split,
+    split_part,
+    without_labeled_test,
+)
 from mimkit.data.stats import apply_clip, channel_stats, normalization, resolve_clip, sample_indices
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "pretrain")
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
@@ -73,7 +82,7 @@ class ImageDataset(Dataset):
         clip: per-channel ``(lows, highs)`` in stored units that values are clipped to, or None.
         skipped_files: files that could not be decoded (grows while a lazy dataset is read).
         root: the folder or directory the split was read from.
-        split: ``"train"`` or ``"test"``.
+        split: ``"train"``, ``"test"`` or ``"pretrain"``.
     """
 
     def __init__(
@@ -159,11 +168,16 @@ class ImageDataset(Dataset):
 def build_dataset(
     cfg: DataConfig, split: str = "train", train_dataset: ImageDataset | None = None
 ) -> ImageDataset:
-    """The ``split`` ("train" / "test") of the data ``cfg`` describes.
+    """The ``split`` ("train" / "test" / "pretrain") of the data ``cfg`` describes.
+
+    A labeled folder without ``test/`` or ``val/`` splits into the two parts its ``cfg.split_file`` lists.
+    With ``cfg.labeled_root``, "train" and "test" are that folder's.
 
     Args:
         cfg: the data config.
-        split: ``"train"`` or ``"test"``.
+        split: ``"train"`` (to fit), ``"test"`` (to score) or ``"pretrain"`` (what pretraining reads: the
+            same as "train", except that with ``labeled_root`` it is ``root`` with the labeled folder's
+            held-out images left out wherever they are, and ``holdout_in_pretraining`` adds them).
         train_dataset: the training split already built from ``cfg``: its normalisation, classes, channels
             and size are reused (otherwise building the test split reads the training split's statistics).
 
@@ -173,8 +187,11 @@ def build_dataset(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    if cfg.labeled_root and split != "pretrain":
+        cfg = labeled_view(cfg)
     if cfg.source == "folder":
         return _build_folder(cfg, split, train_dataset)
+    split = "train" if split == "pretrain" else split
     if cfg.source == "shards":
         if split != "train":
             raise ValueError(
@@ -266,21 +283,61 @@ def _build_idx(cfg: DataConfig, split: str, train: ImageDataset | None) -> Image
 # ----------------------------------------------------------------------------- folders
 
 
-def _split_dirs(root: Path, split: str) -> tuple[Path, tuple[str, ...], Path | None]:
-    """``(train folder, sub-folders of it to leave out, test folder or None)``."""
-    if not root.exists():
-        raise FileNotFoundError(f"data root not found: {root} (expected a folder of images)")
-    if not root.is_dir():
-        raise ValueError(f"data root {root} is a file; expected a folder of images (source='folder')")
-    train_dir, exclude = root, ("test", "val")
-    if (root / "train").is_dir():
-        train_dir, exclude = root / "train", ()
-    test_dir = next((root / name for name in ("test", "val") if (root / name).is_dir()), None)
-    if split == "test" and test_dir is None:
-        raise FileNotFoundError(
-            f"no test split under {root}: expected a folder {root / 'test'} or {root / 'val'}"
+def holdout_folder(cfg: DataConfig) -> tuple[Path, list[Path], list[int], list[str]] | None:
+    """The labeled folder a held-out part is drawn in, with its image files, their labels and the class
+    names: ``cfg.labeled_root``, else a folder ``cfg.root``. None when there is none to draw: IDX or shards
+    without ``labeled_root``, a folder with ``test/`` or ``val/`` of its own, or unlabeled images."""
+    if cfg.labeled_root:
+        cfg = labeled_view(cfg)
+    elif cfg.source != "folder":
+        return None
+    train_dir, exclude, test_dir = folder_layout(Path(cfg.root).expanduser())
+    if test_dir is not None:
+        return None
+    files, labels, classes = scan_folder(train_dir, cfg.labeled, exclude)
+    return (train_dir, files, labels, classes) if classes else None
+
+
+_DEPTHS = {torch.uint8: "8-bit", torch.uint16: "16-bit", torch.float32: "float"}
+
+
+def check_labeled_kind(
+    cfg: DataConfig, channels: int, dtype: torch.dtype, size: tuple[int, int] | None = None
+) -> None:
+    """A one-line ValueError when ``cfg.labeled_root`` holds images of another kind than the pretraining
+    images (``channels`` bands stored as ``dtype``, ``size = (H, W)``): another bit depth, or, while
+    ``cfg.channels`` is native, another band count. (Grey, RGB and RGBA would convert into each other:
+    setting ``data.channels`` asks for it, so it is never silent.) Another native size is said in a line:
+    the labeled images are resized to the run's."""
+    if not cfg.labeled_root:
+        return
+    view = labeled_view(cfg)
+    folder, exclude, _ = folder_layout(Path(view.root).expanduser())
+    files = list_images(folder, exclude)
+    if not files:
+        raise _no_images(folder)
+    window = tuple(cfg.window) if isinstance(cfg.window, list) else cfg.window
+    info = _first_image_info(files, folder, window)
+    theirs, _, options = decode_setup(view, info)
+    example = files[0].relative_to(folder)
+    if options.dtype != dtype:
+        raise ValueError(
+            f"the labeled folder {folder} holds {_DEPTHS[options.dtype]} images ({example}, ...), the "
+            f"pretraining images are {_DEPTHS[dtype]}: give labeled images of the same bit depth"
         )
-    return train_dir, exclude, test_dir
+    if size is not None and cfg.img_size is None and (info.height, info.width) != tuple(size):
+        logger.info("the labeled images (%s: %dx%d) are resized to the run's %dx%d (%s)",
+                    example, info.height, info.width, *size, cfg.resize_mode)  # fmt: skip
+    if cfg.channels is None and theirs != channels:
+        fix = (
+            f"set data.channels={channels} to convert them (grey, RGB and RGBA convert into each other)"
+            if {theirs, channels} <= {1, 3, 4}
+            else "give labeled images with the same bands (data.bands picks bands from each file)"
+        )
+        raise ValueError(
+            f"the labeled folder {folder} holds {theirs}-channel images ({example}, ...), the pretraining "
+            f"images have {channels}: {fix}"
+        )
 
 
 def _no_images(folder: Path) -> ValueError:
@@ -405,13 +462,24 @@ def _stats_sample(
 
 def _build_folder(cfg: DataConfig, split: str, train: ImageDataset | None) -> ImageDataset:
     root = Path(cfg.root).expanduser()
-    train_dir, exclude, test_dir = _split_dirs(root, split)
+    train_dir, exclude, test_dir = folder_layout(root)
+    drawn = drawn_split(cfg, split, test_dir)
+    if split == "test" and test_dir is None and drawn is None:
+        raise no_test_split(root)
     train_files: list[Path] = []
     train_labels: list[int] = []
+    found: list[Path] | None = None
     if train is not None:
         classes, channels, size, options = train.classes, train.channels, train.img_size, train.decode
     else:
-        train_files, train_labels, classes = scan_folder(train_dir, cfg.labeled, exclude)
+        found, train_labels, classes = scan_folder(train_dir, cfg.labeled, exclude)
+        train_files = found
+        if drawn is not None:  # the statistics are the training part's; "test" reports its own part
+            own = split if split != "test" else "train"
+            train_files, train_labels = split_part(cfg, drawn, train_dir, own, found, report=own == split)
+            classes = list(drawn.classes)
+        if split == "pretrain":
+            train_files, train_labels = without_labeled_test(cfg, train_dir, train_files, train_labels)
         if cfg.limit is not None:
             train_files, train_labels = train_files[: cfg.limit], train_labels[: cfg.limit]
         window = tuple(cfg.window) if isinstance(cfg.window, list) else cfg.window
@@ -426,11 +494,14 @@ def _build_folder(cfg: DataConfig, split: str, train: ImageDataset | None) -> Im
             "%s: images stored as %d channel(s) of %s at %dx%d",
             train_dir, channels, str(info.dtype).removeprefix("torch."), *size,
         )  # fmt: skip
-    folder = train_dir if split == "train" else test_dir
-    if split == "train" and train is None:
+    folder = train_dir if split != "test" or drawn is not None else test_dir
+    if split != "test" and train is None:
         files, labels = train_files, train_labels
+    elif drawn is not None:
+        found = found if found is not None else scan_folder(train_dir, cfg.labeled, exclude)[0]
+        files, labels = split_part(cfg, drawn, train_dir, split, found)
     else:
-        files, labels, _ = scan_folder(folder, cfg.labeled, exclude if split == "train" else (), classes)
+        files, labels, _ = scan_folder(folder, cfg.labeled, exclude if split != "test" else (), classes)
     if cfg.limit is not None:
         files, labels = files[: cfg.limit], labels[: cfg.limit]
 
@@ -446,7 +517,7 @@ def _build_folder(cfg: DataConfig, split: str, train: ImageDataset | None) -> Im
             )
         skipped = [path for path, _ in failures]
         files, labels = [files[i] for i in kept], [labels[i] for i in kept]
-        if split == "train":
+        if split != "test":
             decoded = dict(zip(files, images, strict=True))
 
     if train is not None:
@@ -463,9 +534,10 @@ def _build_folder(cfg: DataConfig, split: str, train: ImageDataset | None) -> Im
         mean, std = normalization(cfg, channels, lambda: channel_stats(apply_clip(sample(), clip)))
     if images is not None:
         images = apply_clip(images, clip)
+    part = f" ({'held-out' if split == 'test' else 'training'} part of {cfg.split_file})" if drawn else ""
     logger.info(
-        "folder %s split: %d images from %s, %s, %d classes",
-        split, len(files), folder, "in memory" if in_memory else "decoded on the fly", len(classes),
+        "folder %s split: %d images from %s%s, %s, %d classes",
+        split, len(files), folder, part, "in memory" if in_memory else "decoded on the fly", len(classes),
     )  # fmt: skip
     return ImageDataset(
         torch.tensor(labels, dtype=torch.int64),

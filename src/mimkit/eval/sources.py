@@ -191,7 +191,10 @@ def eval_data_config(
 ) -> DataConfig:
     """A run's data for evaluation: same source and size, no augmentation, the run's normalisation."""
     changes: dict[str, Any] = {"augment": "none", "limit": None, "crop_scale": None, "crop_ratio": None}
-    if not source and cfg_data.source == "shards":  # pretraining images only: evaluate on a folder
+    if source or root:  # other data than the run's: not its labeled folder either
+        changes["labeled_root"] = None
+    # shards hold pretraining images only: evaluate on the run's labeled folder, else on --data-root
+    if not source and cfg_data.source == "shards" and not (cfg_data.labeled_root and not root):
         if not root:
             raise ValueError(
                 "this run pretrained on shards, which hold no evaluation split: give a folder of images "
