@@ -28,6 +28,7 @@ import torch
 log = logging.getLogger("mimkit")
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+"""The values ``train.precision`` and ``--precision`` take: ``auto`` chooses what the device runs natively."""
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 

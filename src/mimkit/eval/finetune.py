@@ -143,7 +143,7 @@ def finetune(
         ``{"test_top1": %, "steps", "epochs", "train_images", "test_images", "trainable_params",
         "final_train_loss", "chance_loss"}``: the training loss logged over the last tenth of the steps
         (None if nothing was logged) and ``ln(classes)``, the loss of a uniform prediction; see
-        :func:`at_chance`.
+        :func:`~mimkit.eval.records.at_chance`.
     """
     for split, data in (("training", train_set), ("test", test_set)):
         if getattr(data, "num_classes", 0) == 0:
