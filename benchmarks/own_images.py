@@ -26,10 +26,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-RGB_SOURCES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg",
-               "ihc.png", "hubble_deep_field.jpg")  # fmt: skip
-GREY_SOURCES = ("brick.png", "grass.png", "gravel.png", "camera.png", "moon.png", "coins.png", "page.png",
-                "text.png", "microaneurysms.png")  # fmt: skip
+RGB_SOURCES = (
+    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg",
+    "ihc.png", "hubble_deep_field.jpg",
+)  # fmt: skip
+GREY_SOURCES = (
+    "brick.png", "grass.png", "gravel.png", "camera.png", "moon.png", "coins.png", "page.png", "text.png",
+    "microaneurysms.png",
+)  # fmt: skip
 KINDS = ("photos", "textures", "scans16", "lfw")
 
 

@@ -253,7 +253,7 @@ def test_a_hostile_or_foreign_last_pt_in_the_output_dir_is_one_line(tmp_path, ti
 
 def test_only_the_main_process_prints_the_run_directory(run_dir, tiny, capsys, monkeypatch):
     argv = ["pretrain", "--config", "configs/mae_fashion_mnist.yaml", f"output_dir={run_dir}", *tiny]
-    monkeypatch.setattr("mimkit.cli.run_pretrain", lambda config, overrides, folder=None: run_dir)  # the training part
+    monkeypatch.setattr("mimkit.cli.run_pretrain", lambda *args, **kwargs: run_dir)  # the training part
     monkeypatch.setenv("RANK", "1")  # as torchrun sets it for the second process
     assert main(argv) == 0
     assert "run directory" not in capsys.readouterr().out
