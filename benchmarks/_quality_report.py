@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from mimkit.eval.label_efficiency import CHANCE_MARK
+from mimkit.eval.label_efficiency import CHANCE_MARK, pct
 from mimkit.eval.linear import holdout_summary
 
 FRACTIONS = (0.01, 0.1, 1.0)
@@ -28,10 +28,6 @@ def _ft_cell(row: dict[str, Any], fraction: float) -> str:
     """A fine-tuning cell of the table: the top-1, marked when the run ended at chance level."""
     mark = f" {CHANCE_MARK}" if fraction in row.get("ft_at_chance", []) else ""
     return _fmt(row["finetune"].get(fraction)) + mark
-
-
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
 
 
 # ----------------------------------------------------------------------------- report
@@ -213,10 +209,6 @@ def write_report(
             lines.append(f"| {name} | {p['epoch']} | {p['train_seconds'] / 60:.2f} | {p['knn_top1']:.2f} |")
     lines += ["", "## Notes", ""] + [f"- {n}" for n in meta["notes"]]
     (out / "results.md").write_text("\n".join(lines) + "\n")
-
-
-def pct(fraction: float) -> str:
-    return f"{100 * fraction:g}"
 
 
 def _plot_curve(path: Path, curves: dict[str, list]) -> None:

@@ -30,8 +30,8 @@ import torch
 
 from mimkit.data import subsets
 from mimkit.data.subsets import subset_dataset
-from mimkit.eval.label_efficiency import run_label_efficiency
-from mimkit.eval.sources import load_encoder, load_splits
+from mimkit.eval.label_efficiency import LabelEfficiencyOptions, run_label_efficiency
+from mimkit.eval_sources import EncoderChoice, load_encoder, load_splits
 
 _spec = importlib.util.spec_from_file_location(
     "quality_fashion_mnist", Path(__file__).with_name("quality_fashion_mnist.py")
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(f"--variant: {err}")
     try:
-        loaded = load_encoder(args.checkpoint)
-        train, _, _, _ = load_splits(loaded.data, args.train_limit, None, "fine-tuning")
+        loaded = load_encoder(EncoderChoice(args.checkpoint))
+        train = load_splits(loaded.data, args.train_limit, None, "fine-tuning")[0].dataset
         if loaded.encoder is None:
             raise ValueError(f"{args.checkpoint} holds no encoder to fine-tune")
         keep, held = holdout_split(train.labels, args.holdout, args.seed)
@@ -114,16 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         "|---|" + "---:|" * len(args.fractions),
     ]
     for index, (variant, cfg) in enumerate(zip(variants, recipes, strict=True)):
+        # --random-init: that row alone, with the recipe without layer-wise lr decay
+        options = LabelEfficiencyOptions(
+            fractions=args.fractions, recipe=cfg, epochs=epochs, include_random=args.random_init
+        )
+        start = None if args.random_init else loaded.encoder
         rows = run_label_efficiency(
-            loaded.encoder_cfg,
-            None if args.random_init else loaded.encoder,
-            rest,
-            heldout,
-            out / f"variant{index}",
-            args.fractions,
-            cfg,
-            epochs,
-            include_random=args.random_init,  # alone: with the recipe without layer-wise lr decay
+            loaded.encoder_cfg, start, rest, heldout, out / f"variant{index}", options=options
         )
         top1 = {r["fraction"]: r["test_top1"] for r in rows}
         name = " ".join(variant) or "(the report's recipe)"

@@ -64,17 +64,24 @@ import torch.nn as nn
 
 from mimkit.data import ImageDataset, build_dataset
 from mimkit.data.subsets import check_fraction, per_class_subset, subset_dataset
-from mimkit.data.transforms import EvalTransform
-from mimkit.engine import dist
 from mimkit.engine.config import PretrainConfig, load_config, save_config, to_dict
-from mimkit.eval.cache import cached_features, cached_pooled_features, feature_key
 from mimkit.eval.classifier import build_classifier
-from mimkit.eval.finetune import FinetuneConfig, finetune
-from mimkit.eval.knn import knn_accuracy
-from mimkit.eval.label_efficiency import CHANCE_MARK, CHANCE_WHY, finished_runs, run_label_efficiency
-from mimkit.eval.linear import LinearProbeConfig, linear_probe
+from mimkit.eval.features import FeaturePass
+from mimkit.eval.finetune import finetune
+from mimkit.eval.frozen import Encoder, Split, evaluate_frozen, plot_tsne, slug
+from mimkit.eval.label_efficiency import (
+    CHANCE_MARK,
+    CHANCE_WHY,
+    LabelEfficiencyOptions,
+    finished_runs,
+    pct,
+    run_label_efficiency,
+)
+from mimkit.eval.linear import LinearProbeConfig
 from mimkit.eval.online_knn import OnlineKNN
-from mimkit.eval.protocols import load_recipe
+from mimkit.eval.recipe import FinetuneConfig, load_recipe
+from mimkit.eval.tsne import TsneOptions
+from mimkit.eval_sources import FeatureOptions, eval_data_config, random_encoder, settle
 from mimkit.models.hf_names import vit_from_hf
 from mimkit.pretrain import build_encoder, build_method, build_trainer, data_stats
 from mimkit.weights import export_encoder_safetensors
@@ -93,7 +100,7 @@ def _sibling(name: str):
 _timing = _sibling("_timing")  # the machine line
 _report = _sibling("_quality_report")  # the targets and the report's files
 FRACTIONS, METHOD_NAMES, TARGETS = _report.FRACTIONS, _report.METHOD_NAMES, _report.TARGETS
-target_lines, write_report, pct, slug = _report.target_lines, _report.write_report, _report.pct, _report.slug
+target_lines, write_report = _report.target_lines, _report.write_report
 
 # The fine-tuning recipe of the report: MAE's (FinetuneConfig's defaults) with flip as the only augmentation
 # and blr 2e-3. The budget buys 5 epochs of the full training set on 2 CPU cores; MAE's heavy regularisation
@@ -330,65 +337,30 @@ def pretrain_for_budget(
 # ----------------------------------------------------------------------------- evaluation
 
 
-def pixel_features(dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw pixels (normalised) as features: ``[N, C * H * W]``."""
-    transform = EvalTransform(dataset.img_size, dataset.mean, dataset.std)
-    feats = [transform(dataset.images[i : i + 4096]).flatten(1) for i in range(0, len(dataset), 4096)]
-    return torch.cat(feats), dataset.labels.clone()
+class RawPixels(nn.Module):
+    """The raw-pixel row's encoder: its features are its normalised input, ``[N, C * H * W]``."""
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1)[:, None]  # [N, 1, C * H * W]: one token
+
+    def pool(self, tokens: torch.Tensor, pool: str) -> torch.Tensor:
+        return tokens[:, 0]
 
 
 def frozen_protocols(
-    name: str,
-    encoder: nn.Module | None,
-    checkpoint: Path | None,
-    extra: dict[str, Any],
-    train_set,
-    test_set,
-    data_cfgs: tuple[Any, Any],
-    args: argparse.Namespace,
-    out: Path,
+    encoder: Encoder, train: Split, test: Split, run: FeaturePass, args: argparse.Namespace, out: Path
 ) -> dict[str, Any]:
     """kNN for every k and the linear probe, for every pooling (pixels: once), from cached features."""
-    device = dist.resolve_device(args.device)
-    results: dict[str, Any] = {}
-    pools = ["pixels"] if encoder is None else args.pools
-    t = time.perf_counter()
-    if encoder is None:
-        splits = [{"pixels": pixel_features(train_set)}, {"pixels": pixel_features(test_set)}]
-    else:  # every pooling from one extraction pass per split
-        named = ((train_set, data_cfgs[0], "train"), (test_set, data_cfgs[1], "test"))
-        splits = [
-            cached_pooled_features(
-                encoder,
-                data,
-                {pool: feature_key(checkpoint, data_cfg, split, pool, extra) for pool in pools},
-                out / "feature_cache",
-                512,
-                device,
-            )
-            for data, data_cfg, split in named
-        ]
-    t_features = time.perf_counter() - t
-    for pool in pools:
-        t = time.perf_counter()
-        (train_f, train_y), (test_f, test_y) = splits[0][pool], splits[1][pool]
-        ks = tuple(k for k in KS if k <= len(train_f))
-        knn = knn_accuracy(train_f, train_y, test_f, test_y, ks=ks)
-        t_knn = time.perf_counter() - t
-        probe_cfg = LinearProbeConfig(
-            epochs=args.linear_epochs, warmup_epochs=min(10, args.linear_epochs / 9), device=args.device
-        )
-        lin = linear_probe(
-            train_f, train_y, test_f, test_y, out / "linear" / f"{slug(name)}_{pool}", probe_cfg
-        )
-        results[pool] = {
-            "knn": knn,
-            "linear": lin,
-            "seconds_features": t_features,  # shared by the poolings
-            "seconds_knn": t_knn,
-            "seconds_linear": time.perf_counter() - t - t_knn,
-        }
-        log.info("%s (%s): kNN %s, linear %.2f%%", name, pool, knn, lin["test_top1"])
+    pools = ["pixels"] if isinstance(encoder.module, RawPixels) else args.pools
+    ks = tuple(k for k in KS if k <= len(train.dataset))
+    probe = LinearProbeConfig(
+        epochs=args.linear_epochs, warmup_epochs=min(10, args.linear_epochs / 9), device=args.device
+    )
+    results = evaluate_frozen(
+        encoder, train, test, run, pools=pools, ks=ks, linear=probe, linear_dir=out / "linear"
+    )
+    for pool, r in results.items():
+        log.info("%s (%s): kNN %s, linear %.2f%%", encoder.name, pool, r["knn"], r["linear"]["test_top1"])
     return results
 
 
@@ -562,21 +534,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, limit=args.train_limit))
     method, row_name = cfg.method["name"], method_row_name(cfg)
     train_set, subset = training_subset(build_dataset(cfg.data, "train"), args.subset_fraction)
-    eval_data = dataclasses.replace(
-        cfg.data,
-        augment="none",
-        crop_scale=None,
-        crop_ratio=None,
-        normalize=[list(train_set.mean), list(train_set.std)],
-    )
+    stats = data_stats(train_set)
+    eval_data = eval_data_config(cfg.data, stats, None, None)  # as `mimkit eval` sees the run's data
+    train_eval_cfg = dataclasses.replace(eval_data, limit=args.train_limit)
     test_cfg = dataclasses.replace(eval_data, limit=args.test_limit)
     test_set = build_dataset(test_cfg, "test", train_dataset=train_set)
-    train_eval_cfg = eval_data
     encoder_cfg = {**cfg.encoder, "img_size": list(train_set.img_size), "in_chans": train_set.channels}
     seed = cfg.train.seed
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random_encoder = build_encoder(encoder_cfg)
+    cache_extra = {}  # what else names the features in the feature cache
+    if args.subset_fraction < 1:
+        cache_extra = {"subset": {"fraction": subset["fraction"], "seed": subset["seed"]}}
+    random_init = random_encoder(encoder_cfg, seed, **cache_extra)
     c, (h, w) = train_set.channels, train_set.img_size
     notes = [
         "Linear probe: the fast path on cached features (no crop / flip augmentation), all blrs "
@@ -586,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Raw pixels: the normalised {c * h * w} pixel values ({c}x{h}x{w}, "
         "the encoders' input) as features (kNN and the same linear probe).",
     ]
-    if getattr(random_encoder, "num_prefix_tokens", 1) == 0 and args.pools != ["avg"]:
+    if getattr(random_init.module, "num_prefix_tokens", 1) == 0 and args.pools != ["avg"]:
         args.pools = ["avg"]  # "token" would be the same features again, under a misleading name
         notes.append(f"{cfg.encoder['name']} has no class token: features are the token mean (`avg`) only.")
     if args.train_limit or args.test_limit:
@@ -594,9 +562,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{n} {split}" for n, split in ((args.train_limit, "training"), (args.test_limit, "test")) if n
         ]
         notes.append(f"SMOKE RUN: only the first {' / '.join(limits)} images.")
-    cache_extra = {}  # what else names the features in the feature cache
     if args.subset_fraction < 1:
-        cache_extra = {"subset": {"fraction": subset["fraction"], "seed": subset["seed"]}}
         notes.append(
             f"Small data: trained on {subset['description']}. Pretraining, the online kNN, the kNN bank, the "
             "linear probe (and its held-out blr choice) and every fine-tuning fraction use only these "
@@ -604,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
             "training split."
         )
     resolved = to_dict(cfg)
-    resolved["data_stats"] = data_stats(train_set)
+    resolved["data_stats"] = stats
     run_mimkit = out / "mimkit"
     run_mimkit.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_mimkit / "config.yaml")
@@ -631,14 +597,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     curves = {row_name: meta["pretrain"][row_name]["curve"]}
 
-    encoders: list[tuple[str, nn.Module | None, Path | None, dict[str, Any]]] = [
-        (row_name, pretrained.encoder.cpu(), run_mimkit / "last.pt", {"encoder": encoder_cfg, **cache_extra}),
-        (
-            "random init",
-            random_encoder,
-            None,
-            {"encoder": encoder_cfg, "init": "random", "seed": seed, **cache_extra},
+    encoders = [
+        Encoder(
+            row_name,
+            pretrained.encoder.cpu(),
+            run_mimkit / "last.pt",
+            {"encoder": encoder_cfg, **cache_extra},
         ),
+        random_init,
     ]
 
     peer_version = None
@@ -678,16 +644,15 @@ def main(argv: list[str] | None = None) -> int:
         peer_file = export_encoder_safetensors(
             peer_enc, run_peer / "encoder.safetensors", config={"encoder": encoder_cfg}
         )
-        encoders.append(
-            ("transformers ViTMAE (peer)", peer_enc, peer_file, {"encoder": encoder_cfg, **cache_extra})
-        )
+        peer_key = {"encoder": encoder_cfg, **cache_extra}
+        encoders.append(Encoder("transformers ViTMAE (peer)", peer_enc, peer_file, peer_key))
         notes.append(
             f"Peer: transformers {peer_version} ViTMAEForPreTraining with the same encoder / decoder "
             "shape, mask ratio and norm_pix_loss, trained by mimkit's trainer with the same data, "
             "augmentation, optimizer, schedule and budget; its encoder converted to mimkit names (checked "
             "to give the same class token) for the same evaluation."
         )
-    encoders.append(("raw pixels", None, None, {}))
+    pixels = Encoder("raw pixels", RawPixels())
 
     rows = []
     if args.finetune:
@@ -702,36 +667,35 @@ def main(argv: list[str] | None = None) -> int:
             + "."
         )
     random_row: dict[str, Any] = {"finetune": {}, "ft_at_chance": []}  # the random-init runs, any row's
-    for name, encoder, checkpoint, extra in encoders:
+    feature_pass = settle(FeatureOptions(device=args.device), out / "feature_cache")
+    train, test = Split(train_set, train_eval_cfg), Split(test_set, test_cfg)
+    for entry in [*encoders, pixels]:
+        name, encoder = entry.name, entry.module
         t = time.perf_counter()
-        frozen = frozen_protocols(
-            name, encoder, checkpoint, extra, train_set, test_set, (train_eval_cfg, test_cfg), args, out
-        )
+        frozen = frozen_protocols(entry, train, test, feature_pass, args, out)
         meta["eval_seconds"][f"{name}, kNN + linear"] = time.perf_counter() - t
         row = {"name": name, "frozen": frozen, "finetune": {}, "ft_at_chance": []}
-        fine_tuned = name != "random init" and (args.finetune_peer or not name.startswith("transformers"))
-        if args.finetune and encoder is not None and fine_tuned:
+        fine_tuned = entry is not pixels and name != "random init"
+        fine_tuned = fine_tuned and (args.finetune_peer or not name.startswith("transformers"))
+        if args.finetune and fine_tuned:
             t = time.perf_counter()
             if "finetune" not in meta:
                 epochs, sps = finetune_epochs(encoder_cfg, encoder, train_set, test_set, ft_cfg, args, out)
                 meta["finetune"] = {"epochs": epochs, "seconds_per_step": sps}
-            ft_rows = run_label_efficiency(
-                encoder_cfg,
-                encoder,
-                train_set,
-                test_set,
-                out / "finetune" / slug(name),
-                args.fractions,
-                ft_cfg,
-                meta["finetune"]["epochs"],
-                seed,
+            options = LabelEfficiencyOptions(
+                fractions=args.fractions,
+                recipe=ft_cfg,
+                epochs=meta["finetune"]["epochs"],
+                seed=seed,
                 include_random=name == row_name,
                 scratch=scratch_cfg,
             )
+            ft_dir = out / "finetune" / slug(name)
+            ft_rows = run_label_efficiency(encoder_cfg, encoder, train_set, test_set, ft_dir, options=options)
             for r in ft_rows:
                 record_finetune(row if r["init"] == "pretrained" else random_row, r)
             meta["eval_seconds"][f"{name}, fine-tuning"] = time.perf_counter() - t
-        if encoder is not None and fine_tuned:
+        if fine_tuned:
             # runs of other fractions that an earlier invocation finished (same --out) are reported too
             ft_dir = out / "finetune" / slug(name)
             earlier = []
@@ -751,29 +715,16 @@ def main(argv: list[str] | None = None) -> int:
     if collapsed:
         notes.append(f"Fine-tuning runs marked {CHANCE_MARK} ({', '.join(collapsed)}): {CHANCE_WHY}")
 
-    from mimkit.eval.tsne import save_tsne
-
-    device = dist.resolve_device(args.device)
-    for name, encoder, checkpoint, extra in encoders:
-        if encoder is None:
-            continue
-        key = feature_key(checkpoint, test_cfg, "test", args.pools[0], extra)
-        feats, labels = cached_features(
-            encoder, test_set, key, out / "feature_cache", args.pools[0], 512, device
-        )
+    tsne = TsneOptions(max_points=args.tsne_points)
+    for entry in encoders:
+        path, title = out / f"tsne_{slug(entry.name)}.png", f"{entry.name}: t-SNE of {args.pools[0]} features"
         try:
-            save_tsne(
-                feats,
-                labels,
-                out / f"tsne_{slug(name)}.png",
-                test_set.classes,
-                args.tsne_points,
-                title=f"{name}: t-SNE of {args.pools[0]} features",
-            )
+            plot_tsne(entry, test, feature_pass, path, pool=args.pools[0], options=tsne, title=title)
         except ImportError as err:
             notes.append(f"No t-SNE plots: {err}")
             break
 
+    device = feature_pass.device
     meta.update(
         date=datetime.datetime.now().isoformat(timespec="minutes"),
         command=" ".join([os.path.basename(sys.executable), *sys.argv]),

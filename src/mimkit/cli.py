@@ -16,11 +16,10 @@ from pathlib import Path
 
 import torch
 
-from mimkit.data import EvalTransform, build_dataset
+from mimkit.data import build_dataset, build_eval_transform
 from mimkit.engine import NonFiniteLossError, dist, load_config
 from mimkit.engine.config import parse_overrides
 from mimkit.engine.runctl import EXIT_PREEMPTED, Preempted
-from mimkit.eval.sources import eval_data_config
 from mimkit.eval_cli import (
     add_embed_parser,
     add_eval_parsers,
@@ -29,6 +28,7 @@ from mimkit.eval_cli import (
     run_eval,
     track_results,
 )
+from mimkit.eval_sources import eval_data_config
 from mimkit.models import create_encoder
 from mimkit.pretrain import load_pretrained, pretrain, resolve_checkpoint
 from mimkit.recipe import RECIPE_RECORD, choose
@@ -84,7 +84,7 @@ def run_reconstruct(
     if num < 1 or num > len(data):
         raise ValueError(f"--num must be in [1, {len(data)}], got {num}")
     display_bands(data.channels, bands)
-    transform = EvalTransform(data.img_size, data.mean, data.std)
+    transform = build_eval_transform(data)
     images = transform(torch.stack([data[i][0] for i in range(num)]))
     generator_state = torch.get_rng_state()
     torch.manual_seed(seed)

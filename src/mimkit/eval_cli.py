@@ -16,31 +16,34 @@ has native bf16, else fp32 / fp16) unless ``--precision`` says otherwise.
     mimkit eval knn runs/sit --teacher     # SiT's momentum teacher instead of the student
 
 This module is the command line only: argparse parents build the protocols' shared inputs
-(:class:`~mimkit.eval.sources.EncoderChoice`, :class:`~mimkit.eval.sources.DataChoice`,
-:class:`~mimkit.eval.sources.FeatureOptions`) once, and :mod:`mimkit.eval.protocols` does the work.
+(:class:`~mimkit.eval_sources.EncoderChoice`, :class:`~mimkit.eval_sources.DataChoice`,
+:class:`~mimkit.eval_sources.FeatureOptions`) once, and :mod:`mimkit.eval_protocols` does the work.
 ``add_eval_parsers(subparsers)`` adds the ``eval`` parser to the main CLI; ``run_eval(args)`` runs it.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from mimkit.data.subsets import DEFAULT_FRACTIONS
-from mimkit.engine.dist import is_main_process, resolve_device
-from mimkit.engine.precision import PRECISIONS, resolve_precision
+from mimkit.engine.dist import is_main_process
+from mimkit.engine.precision import PRECISIONS
 from mimkit.engine.trackers import for_run
-from mimkit.eval.embed import embed
 from mimkit.eval.linear import holdout_summary
-from mimkit.eval.protocols import (
+from mimkit.eval.tsne import TsneOptions
+from mimkit.eval_protocols import (
+    embed,
     evaluate_finetune,
     evaluate_knn,
     evaluate_label_efficiency,
     evaluate_linear,
     evaluate_tsne,
 )
-from mimkit.eval.sources import POOLS, DataChoice, EncoderChoice, FeatureOptions
+from mimkit.eval_sources import POOLS, DataChoice, EncoderChoice, FeatureOptions
 
 # Recipe settings (key.sub=value) come after --set: trailing positionals cannot follow options in argparse.
 _SET: dict[str, Any] = dict(dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
@@ -97,9 +100,11 @@ def _features_parent() -> argparse.ArgumentParser:
     return p
 
 
-def _pick(cls: type, args: argparse.Namespace) -> Any:
-    """An input object from the parsed arguments of its parent parser."""
-    return cls(**{f: getattr(args, f) for f in cls.__dataclass_fields__ if hasattr(args, f)})
+def _pick(target: Callable, args: argparse.Namespace, *inputs: Any, **given: Any) -> Any:
+    """``target(*inputs, **given, **the other parameters the parsed arguments name)``: an input object from
+    its parent parser's arguments, or a protocol called with its options (each dest is a parameter's name)."""
+    names = [n for n in list(inspect.signature(target).parameters)[len(inputs) :] if n not in given]
+    return target(*inputs, **given, **{name: getattr(args, name) for name in names if hasattr(args, name)})
 
 
 def add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -111,7 +116,7 @@ def add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", "-o", required=True, help="the .npy file; the index goes next to it as .csv")
     p.add_argument("--split", choices=["train", "test"], default="train", help="which split (folders: train)")
-    p.add_argument("--workers", type=int, default=0, help="processes decoding images (folders)")
+    p.add_argument("--workers", dest="num_workers", type=int, default=0, help="processes decoding images")
     p.set_defaults(protocol="embed")
 
 
@@ -124,10 +129,7 @@ def say(*args: object) -> None:
 def run_embed(args: argparse.Namespace) -> int:
     """Run ``mimkit embed``; prints where the embeddings went."""
     features = _pick(FeatureOptions, args)
-    resolve_precision(features.precision, resolve_device(features.device))
-    r = embed(
-        _pick(EncoderChoice, args), args.out, _pick(DataChoice, args), features, args.split, args.workers
-    )
+    r = _pick(embed, args, _pick(EncoderChoice, args), args.out, _pick(DataChoice, args), features)
     skipped = f", {r['skipped']} unreadable skipped" if r["skipped"] else ""
     say(
         f"wrote {r['rows']} embeddings of dimension {r['dim']} ({features.pool} features) to {r['path']} "
@@ -218,18 +220,16 @@ def run_eval(args: argparse.Namespace) -> int:
     """
     encoder, data = _pick(EncoderChoice, args), _pick(DataChoice, args)
     features = _pick(FeatureOptions, args) if hasattr(args, "pool") else None
-    if features is not None:  # one line saying what the feature passes run in (a warning if emulated)
-        resolve_precision(features.precision, resolve_device(features.device))
     tracked: dict[str, float] = {}  # what the run's experiment trackers get (train.mlflow / train.wandb)
     files: list[str] = []
     if args.protocol == "knn":
-        results = evaluate_knn(encoder, data, features, tuple(args.ks), args.compare_random)
+        results = _pick(evaluate_knn, args, encoder, data, features)
         for name, accs in results.items():
             scores = "  ".join(f"k={k}: {acc:.2f}%" for k, acc in accs.items())
             say(f"kNN top-1 ({features.pool} features) {name:>12}: {scores}")
             tracked |= {f"eval/knn_k{k}_{features.pool}_{name}": acc for k, acc in accs.items()}
     elif args.protocol == "linear":
-        results = evaluate_linear(encoder, data, features, args.overrides, args.out_dir, args.compare_random)
+        results = _pick(evaluate_linear, args, encoder, data, features)
         for name, r in results.items():
             held = holdout_summary(r, "%")
             say(
@@ -238,15 +238,7 @@ def run_eval(args: argparse.Namespace) -> int:
             )
             tracked[f"eval/linear_{features.pool}_{name}"] = r["test_top1"]
     elif args.protocol == "finetune":
-        r = evaluate_finetune(
-            encoder,
-            data,
-            args.overrides,
-            args.out_dir,
-            args.train_blocks,
-            args.label_fraction,
-            args.random_init,
-        )
+        r = _pick(evaluate_finetune, args, encoder, data)
         what = "full" if args.train_blocks is None else f"last {args.train_blocks} block(s)"
         say(
             f"fine-tune ({what}, {r['init']}, {100 * r['label_fraction']:g}% of the labels = "
@@ -254,9 +246,7 @@ def run_eval(args: argparse.Namespace) -> int:
         )
         tracked[f"eval/finetune_{r['init']}_{100 * r['label_fraction']:g}pct"] = r["test_top1"]
     elif args.protocol == "label-efficiency":
-        rows = evaluate_label_efficiency(
-            encoder, data, args.fractions, args.epochs, args.overrides, args.out_dir, args.include_random
-        )
+        rows = _pick(evaluate_label_efficiency, args, encoder, data)
         for r in rows:
             say(
                 f"{r['init']:>12}  {100 * r['fraction']:>6g}% labels ({r['labels']} images): "
@@ -264,16 +254,8 @@ def run_eval(args: argparse.Namespace) -> int:
             )
             tracked[f"eval/label_efficiency_{r['init']}_{100 * r['fraction']:g}pct"] = r["test_top1"]
     else:  # "tsne": argparse lets only the protocols above through
-        path = evaluate_tsne(
-            encoder,
-            data,
-            features,
-            args.out,
-            args.max_points,
-            args.perplexity,
-            args.max_iter,
-            args.random_init,
-        )
+        options = _pick(TsneOptions, args)  # max points, perplexity, steps; the seed is --seed
+        path = _pick(evaluate_tsne, args, encoder, data, features, options=options)
         say(f"wrote {path}")
         files.append(str(path))
     track_results(encoder.checkpoint, tracked, files)

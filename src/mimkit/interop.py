@@ -35,7 +35,6 @@ from mimkit.pretrain import load_pretrained, resolve_checkpoint
 from mimkit.weights import export_encoder_safetensors
 
 log = logging.getLogger(__name__)
-encoder_config = hf_names.encoder_config  # eval/sources.py imports it from here (until issue 30 item 2)
 
 FORMATS = ("transformers", "timm", "onnx")
 ONNX_OPSET = 18

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from mimkit.data import DataConfig, build_augment, build_dataset, build_loader
+from mimkit.data import DataConfig, build_augment, build_dataset
 from mimkit.data.datasets import check_labeled_kind, holdout_folder
+from mimkit.data.loader import process_loader
 from mimkit.data.shards import ShardLoader, ShardSet
 from mimkit.data.splits import SPLIT_FILE, draw_split, read_split, write_split
 from mimkit.engine import dist
@@ -100,16 +101,9 @@ def build_trainer(
             pin_memory=env.device.type == "cuda",
         )
     else:
-        loader = build_loader(
-            dataset,
-            cfg.train.batch_size,
-            shuffle=True,
-            drop_last=True,
-            seed=cfg.train.seed,
-            num_workers=cfg.data.num_workers,
-            rank=env.rank,
-            world_size=env.world_size,
-            pin_memory=env.device.type == "cuda",
+        batch, seed, workers = cfg.train.batch_size, cfg.train.seed, cfg.data.num_workers
+        loader = process_loader(
+            dataset, batch, env, shuffle=True, drop_last=True, seed=seed, num_workers=workers
         )
     if config is None:
         config = {**to_dict(cfg), "data_stats": data_stats(dataset)}

@@ -8,8 +8,15 @@ import torch
 import mimkit.eval.cache as cache
 from mimkit.data import DataConfig
 from mimkit.data.datasets import ImageDataset
-from mimkit.eval.cache import cached_features, feature_key
+from mimkit.eval.cache import feature_key
+from mimkit.eval.features import FeaturePass
 from mimkit.models import create_encoder
+
+
+def cached_features(encoder, data, key, cache_dir, pool):
+    """One pooling's features on the CPU in fp32, through the cache in ``cache_dir``."""
+    run = FeaturePass(torch.device("cpu"), "fp32", cache_dir=cache_dir)
+    return cache.cached_pooled_features(encoder, data, {pool: key}, run)[pool]
 
 
 @pytest.fixture
@@ -60,32 +67,31 @@ def _tiny_encoder_and_data():
 
 def test_second_call_loads_from_the_cache(tmp_path, monkeypatch):
     encoder, data, _ = _tiny_encoder_and_data()
-    f1, y1 = cached_features(encoder, data, "k1", tmp_path, pool="avg", device="cpu", precision="fp32")
+    f1, y1 = cached_features(encoder, data, "k1", tmp_path, "avg")
     assert f1.shape == (10, 16) and y1.tolist() == (torch.arange(10) % 2).tolist()
     assert (tmp_path / "features-k1.pt").is_file()
 
     def boom(*args, **kwargs):
         raise AssertionError("extracted again")
 
-    monkeypatch.setattr(cache, "extract_pooled", boom)
-    f2, y2 = cached_features(encoder, data, "k1", tmp_path, pool="avg", device="cpu", precision="fp32")
+    monkeypatch.setattr(cache, "pooled_batches", boom)
+    f2, y2 = cached_features(encoder, data, "k1", tmp_path, "avg")
     assert torch.equal(f1, f2) and torch.equal(y1, y2)
     with pytest.raises(AssertionError, match="extracted again"):
-        cached_features(encoder, data, "k2", tmp_path, pool="avg", device="cpu", precision="fp32")
+        cached_features(encoder, data, "k2", tmp_path, "avg")
 
 
 def test_several_poolings_from_one_pass(tmp_path, monkeypatch):
     encoder, data, images = _tiny_encoder_and_data()
-    token, _ = cached_features(encoder, data, "t", None, pool="token", device="cpu", precision="fp32")
-    avg, _ = cached_features(encoder, data, "a", None, pool="avg", device="cpu", precision="fp32")
+    token, _ = cached_features(encoder, data, "t", None, "token")
+    avg, _ = cached_features(encoder, data, "a", None, "avg")
     # "avg" cached already: only "token" is extracted, by one forward pass per batch
-    cached_features(encoder, data, "a", tmp_path, pool="avg", device="cpu", precision="fp32")
+    cached_features(encoder, data, "a", tmp_path, "avg")
     calls = []
     forward = encoder.forward_features
     monkeypatch.setattr(encoder, "forward_features", lambda x: calls.append(len(x)) or forward(x))
-    both = cache.cached_pooled_features(
-        encoder, data, {"token": "t", "avg": "a"}, tmp_path, batch_size=4, precision="fp32"
-    )
+    run = FeaturePass(torch.device("cpu"), "fp32", batch_size=4, cache_dir=tmp_path)
+    both = cache.cached_pooled_features(encoder, data, {"token": "t", "avg": "a"}, run)
     assert calls == [4, 4, 2]
     assert torch.allclose(both["token"][0], token) and torch.allclose(both["avg"][0], avg)
     assert both["token"][1].tolist() == (torch.arange(10) % 2).tolist()
@@ -94,7 +100,5 @@ def test_several_poolings_from_one_pass(tmp_path, monkeypatch):
     assert torch.allclose(token, tokens[:, 0], atol=1e-5)
     assert torch.allclose(avg, tokens[:, 1:].mean(1), atol=1e-5)
     calls.clear()
-    cache.cached_pooled_features(
-        encoder, data, {"token": "t", "avg": "a"}, tmp_path, batch_size=4, precision="fp32"
-    )
+    cache.cached_pooled_features(encoder, data, {"token": "t", "avg": "a"}, run)
     assert calls == []  # both from the cache now

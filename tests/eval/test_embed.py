@@ -8,11 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
+from mimkit import eval_protocols
 from mimkit.cli import main
 from mimkit.data.transforms import EvalTransform
 from mimkit.eval import embed as embed_module
-from mimkit.eval.embed import embed
-from mimkit.eval.sources import DataChoice, EncoderChoice, FeatureOptions, load_encoder
+from mimkit.eval_protocols import embed
+from mimkit.eval_sources import DataChoice, EncoderChoice, FeatureOptions, load_encoder
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 pytestmark = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="dataset-fashion-mnist is not installed")
@@ -28,7 +29,7 @@ def test_rows_are_the_encoders_pooled_features_and_the_index_names_them(tiny_mae
     r = embed(EncoderChoice(str(tiny_mae_run)), tmp_path / "e.npy", DataChoice(test_limit=40), FP32, "test")
     emb = np.load(tmp_path / "e.npy")
     assert emb.shape == (40, r["dim"]) and r["rows"] == 40 and r["skipped"] == 0
-    loaded = load_encoder(str(tiny_mae_run))
+    loaded = load_encoder(EncoderChoice(str(tiny_mae_run)))
     import dataclasses
 
     from mimkit.data import build_dataset
@@ -108,11 +109,9 @@ def test_files_decoded_on_the_fly_skip_the_unreadable_one_during_the_pass(
 ):
     import dataclasses
 
-    from mimkit.eval import embed as embed_module
-
-    real = embed_module.build_dataset
+    real = eval_protocols.build_dataset
     monkeypatch.setattr(
-        embed_module,
+        eval_protocols,
         "build_dataset",
         lambda cfg, split: real(dataclasses.replace(cfg, in_memory=False), split),
     )

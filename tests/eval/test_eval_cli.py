@@ -10,9 +10,9 @@ from PIL import Image
 
 from mimkit.cli import main as cli_main
 from mimkit.data import load_idx
-from mimkit.eval.protocols import evaluate_knn
-from mimkit.eval.sources import DataChoice, EncoderChoice, FeatureOptions, load_encoder
 from mimkit.eval_cli import add_eval_parsers, run_eval
+from mimkit.eval_protocols import evaluate_knn
+from mimkit.eval_sources import DataChoice, EncoderChoice, FeatureOptions, load_encoder
 from mimkit.models import create_encoder
 from mimkit.weights import extract_state_dict, read_checkpoint
 
@@ -137,7 +137,7 @@ def test_reference_format_encoder_file_with_name(tmp_path, capsys):
     encoder = create_encoder("vit_tiny_patch4_28")
     path = tmp_path / "mae_pretrain_vit_tiny.pth"
     torch.save({"model": encoder.state_dict()}, path)
-    loaded = load_encoder(str(path), "vit_tiny_patch4_28")
+    loaded = load_encoder(EncoderChoice(str(path), "vit_tiny_patch4_28"))
     assert loaded.run_dir is None and loaded.checkpoint == path
     for name, value in encoder.state_dict().items():
         assert torch.equal(loaded.encoder.state_dict()[name], value), name
@@ -178,7 +178,7 @@ def test_teacher_of_a_sit_run(run_dir, tmp_path, capsys):
     assert teacher.keys() == student.keys()
     assert any(not torch.equal(teacher[k], student[k]) for k in teacher)  # the EMA lags the student
 
-    loaded = load_encoder(str(run), teacher=True)
+    loaded = load_encoder(EncoderChoice(str(run), teacher=True))
     got = loaded.encoder.state_dict()
     assert got.keys() == teacher.keys() and all(torch.equal(got[k], teacher[k]) for k in teacher)
     limits = ["--train-limit", "64", "--test-limit", "32", "--k", "5"]

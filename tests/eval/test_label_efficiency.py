@@ -11,7 +11,12 @@ from mimkit.data.datasets import ImageDataset
 from mimkit.data.subsets import label_subsets, per_class_subset, subset_dataset
 from mimkit.engine.config import TrainConfig
 from mimkit.eval.finetune import FinetuneConfig
-from mimkit.eval.label_efficiency import finished_runs, run_label_efficiency, write_label_efficiency_report
+from mimkit.eval.label_efficiency import (
+    LabelEfficiencyOptions,
+    finished_runs,
+    run_label_efficiency,
+    write_label_efficiency_report,
+)
 from mimkit.models import create_encoder
 
 LABELS = torch.tensor([0] * 200 + [1] * 100 + [2] * 30)[
@@ -107,7 +112,8 @@ def test_pretrained_and_random_rows_written(tmp_path):
             device="cpu",
         )
     )
-    rows = run_label_efficiency(enc_cfg, encoder, train, test, tmp_path, [0.25, 1.0], cfg, epochs={0.25: 2})
+    options = LabelEfficiencyOptions(fractions=[0.25, 1.0], recipe=cfg, epochs={0.25: 2})
+    rows = run_label_efficiency(enc_cfg, encoder, train, test, tmp_path, options=options)
     # fraction by fraction, pretrained then random init
     assert [(r["init"], r["fraction"], r["labels"]) for r in rows] == [
         ("pretrained", 0.25, 10),
@@ -138,7 +144,8 @@ def test_pretrained_and_random_rows_written(tmp_path):
         assert img.size[0] > 100
     assert json.loads((tmp_path / "label_subsets.json").read_text())["counts"] == {"0.25": 10, "1.0": 40}
     # a later call for one fraction keeps the other fraction's finished run in the table, said so
-    run_label_efficiency(enc_cfg, encoder, train, test, tmp_path, [0.25], cfg, epochs={0.25: 2})
+    options = LabelEfficiencyOptions(fractions=[0.25], recipe=cfg, epochs={0.25: 2})
+    run_label_efficiency(enc_cfg, encoder, train, test, tmp_path, options=options)
     table = (tmp_path / "label_efficiency.md").read_text()
     assert "| 25% labels | 100% labels |" in table
     # (runs this short may end at chance level, which the cells then say)

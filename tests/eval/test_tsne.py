@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mimkit.eval.tsne import save_tsne
+from mimkit.eval.tsne import TsneOptions, save_tsne
 
 
 def test_writes_png(tmp_path):
@@ -17,9 +17,8 @@ def test_writes_png(tmp_path):
         labels,
         tmp_path / "sub" / "tsne.png",
         ["a", "b", "c"],
-        max_points=90,
+        options=TsneOptions(max_points=90, max_iter=250),
         title="t",
-        max_iter=250,
     )
     assert out == tmp_path / "sub" / "tsne.png"
     with Image.open(out) as img:

@@ -216,18 +216,14 @@ class BatchLoader(EpochCursor):
         self._reported += len(new)
 
 
-def build_loader(
-    dataset: Dataset,
-    batch_size: int,
-    shuffle: bool = True,
-    drop_last: bool = True,
-    seed: int = 0,
-    num_workers: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    pin_memory: bool = False,
-) -> BatchLoader:
-    """A :class:`BatchLoader` over ``dataset`` (see there for the arguments)."""
-    return BatchLoader(
-        dataset, batch_size, shuffle, drop_last, seed, num_workers, rank, world_size, pin_memory
+build_loader = BatchLoader  # the name the package builds its loaders by (see BatchLoader for the arguments)
+
+
+def process_loader(dataset: Dataset, batch_size: int, env, **options) -> BatchLoader:
+    """:func:`build_loader` (``options``: shuffle, drop_last, seed, num_workers) for the process ``env``
+    names (a :class:`~mimkit.engine.dist.DistEnv` or anything with its ``rank``, ``world_size``: each takes
+    every ``world_size``-th image, and ``device``: batches pinned for a GPU)."""
+    pin = env.device.type == "cuda"
+    return build_loader(
+        dataset, batch_size, rank=env.rank, world_size=env.world_size, pin_memory=pin, **options
     )

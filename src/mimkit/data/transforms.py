@@ -292,9 +292,9 @@ def build_augment(cfg: DataConfig, dataset) -> PretrainAugment:
     )
 
 
-def build_eval_transform(dataset) -> EvalTransform:
-    """Normalisation only, at the size and with the statistics of ``dataset``."""
-    return EvalTransform(dataset.img_size, dataset.mean, dataset.std)
+def build_eval_transform(dataset, img_size: int | Sequence[int] | None = None) -> EvalTransform:
+    """Normalisation only, with the statistics of ``dataset``, at its size unless ``img_size`` says."""
+    return EvalTransform(img_size or dataset.img_size, dataset.mean, dataset.std)
 
 
 # ----------------------------------------------------------------------------- augmentation

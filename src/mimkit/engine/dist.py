@@ -65,14 +65,6 @@ def setup(device: str = "auto") -> DistEnv:
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
-def current() -> DistEnv:
-    """This process's place in the process group already started (one process if none was)."""
-    if not (torch_dist.is_available() and torch_dist.is_initialized()):
-        return DistEnv()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    return DistEnv(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank)
-
-
 def replica_env(device: torch.device) -> DistEnv:
     """This process, training alone on data every process holds (a linear probe on gathered features):
     no gradient sharing, and only rank 0 writes."""

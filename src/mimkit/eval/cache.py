@@ -21,11 +21,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from mimkit.data.loader import build_loader
-from mimkit.data.transforms import EvalTransform
+from mimkit.data.loader import process_loader
+from mimkit.data.transforms import build_eval_transform
 from mimkit.engine import dist
 from mimkit.engine.checkpoint import save_atomic
-from mimkit.eval.features import extract_pooled
+from mimkit.eval.features import FeaturePass, pooled_batches
 from mimkit.plain import plain
 
 log = logging.getLogger("mimkit")
@@ -94,52 +94,27 @@ def default_cache_dir() -> Path:
     return Path(base) / "mimkit" / "features"
 
 
-def cached_features(
-    encoder: nn.Module,
-    dataset,
-    key: str,
-    cache_dir: str | os.PathLike | None,
-    pool: str = "token",
-    batch_size: int = 512,
-    device: torch.device | str = "cpu",
-    precision: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of every image of ``dataset`` under one pooling, from the cache if there.
-
-    :func:`cached_pooled_features` with ``{pool: key}``.
-
-    Returns:
-        ``features [N, D]`` float32 (not normalised), ``labels [N]`` int64 (-1 where unlabeled).
-    """
-    keys = {pool: key}
-    return cached_pooled_features(encoder, dataset, keys, cache_dir, batch_size, device, precision)[pool]
-
-
 def cached_pooled_features(
-    encoder: nn.Module,
-    dataset,
-    keys: Mapping[str, str],
-    cache_dir: str | os.PathLike | None,
-    batch_size: int = 512,
-    device: torch.device | str = "cpu",
-    precision: str = "auto",
+    encoder: nn.Module, dataset, keys: Mapping[str, str | None], run: FeaturePass
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Features of every image of ``dataset`` for each pooling of ``keys``, cached per pooling.
 
-    The poolings missing from the cache are extracted together, in one pass of :func:`extract_pooled`.
+    The poolings missing from the cache are extracted together, in one pass of
+    :func:`~mimkit.eval.features.pooled_batches`.
 
     Args:
         encoder: a frozen encoder with ``forward_features`` / ``pool``.
         dataset: a labeled or unlabeled :class:`~mimkit.data.ImageDataset` (its own normalisation is used).
-        keys: ``{pool: key}``, each key from :func:`feature_key` for that pooling.
-        cache_dir: where ``features-<key>.pt`` lives; None: no caching.
+        keys: ``{pool: key}``, each key from :func:`feature_key` for that pooling (None: not cached).
+        run: device, precision, batch size; ``features-<key>.pt`` lives in its ``cache_dir`` (None: none).
 
     Returns:
         ``{pool: (features [N, D] float32, not normalised, labels [N] int64, -1 where unlabeled)}``.
     """
     found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    cache_dir = run.cache_dir  # None: nothing is read or written
     for pool, key in keys.items():
-        path = Path(cache_dir) / f"features-{key}.pt" if cache_dir is not None else None
+        path = Path(cache_dir) / f"features-{key}.pt" if cache_dir is not None and key is not None else None
         if path is None or not path.is_file():
             continue
         try:
@@ -151,27 +126,21 @@ def cached_pooled_features(
             log.warning("ignoring unreadable feature cache %s (%s)", path, err)
     missing = [pool for pool in keys if pool not in found]
     if missing:
-        dev = torch.device(device)
-        transform = EvalTransform(dataset.img_size, dataset.mean, dataset.std).to(dev)
-        env = dist.current()
-        batch = min(batch_size, -(-len(dataset) // env.world_size))
         # under torchrun each process takes every world_size-th image; the rows are gathered back in order
-        loader = build_loader(
-            dataset,
-            batch,
-            shuffle=False,
-            drop_last=False,
-            rank=env.rank,
-            world_size=env.world_size,
-            pin_memory=dev.type == "cuda",
-        )
-        feats, labels = extract_pooled(encoder, loader, transform, dev, missing, precision)
-        if env.world_size > 1:
-            feats = {pool: dist.gather_rows(f.to(dev), len(dataset)).cpu() for pool, f in feats.items()}
-            labels = dist.gather_rows(labels.to(dev), len(dataset)).cpu()
+        batch = min(run.batch_size, -(-len(dataset) // run.world_size))
+        loader = process_loader(dataset, batch, run, shuffle=False, drop_last=False)
+        transform = build_eval_transform(dataset).to(run.device)
+        passes = list(pooled_batches(encoder, loader, transform, run, missing))
+        feats = {pool: torch.cat([pooled[pool] for pooled, _ in passes]) for pool in missing}
+        labels = torch.cat([target.cpu() for _, target in passes]).long()
+        if run.world_size > 1:
+            feats = {
+                pool: dist.gather_rows(f.to(run.device), len(dataset)).cpu() for pool, f in feats.items()
+            }
+            labels = dist.gather_rows(labels.to(run.device), len(dataset)).cpu()
         for pool in missing:
             found[pool] = feats[pool], labels
-            if cache_dir is not None and env.rank == 0:
+            if cache_dir is not None and keys[pool] is not None and run.rank == 0:
                 path = Path(cache_dir) / f"features-{keys[pool]}.pt"
                 save_atomic({"features": feats[pool], "labels": labels, "key": keys[pool]}, path)
                 log.info("features cached: %s", path)

@@ -9,7 +9,7 @@ partial fine-tuning and its ``training_step`` (soft targets from label smoothing
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -18,10 +18,9 @@ import torch.nn.functional as F
 from mimkit.data.config import size_pair
 from mimkit.data.mixing import MixUpCutMix, smooth_one_hot
 from mimkit.engine.config import named_options
+from mimkit.eval.recipe import FinetuneConfig
+from mimkit.models import create_encoder, encoder_class
 from mimkit.weights import load_weights
-
-if TYPE_CHECKING:
-    from mimkit.eval.finetune import FinetuneConfig
 
 _FRESH = ("fc_norm.", "head.")  # the classifier's own parameters: never taken from a pretrained encoder
 
@@ -144,12 +143,7 @@ def build_classifier(
     Raises:
         ValueError: ``pretrained`` has keys the classifier lacks, or lacks some it needs.
     """
-    from mimkit.models import create_encoder, encoder_class
-
-    if cfg is None:
-        from mimkit.eval.finetune import FinetuneConfig  # the recipe module builds on this one
-
-        cfg = FinetuneConfig()
+    cfg = cfg or FinetuneConfig()
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     _, options = named_options(encoder_cfg)

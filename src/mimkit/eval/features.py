@@ -1,69 +1,74 @@
-"""One feature-extraction pass of a frozen encoder over a labeled dataset."""
+"""The one feature pass of a frozen encoder: pooled features batch by batch, in a settled precision."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from mimkit.engine.host_memory import keep_freed_memory
-from mimkit.engine.precision import auto_to_native, autocast
+from mimkit.engine.precision import DTYPES, autocast
+
+
+@dataclass(frozen=True)
+class FeaturePass:
+    """How features are computed, settled once by the caller: nothing in it is ``"auto"``.
+
+    Attributes:
+        device: where the encoder runs (under torchrun: this process's device, the group already started).
+        precision: ``"bf16"``, ``"fp16"`` or ``"fp32"`` (resolve ``"auto"`` with
+            :func:`mimkit.engine.precision.resolve_precision` first).
+        batch_size: images per forward pass (per process).
+        cache_dir: where features are cached (:mod:`mimkit.eval.cache`); None: never.
+        rank, world_size: this process's share under torchrun (every ``world_size``-th image, gathered).
+    """
+
+    device: torch.device
+    precision: str
+    batch_size: int = 512
+    cache_dir: Path | None = None
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.precision not in DTYPES:
+            raise ValueError(f"a feature pass runs in one of {', '.join(DTYPES)}, got {self.precision!r}")
 
 
 @torch.no_grad()
-def extract_pooled(
+def pooled_batches(
     encoder: nn.Module,
-    loader,
+    batches: Iterable[tuple[torch.Tensor, Any]],
     transform: nn.Module,
-    device: torch.device | str = "cpu",
+    run: FeaturePass,
     pools: Sequence[str] = ("token",),
-    precision: str = "auto",
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Features of every image under several poolings, from one forward pass per batch.
+) -> Iterator[tuple[dict[str, torch.Tensor], Any]]:
+    """Pooled features of each batch, one forward pass per batch for every pooling.
 
     Args:
-        encoder: has ``forward_features(x) -> [N, T, D]`` and ``pool(features, pool) -> [N, D]``.
-        loader: yields ``(images uint8 [N, C, H, W], labels [N])`` in a fixed order.
-        transform: uint8 batch -> normalised float batch (on ``device``).
+        encoder: has ``forward_features(x) -> [N, T, D]`` and ``pool(tokens, pool) -> [N, D]``.
+        batches: ``(images uint8 [N, C, H, W], anything)``; the second item is passed through.
+        transform: uint8 batch -> normalised float batch (on ``run.device``).
+        run: the device and precision (batch size and cache are the caller's).
         pools: any of ``"token"`` (class token) and ``"avg"`` (mean of patch tokens).
-        precision: ``"auto"`` (bf16 where native, else fp32 on the CPU / fp16 on older GPUs), ``"bf16"``,
-            ``"fp16"`` or ``"fp32"`` (:mod:`mimkit.engine.precision`).
 
-    Returns:
-        ``{pool: features [N, D] float32}`` (not normalised), ``labels`` [N] int64.
+    Yields:
+        ``({pool: features [N, D] float32 on the CPU, not normalised}, the batch's second item)``.
     """
-    device = torch.device(device)
-    precision = auto_to_native(precision, device)
-    if device.type == "cpu":
+    if run.device.type == "cpu":
         keep_freed_memory()  # each batch's activations reuse the previous batch's memory
     was_training = encoder.training
-    encoder.eval().to(device)
-    feats: dict[str, list[torch.Tensor]] = {pool: [] for pool in pools}
-    labels = []
-    for images, target in loader:
-        images = transform(images.to(device, non_blocking=True))
-        with autocast(precision, device.type):
-            tokens = encoder.forward_features(images)
-            for pool, out in feats.items():
-                out.append(encoder.pool(tokens, pool).float().cpu())
-        labels.append(target.cpu())
-    encoder.train(was_training)
-    return {pool: torch.cat(out) for pool, out in feats.items()}, torch.cat(labels).long()
-
-
-def extract_features(
-    encoder: nn.Module,
-    loader,
-    transform: nn.Module,
-    device: torch.device | str = "cpu",
-    pool: str = "token",
-    precision: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled features of every image: :func:`extract_pooled` with one pooling.
-
-    Returns:
-        ``features`` [N, D] float32 (not normalised), ``labels`` [N] int64.
-    """
-    feats, labels = extract_pooled(encoder, loader, transform, device, (pool,), precision)
-    return feats[pool], labels
+    encoder.eval().to(run.device)
+    try:
+        for images, extra in batches:
+            images = transform(images.to(run.device, non_blocking=True))
+            with autocast(run.precision, run.device.type):
+                tokens = encoder.forward_features(images)
+                pooled = {pool: encoder.pool(tokens, pool).float().cpu() for pool in pools}
+            yield pooled, extra  # outside autocast: the caller's code runs between batches
+    finally:
+        encoder.train(was_training)

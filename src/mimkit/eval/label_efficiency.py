@@ -20,7 +20,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ import torch.nn as nn
 from mimkit.data.datasets import ImageDataset
 from mimkit.data.subsets import DEFAULT_FRACTIONS, check_fraction, label_subsets, subset_dataset
 from mimkit.eval.classifier import build_classifier
-from mimkit.eval.finetune import FinetuneConfig, finetune
+from mimkit.eval.finetune import finetune
+from mimkit.eval.recipe import FinetuneConfig
 from mimkit.eval.records import at_chance, final_train_loss, recipe_changes, recipe_record
 
 log = logging.getLogger("mimkit")
@@ -43,13 +44,14 @@ CHANCE_WHY = (
 )
 
 
-def _pct(fraction: float) -> str:
-    return f"{100 * fraction:g}%"
+def pct(fraction: float) -> str:
+    """A label fraction in percent, without the sign: ``0.01`` -> ``"1"``."""
+    return f"{100 * fraction:g}"
 
 
 def run_name(init: str, fraction: float) -> str:
     """The run directory of one label-efficiency run: ``pretrained_1pct``, ``random_100pct``, ..."""
-    return f"{init.split()[0]}_{_pct(fraction).rstrip('%')}pct"
+    return f"{init.split()[0]}_{pct(fraction)}pct"
 
 
 def finished_runs(
@@ -95,20 +97,43 @@ def scratch_recipe(cfg: FinetuneConfig) -> FinetuneConfig:
     return replace(cfg, layer_decay=1.0)
 
 
+@dataclass(frozen=True)
+class LabelEfficiencyOptions:
+    """What a label-efficiency call runs, besides the encoder and the data.
+
+    Attributes:
+        fractions: label fractions in (0, 1], run in this order.
+        recipe: the fine-tuning recipe (its ``train.epochs`` unless ``epochs`` gives one per fraction).
+        epochs: optional epochs per fraction (smaller subsets usually want more epochs); the warm-up keeps
+            the share of the schedule it has in ``recipe``.
+        seed: subsets and fresh parameters.
+        include_random: also run the random-init row.
+        scratch: the random-init rows' recipe; default :func:`scratch_recipe` of ``recipe``.
+        pretrained_label: the ``init`` that the pretrained rows get in the returned rows and the report
+            (e.g. ``"teacher"``); their run folders keep ``pretrained_<fraction>``.
+    """
+
+    fractions: Sequence[float] = DEFAULT_FRACTIONS
+    recipe: FinetuneConfig = field(default_factory=FinetuneConfig)
+    epochs: Mapping[float, int] | None = None
+    seed: int = 0
+    include_random: bool = True
+    scratch: FinetuneConfig | None = None
+    pretrained_label: str = "pretrained"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fractions", tuple(check_fraction(f) for f in self.fractions))
+
+
 def run_label_efficiency(
     encoder_cfg: dict[str, Any],
     pretrained: nn.Module | None,
     train_set: ImageDataset,
     test_set: ImageDataset,
     out_dir: str | os.PathLike,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    cfg: FinetuneConfig | None = None,
-    epochs: Mapping[float, int] | None = None,
-    seed: int = 0,
-    include_random: bool = True,
+    *,
+    options: LabelEfficiencyOptions | None = None,
     config: dict[str, Any] | None = None,
-    scratch: FinetuneConfig | None = None,
-    pretrained_label: str = "pretrained",
 ) -> list[dict[str, Any]]:
     """Fine-tune ``{pretrained, random init} x fractions`` and write the table, CSV and plot.
 
@@ -121,37 +146,29 @@ def run_label_efficiency(
         encoder_cfg: the encoder config (name + options).
         pretrained: the loaded pretrained encoder; None runs the random-init row only.
         train_set, test_set: labeled splits.
-        fractions: label fractions in (0, 1].
-        cfg: the fine-tuning recipe (its ``train.epochs`` unless ``epochs`` gives one per fraction).
-        epochs: optional epochs per fraction (smaller subsets usually want more epochs); the warm-up keeps
-            the share of the schedule it has in ``cfg``.
-        seed: subsets and fresh parameters.
-        include_random: also run the random-init row.
+        options: fractions, recipes, schedules, seed and rows (:class:`LabelEfficiencyOptions`).
         config: extra entries for the runs' stored config (e.g. the checkpoint it came from).
-        scratch: the random-init rows' recipe; default :func:`scratch_recipe` of ``cfg`` (same schedule).
-        pretrained_label: the ``init`` that the pretrained rows get in the returned rows and the report
-            (e.g. ``"teacher"``); their run folders keep ``pretrained_<fraction>``.
 
     Returns:
         One row per run: ``{"init", "fraction", "labels", "test_top1", "steps", "epochs", "at_chance"}``
         (``at_chance``: the run's training loss ended at chance level, see
         :func:`~mimkit.eval.records.at_chance`).
     """
-    fractions = [check_fraction(f) for f in fractions]
+    o = options or LabelEfficiencyOptions()
+    fractions, cfg, seed, include_random = o.fractions, o.recipe, o.seed, o.include_random
     if train_set.num_classes == 0 or test_set.num_classes == 0:
         raise ValueError(f"label efficiency needs labeled data; {train_set.root!r} has no class labels")
-    cfg = cfg or FinetuneConfig()
     out_dir = Path(out_dir)
     subsets = label_subsets(train_set.labels, fractions, seed, out_dir / "label_subsets.json")
     inits = ([] if pretrained is None else ["pretrained"]) + (["random init"] if include_random else [])
     if not inits:
         raise ValueError("nothing to run: no pretrained encoder and include_random=False")
-    recipes = {"pretrained": cfg, "random init": scratch or scratch_recipe(cfg)}
+    recipes = {"pretrained": cfg, "random init": o.scratch or scratch_recipe(cfg)}
     rows = []
     for fraction in fractions:
         for init in inits:
             recipe = recipes[init]
-            run_epochs = int((epochs or {}).get(fraction, recipe.train.epochs))
+            run_epochs = int((o.epochs or {}).get(fraction, recipe.train.epochs))
             # the same share of the schedule as in the recipe
             warmup = recipe.train.warmup_epochs * run_epochs / recipe.train.epochs
             run_cfg = replace(
@@ -174,7 +191,7 @@ def run_label_efficiency(
             log.info(
                 "label efficiency: %s, %s of the labels (%d images), %d epochs",
                 init,
-                _pct(fraction),
+                f"{pct(fraction)}%",
                 len(train),
                 run_epochs,
             )
@@ -189,16 +206,16 @@ def run_label_efficiency(
         ).items()
         if row["fraction"] not in fractions and init in inits
     ]
-    if pretrained_label != "pretrained":
+    if o.pretrained_label != "pretrained":
         rows, earlier = (
-            [dict(r, init=pretrained_label) if r["init"] == "pretrained" else r for r in group]
+            [dict(r, init=o.pretrained_label) if r["init"] == "pretrained" else r for r in group]
             for group in (rows, earlier)
         )
     note = ""
     if earlier:
         note = (
             "Read back from runs an earlier call finished in this folder: "
-            + ", ".join(f"{r['init']} {_pct(r['fraction'])}" for r in earlier)
+            + ", ".join(f"{r['init']} {pct(r['fraction'])}%" for r in earlier)
             + ".\n"
         )
     if include_random:
@@ -234,7 +251,7 @@ def write_label_efficiency_report(
             writer.writerow({k: r.get(k, False) for k in writer.fieldnames})
 
     lines = [
-        "| init | " + " | ".join(f"{_pct(f)} labels" for f in fractions) + " |",
+        "| init | " + " | ".join(f"{pct(f)}% labels" for f in fractions) + " |",
         "|---|" + "---:|" * len(fractions),
     ]
     for init in inits:
@@ -262,7 +279,7 @@ def write_label_efficiency_report(
         points = [(f * 100, table[(init, f)]["test_top1"]) for f in fractions if (init, f) in table]
         ax.plot(*zip(*points, strict=True), marker="o", label=init)
     ax.set_xscale("log")
-    ax.set_xticks([f * 100 for f in fractions], [_pct(f) for f in fractions])
+    ax.set_xticks([f * 100 for f in fractions], [f"{pct(f)}%" for f in fractions])
     ax.set_xlabel("labels used")
     ax.set_ylabel("test top-1 (%)")
     ax.grid(alpha=0.3)

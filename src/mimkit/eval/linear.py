@@ -165,10 +165,8 @@ class LinearProbe(nn.Module):
 
 
 class FeatureSet:
-    """Cached features as a map-style dataset the batch loader slices a whole batch at a time.
-
-    (The loader's in-memory fast path reads ``.images`` and ``.labels``; here ``images`` are features.)
-    """
+    """Cached features for the batch loader's in-memory path, which slices ``.images`` (here the features
+    ``[N, D]``) and ``.labels`` ``[N]`` a whole batch at a time (no per-item access)."""
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor):
         assert features.shape[0] == labels.shape[0], (features.shape, labels.shape)
@@ -177,9 +175,6 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index], int(self.labels[index])
 
 
 def holdout_summary(result: dict[str, Any], unit: str = "") -> str:

@@ -13,10 +13,10 @@ import torch
 import torch.nn as nn
 
 from mimkit.data.datasets import ImageDataset
-from mimkit.data.loader import build_loader
 from mimkit.data.subsets import per_class_subset, subset_dataset
-from mimkit.data.transforms import EvalTransform
-from mimkit.eval.features import extract_features
+from mimkit.engine.precision import auto_to_native
+from mimkit.eval.features import FeaturePass
+from mimkit.eval.frozen import Encoder, Split, features
 from mimkit.eval.knn import knn_accuracy
 
 
@@ -78,12 +78,12 @@ class OnlineKNN:
         """kNN top-1 (%) of ``model``'s encoder (``model.encoder`` if it has one, else ``model``)."""
         encoder = getattr(model, "encoder", model)
         device = next(encoder.parameters()).device
-        transform = EvalTransform(self.bank.img_size, self.bank.mean, self.bank.std).to(device)
-        banks = []
-        for data in (self.bank, self.queries):
-            loader = build_loader(data, min(self.batch_size, len(data)), shuffle=False, drop_last=False)
-            banks.append(extract_features(encoder, loader, transform, device, pool=self.pool))
-        (bank_f, bank_y), (query_f, query_y) = banks
+        # the evaluation's feature pass in this process alone, in the device's native precision
+        run = FeaturePass(device, auto_to_native("auto", device), self.batch_size)
+        entry = Encoder("online kNN", encoder)
+        (bank_f, bank_y), (query_f, query_y) = (
+            features(entry, Split(data), run, (self.pool,))[self.pool] for data in (self.bank, self.queries)
+        )
         return knn_accuracy(bank_f, bank_y, query_f, query_y, ks=(self.k,))[self.k]
 
     @torch.no_grad()

@@ -10,12 +10,10 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mimkit.engine import checkpoint as ckpt
-
-if TYPE_CHECKING:
-    from mimkit.eval.finetune import FinetuneConfig
+from mimkit.eval.recipe import FinetuneConfig
 
 AT_CHANCE = 0.99  # a final training loss above this share of ln(classes) is a run that did not learn
 

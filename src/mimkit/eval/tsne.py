@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,25 +46,36 @@ def tsne_embedding(
     return torch.from_numpy(tsne.fit_transform(x)).float()
 
 
+@dataclass(frozen=True)
+class TsneOptions:
+    """The t-SNE plot's settings.
+
+    Attributes:
+        max_points: plot a per-class sample of about this many points (None: all of them).
+        perplexity, seed: t-SNE settings (the seed also draws the sample).
+        max_iter: t-SNE optimisation steps (scikit-learn's minimum is 250).
+    """
+
+    max_points: int | None = 2000
+    perplexity: float = 30.0
+    seed: int = 0
+    max_iter: int = 1000
+
+
 def save_tsne(
     features: torch.Tensor,
     labels: torch.Tensor,
     path: str | os.PathLike,
     class_names: Sequence[str] | None = None,
-    max_points: int | None = 2000,
-    perplexity: float = 30.0,
-    seed: int = 0,
+    options: TsneOptions | None = None,
     title: str | None = None,
-    max_iter: int = 1000,
 ) -> Path:
     """Write a PNG scatter of the t-SNE of ``features [N, D]``, coloured by ``labels [N]``.
 
     Args:
         class_names: legend names, index = label (default: the label numbers).
-        max_points: plot a per-class sample of about this many points (None: all of them).
-        perplexity, seed: t-SNE settings.
+        options: sample size and t-SNE settings (:class:`TsneOptions`).
         title: figure title.
-        max_iter: t-SNE optimisation steps (scikit-learn's minimum is 250).
 
     Raises:
         ImportError: scikit-learn is not installed.
@@ -71,10 +83,11 @@ def save_tsne(
     """
     if labels.numel() and int(labels.min()) < 0:
         raise ValueError("the t-SNE plot colours points by class and needs labeled features; labels are -1")
-    if max_points is not None and features.shape[0] > max_points:
-        keep = per_class_subset(labels, max_points / features.shape[0], seed)
+    o = options or TsneOptions()
+    if o.max_points is not None and features.shape[0] > o.max_points:
+        keep = per_class_subset(labels, o.max_points / features.shape[0], o.seed)
         features, labels = features[keep], labels[keep]
-    points = tsne_embedding(features, perplexity, seed, max_iter=max_iter).numpy()
+    points = tsne_embedding(features, o.perplexity, o.seed, max_iter=o.max_iter).numpy()
 
     from matplotlib import colormaps
     from matplotlib.figure import Figure

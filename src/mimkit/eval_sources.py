@@ -1,18 +1,15 @@
-"""Where an evaluation's encoder and data come from, and how its features are computed.
+"""Where an evaluation's encoder and data come from: paths and names resolved into modules and datasets.
 
-Three small typed objects carry the inputs every protocol shares (built once from the command line's
-parent parsers, or directly from Python): :class:`EncoderChoice` (a mimkit run or checkpoint, an
-encoder-only file with its architecture's name, or a name alone for a random encoder; the student or SiT's
-EMA teacher), :class:`DataChoice` (the run's data unless another source or root is given, and limits) and
-:class:`FeatureOptions` (pooling, batch, device, precision, cache). :func:`load_encoder` resolves a choice
-into a :class:`LoadedEncoder` and the data config to evaluate on.
+The layer above :mod:`mimkit.eval`, which takes modules only. :class:`EncoderChoice` (a run, a checkpoint,
+an encoder file with its architecture's name or a name alone; student or SiT's EMA teacher),
+:class:`DataChoice` and :class:`FeatureOptions` carry what every protocol shares; :func:`load_encoder`
+resolves them, :func:`encoders` gives the entries to score and :func:`settle` their feature pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +18,12 @@ import torch
 import torch.nn as nn
 
 from mimkit.data import DataConfig, ImageDataset, build_dataset
-from mimkit.engine.precision import PRECISIONS
+from mimkit.engine import dist
+from mimkit.engine.precision import PRECISIONS, resolve_precision
 from mimkit.eval.cache import default_cache_dir
+from mimkit.eval.features import FeaturePass
+from mimkit.eval.frozen import Encoder, Split
+from mimkit.models.hf_names import encoder_config
 from mimkit.pretrain import build_encoder, load_pretrained, resolve_checkpoint
 from mimkit.weights import extract_state_dict, is_model_dir, load_weights, read_checkpoint
 
@@ -127,24 +128,19 @@ def _check_has_encoder(path: Path) -> None:
         )
 
 
-def load_encoder(
-    checkpoint: str | os.PathLike | None,
-    encoder_name: str | None = None,
-    source: str | None = None,
-    root: str | None = None,
-    teacher: bool = False,
-    adapt_channels: bool = False,
-) -> LoadedEncoder:
-    """Resolve a checkpoint argument (see the module docstring) into an encoder and the data to use.
+def load_encoder(choice: EncoderChoice, data: DataChoice | None = None) -> LoadedEncoder:
+    """Resolve an encoder choice (see the module docstring) into an encoder and the data to use.
 
-    ``teacher`` takes the method's momentum (EMA) teacher encoder instead of the student, as DINO-style
-    evaluations do; only a mimkit pretraining checkpoint of a method with a teacher (SiT) has one.
+    ``choice.teacher`` takes the method's momentum (EMA) teacher encoder instead of the student, as
+    DINO-style evaluations do; only a mimkit pretraining checkpoint of a method with a teacher (SiT) has one.
 
     Raises:
         ValueError: no checkpoint and no encoder name; a checkpoint without encoder weights; weights that
             do not fit ``encoder_name``; ``teacher`` for a checkpoint without a teacher.
         FileNotFoundError: no such checkpoint or run directory.
     """
+    checkpoint, encoder_name, teacher = choice.checkpoint, choice.encoder_name, choice.teacher
+    source, root = (data.source, data.root) if data is not None else (None, None)
     path = resolve_checkpoint(checkpoint) if checkpoint is not None else None
     if path is not None:
         _check_has_encoder(path)
@@ -152,8 +148,6 @@ def load_encoder(
         raise ValueError("--teacher needs a mimkit pretraining run or checkpoint (without --encoder)")
     arch: dict[str, Any] | None = None
     if encoder_name is None and path is not None and is_model_dir(path):  # transformers / timm: its config
-        from mimkit.interop import encoder_config
-
         arch = encoder_config(path)
     if encoder_name is None and arch is None:
         if path is None:
@@ -182,7 +176,7 @@ def load_encoder(
     encoder = None
     if path is not None:
         encoder = build_encoder(encoder_cfg)
-        load_weights(encoder, path, adapt_channels=adapt_channels)
+        load_weights(encoder, path, adapt_channels=choice.adapt_channels)
     return LoadedEncoder(encoder, encoder_cfg, data, path, None)
 
 
@@ -225,42 +219,52 @@ def require_labels(dataset: ImageDataset, protocol: str) -> None:
 
 def load_splits(
     data: DataConfig, train_limit: int | None, test_limit: int | None, protocol: str
-) -> tuple[ImageDataset, ImageDataset, DataConfig, DataConfig]:
-    """``(train, test, train data config, test data config)``, both splits labeled (else a ValueError)."""
+) -> tuple[Split, Split]:
+    """The training and test splits of ``data``, both labeled (else a ValueError naming ``protocol``)."""
     train_cfg = dataclasses.replace(data, limit=train_limit)
     test_cfg = dataclasses.replace(data, limit=test_limit)
     train_set = build_dataset(train_cfg, "train")
     require_labels(train_set, protocol)
     test_set = build_dataset(test_cfg, "test", train_dataset=train_set)
     require_labels(test_set, protocol)
-    return train_set, test_set, train_cfg, test_cfg
+    return Split(train_set, train_cfg), Split(test_set, test_cfg)
 
 
-def _random_encoder(encoder_cfg: dict[str, Any], seed: int) -> nn.Module:
-    """The encoder at random init, drawn from ``seed`` (as ``mimkit knn --compare-random``)."""
+def random_encoder(encoder_cfg: dict[str, Any], seed: int, **key: Any) -> Encoder:
+    """``"random init"``: ``encoder_cfg`` with weights drawn from ``seed``; ``key`` adds to its cache key."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_encoder(encoder_cfg)
+        module = build_encoder(encoder_cfg)
+    key = {"encoder": encoder_cfg, "init": "random", "seed": seed, **key}
+    return Encoder("random init", module, None, key)
 
 
-def encoders_to_evaluate(
-    loaded: LoadedEncoder, compare_random: bool, seed: int
-) -> Iterator[tuple[str, nn.Module, Path | None, dict[str, Any]]]:
-    """``(name, encoder, checkpoint, cache-key extras)`` of the pretrained and/or random-init encoder."""
+def encoders(loaded: LoadedEncoder, compare_random: bool, seed: int) -> list[Encoder]:
+    """The loaded encoder (if any) and, if asked for or without one, a random init drawn from ``seed``."""
+    found = []
     if loaded.encoder is not None:
         # the student's key has no "weights" entry, so caches written before --teacher existed stay valid
-        extra = {"encoder": loaded.encoder_cfg} | ({"weights": "teacher"} if loaded.teacher else {})
-        yield loaded.label, loaded.encoder, loaded.checkpoint, extra
+        key = {"encoder": loaded.encoder_cfg} | ({"weights": "teacher"} if loaded.teacher else {})
+        found.append(Encoder(loaded.label, loaded.encoder, loaded.checkpoint, key))
     if compare_random or loaded.encoder is None:
-        extra = {"encoder": loaded.encoder_cfg, "init": "random", "seed": seed}
-        yield "random init", _random_encoder(loaded.encoder_cfg, seed), None, extra
+        found.append(random_encoder(loaded.encoder_cfg, seed))
+    return found
 
 
-def cache_dir_for(loaded: LoadedEncoder, cache_dir: str | os.PathLike | None, use_cache: bool) -> Path | None:
-    if not use_cache:
+def settle(options: FeatureOptions, cache_dir: Path | None = None) -> FeaturePass:
+    """The feature pass of ``options`` in this process, settled once: the process group started (under
+    torchrun: this process's GPU) and ``"auto"`` precision resolved, with its log line."""
+    env = dist.setup(options.device)
+    precision = resolve_precision(options.precision, env.device, announce=env.is_main).precision
+    return FeaturePass(env.device, precision, options.batch_size, cache_dir, env.rank, env.world_size)
+
+
+def cache_dir_for(loaded: LoadedEncoder, options: FeatureOptions) -> Path | None:
+    """``options.cache_dir``, else the run's ``eval/feature_cache``, else the default; None: no cache."""
+    if not options.use_cache:
         return None
-    if cache_dir is not None:
-        return Path(cache_dir)
+    if options.cache_dir is not None:
+        return Path(options.cache_dir)
     return loaded.run_dir / "eval" / "feature_cache" if loaded.run_dir is not None else default_cache_dir()
 
 
@@ -269,9 +273,3 @@ def out_dir_for(loaded: LoadedEncoder, out_dir: str | os.PathLike | None, protoc
         return Path(out_dir)
     name = f"{protocol}_teacher" if loaded.teacher else protocol  # its runs never resume the student's
     return (loaded.run_dir / "eval" if loaded.run_dir is not None else Path("runs") / "eval") / name
-
-
-def load_choice(encoder: EncoderChoice, data: DataChoice) -> LoadedEncoder:
-    """:func:`load_encoder` for the typed choices."""
-    e = encoder
-    return load_encoder(e.checkpoint, e.encoder_name, data.source, data.root, e.teacher, e.adapt_channels)
