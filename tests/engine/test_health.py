@@ -128,6 +128,16 @@ def test_a_finished_budget_run_says_so_and_more_minutes_train_on_to_min_lr(tmp_p
     assert rows(tmp_path)[-1]["step"] == 30 and rows(tmp_path)[-1]["lr"] == pytest.approx(MIN_LR)
 
 
+def test_more_epochs_extend_a_run_whose_budget_bought_its_whole_schedule(tmp_path, images):
+    first = mae_trainer(tmp_path, images, epochs=1, max_minutes=1.0)  # 5 steps of 1 s: all fit in 60 s
+    first.fit()
+    assert first.planned_steps == 5 and first.step == 5
+    more = mae_trainer(tmp_path, images, epochs=2, max_minutes=1.0)  # the plan did not bind: plan again
+    more.fit()
+    assert more.step == 10 and more.planned_steps == 10
+    assert rows(tmp_path)[-1]["step"] == 10 and rows(tmp_path)[-1]["lr"] == pytest.approx(MIN_LR)
+
+
 def test_a_finished_run_names_train_epochs(tmp_path, images, caplog):
     mae_trainer(tmp_path, images, epochs=1).fit()
     with caplog.at_level("INFO", logger="mimkit"):

@@ -243,6 +243,7 @@ class Trainer:
             "elapsed_s": self.elapsed_s,
             "planned_steps": self.planned_steps,
             "budget_minutes": self.budget_minutes,
+            "total_steps": self.total_steps,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "config": self.config,
             "identity": self.identity,
@@ -281,22 +282,34 @@ class Trainer:
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
         self.planned_steps = state.get("planned_steps")
         self.budget_minutes = state.get("budget_minutes")
-        minutes, planned_for = self.cfg.max_minutes, self.budget_minutes
-        if self.planned_steps is not None and minutes and planned_for and minutes > planned_for:
-            if self.env.is_main:
-                log.info(
-                    "train.max_minutes raised from %g to %g: the rest of the schedule is fitted again to the "
-                    "time left (the lr rises from where step %d left it)",
-                    self.budget_minutes,
-                    minutes,
-                    self.step,
-                )
-            self.planned_steps = None
+        self._plan_again(state.get("total_steps", self.total_steps))
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
         if self.env.is_main:
             log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+
+    def _plan_again(self, total_before: int) -> None:
+        """A resumed budget plan is made again when it no longer holds: a larger ``train.max_minutes``, or
+        more ``train.epochs`` where the budget had bought the whole schedule (a plan the budget bound stays:
+        more epochs buy no more time)."""
+        minutes, planned_for = self.cfg.max_minutes, self.budget_minutes
+        if self.planned_steps is None or not minutes:
+            return
+        if planned_for and minutes > planned_for:
+            why = f"train.max_minutes raised from {planned_for:g} to {minutes:g}"
+        elif self.total_steps > total_before and self.planned_steps >= total_before:
+            why = f"train.epochs raised to {self.cfg.epochs}"
+        else:
+            return
+        if self.env.is_main:
+            log.info(
+                "%s: the rest of the schedule is fitted again to the time left (the lr rises from where step "
+                "%d left it)",
+                why,
+                self.step,
+            )
+        self.planned_steps = None
 
     def _micro_from_images(self, state: dict[str, Any], path: str | os.PathLike) -> int:
         """The micro-batch to resume at, from the images the epoch had consumed (any world size)."""

@@ -270,7 +270,7 @@ class SiT(Pretrained, nn.Module):
         """What the losses would be for a model that learned nothing, on views of the batch the trainer
         hands to :meth:`training_step`; the trainer shows the loss against it (:mod:`mimkit.engine.health`).
 
-        Reconstruction: each patch's mean colour (:func:`~mimkit.losses.l1.patch_mean_l1`). Contrastive:
+        Reconstruction: each patch's mean colour (``mimkit.losses.patch_mean_l1``). Contrastive:
         embeddings that tell no image from another, so every candidate is as likely as the positive:
         ``ln(2M - 1)`` for ``M`` images over all processes (NT-Xent's ``2M - 1`` candidates per anchor).
         The views are random: the trainer keeps this call's draws out of the training's.
