@@ -207,16 +207,18 @@ def test_other_methods_pretrain_and_reconstruct(config, tiny, panels, tmp_path, 
         f"output_dir={tmp_path}",
     ]
     assert main(["pretrain", "--config", config, *tiny, *common]) == 0
+    # the picture at the end of training (train.picture_every_minutes), of the run's last step
+    assert [p.name for p in (tmp_path / "pictures").iterdir()] == ["reconstruction_step000002.png"]
     shown = {}
-    import mimkit.cli
+    import mimkit.viz.reconstruction
 
-    real = mimkit.cli.save_reconstruction_grid
+    real = mimkit.viz.reconstruction.save_reconstruction_grid
 
     def spy(images, outputs, *args, **kwargs):
         shown.update(outputs)
         return real(images, outputs, *args, **kwargs)
 
-    monkeypatch.setattr(mimkit.cli, "save_reconstruction_grid", spy)
+    monkeypatch.setattr(mimkit.viz.reconstruction, "save_reconstruction_grid", spy)
     assert main(["reconstruct", str(tmp_path), "--out", str(tmp_path / "r.png"), "--num", "2"]) == 0
     assert panels in shown and shown["reconstruction"].shape == shown[panels].shape
     assert (tmp_path / "r.png").stat().st_size > 0

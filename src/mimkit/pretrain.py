@@ -30,6 +30,7 @@ from mimkit.engine.trainer import Trainer
 from mimkit.hub import CONFIG, FORMAT, WEIGHTS
 from mimkit.methods import create_method
 from mimkit.models import create_encoder
+from mimkit.viz import DEFAULT_STRETCH, ReconstructionPictures
 from mimkit.weights import is_model_dir, load_weights, read_checkpoint
 
 log = logging.getLogger("mimkit")
@@ -107,6 +108,16 @@ def build_trainer(
         )
     if config is None:
         config = {**to_dict(cfg), "data_stats": data_stats(dataset)}
+    picture = None
+    if hasattr(method, "reconstruct") and hasattr(method, "encoder"):
+        float_data = getattr(dataset, "dtype", torch.uint8) != torch.uint8
+        picture = ReconstructionPictures(
+            run_dir,
+            dataset.mean,
+            dataset.std,
+            title=f"{cfg.method['name']} {cfg.encoder['name']}",
+            stretch=DEFAULT_STRETCH if float_data else None,
+        )
     return Trainer(
         method,
         loader,
@@ -118,6 +129,7 @@ def build_trainer(
         identity=identity or {"encoder": cfg.encoder, "method": cfg.method},  # a resume: the same model
         extras={"grid_size": list(method.encoder.grid_size)} if hasattr(method, "encoder") else {},
         callbacks=callbacks,
+        picture=picture,
     )
 
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from mimkit.heads import MAEDecoder
 from mimkit.hub import Pretrained
-from mimkit.losses import masked_mse, normalize_patches
+from mimkit.losses import masked_mse, normalize_patches, patch_mean_mse
 from mimkit.masking import random_token_mask
 from mimkit.masking.random_tokens import check_ratio
 from mimkit.methods.registry import METHODS
@@ -81,6 +81,17 @@ class MAE(Pretrained, nn.Module):
     def training_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """The trainer's entry point: ``batch = (images, labels)``; labels are ignored."""
         return self(batch[0])
+
+    @torch.no_grad()
+    def loss_baseline(self, batch: tuple[torch.Tensor, ...]) -> tuple[str, dict[str, torch.Tensor]]:
+        """What the loss would be for a prediction that learned nothing: each patch's mean (zeros with
+        ``norm_pix_loss``), on the batch the trainer hands to :meth:`training_step`; the trainer shows the
+        loss against it (:mod:`mimkit.engine.health`).
+
+        Returns:
+            ``(what the trivial prediction is, {"loss": scalar})``.
+        """
+        return "predicting each patch's mean", {"loss": patch_mean_mse(self.target(batch[0]))}
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

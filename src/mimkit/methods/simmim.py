@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from mimkit.heads import PixelShuffleHead
 from mimkit.hub import Pretrained
-from mimkit.losses import masked_l1
+from mimkit.losses import masked_l1, patch_mean_l1
 from mimkit.masking import BlockMaskGenerator
 from mimkit.methods.registry import METHODS
 from mimkit.models.masked import check_masked_encoder
@@ -105,6 +105,17 @@ class SimMIM(Pretrained, nn.Module):
     def training_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """The trainer's entry point: ``batch = (images, labels)``; labels are ignored."""
         return self(batch[0])
+
+    @torch.no_grad()
+    def loss_baseline(self, batch: tuple[torch.Tensor, ...]) -> tuple[str, dict[str, torch.Tensor]]:
+        """What the loss would be for a prediction that learned nothing: each patch's mean colour (per
+        channel), on the batch the trainer hands to :meth:`training_step`; the trainer shows the loss
+        against it (:mod:`mimkit.engine.health`).
+
+        Returns:
+            ``(what the trivial prediction is, {"loss": scalar})``.
+        """
+        return "predicting each patch's mean", {"loss": patch_mean_l1(batch[0], self.patch_size)}
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
