@@ -214,22 +214,11 @@ def _pretrain(cfg: PretrainConfig, env: dist.DistEnv, run_dir: Path) -> None:
     if cfg.online_knn.every:
         from mimkit.eval.online_knn import OnlineKNN
 
-        knn = cfg.online_knn
         bank = dataset  # the labeled training images, never the held-out ones
         if cfg.data.labeled_root or (cfg.data.holdout_in_pretraining and cfg.data.split_file):
             bank = build_dataset(_with_stats(cfg.data, dataset), "train")
         test_set = build_dataset(cfg.data, "test", train_dataset=bank)
-        callbacks.append(
-            OnlineKNN(
-                bank,
-                test_set,
-                every=knn.every,
-                k=knn.k,
-                pool=knn.pool,
-                bank_size=knn.bank_size,
-                query_size=knn.query_size,
-            )
-        )
+        callbacks.append(OnlineKNN(bank, test_set, **dataclasses.asdict(cfg.online_knn)))
     if cfg.init_weights and last_checkpoint(run_dir) is None:  # a resumed run has its own weights
         load_weights(method.encoder, resolve_checkpoint(cfg.init_weights), adapt_channels=cfg.adapt_channels)
         log.info("encoder initialised from %s", cfg.init_weights)
@@ -242,16 +231,11 @@ def _pretrain(cfg: PretrainConfig, env: dist.DistEnv, run_dir: Path) -> None:
         note = f"train.precision {cfg.train.precision} ran as {native} on {env.device}"
         save_config(ran, run_dir / "config.yaml", header=note if cfg.train.precision != native else "")
         n_params = sum(p.numel() for p in method.parameters()) / 1e6
+        skipped = f", {dataset.skipped} unreadable skipped" if dataset.skipped else ""
         log.info(
-            "pretraining %s on %s (%d images%s) with %s (%.1fM parameters) -> %s",
-            cfg.method["name"],
-            cfg.data.source,
-            len(dataset),
-            f", {dataset.skipped} unreadable skipped" if dataset.skipped else "",
-            cfg.encoder["name"],
-            n_params,
-            run_dir,
-        )
+            "pretraining %s on %s (%d images%s) with %s (%.1fM parameters) -> %s", cfg.method["name"],
+            cfg.data.source, len(dataset), skipped, cfg.encoder["name"], n_params, run_dir,
+        )  # fmt: skip
     build_trainer(cfg, dataset, method, run_dir, config=resolved, callbacks=callbacks).fit()
 
 
