@@ -96,6 +96,8 @@ def subset_dataset(dataset: ImageDataset, indices: torch.Tensor) -> ImageDataset
         resize_mode=dataset.resize_mode,
         root=dataset.root,
         split=dataset.split,
+        decode=dataset.decode,  # a lazy subset decodes its files as the whole set does (bands, 16 bits)
+        clip=dataset.clip,
     )
 
 

@@ -86,7 +86,8 @@ class SiT(Pretrained, nn.Module):
         momentum: teacher momentum at step 0; it rises to 1 on a cosine over training.
         augment: make the views here (``False``: the batch is used as is, for pipelines that augment).
         pixel_mean: the data pipeline's per-channel mean, so colour jitter / solarise work on real
-            ``[0, 1]`` pixels; ``None`` uses each batch's per-channel range instead.
+            ``[0, 1]`` pixels (pretraining gives the training data's); ``None`` uses each batch's
+            per-channel range instead.
         pixel_std: the data pipeline's per-channel standard deviation (with ``pixel_mean``).
         augment_options: extra :class:`~mimkit.methods.views.TwoViewAugment` options (``blur_p``, ...).
     """
@@ -330,10 +331,11 @@ _CONTRASTIVE_OPTIONS = (
 
 
 @METHODS.register("gmml")
-def gmml(encoder: nn.Module, **kwargs: Any) -> SiT:
+def gmml(encoder: nn.Module, pixel_mean: Any = None, pixel_std: Any = None, **kwargs: Any) -> SiT:
     """GMML preset: reconstruction only (no teacher, no contrastive loss), L1 on corrupted pixels.
 
-    Options of the contrastive part (teacher, projector, loss weighting) are refused rather than ignored.
+    Options of the contrastive part (teacher, projector, loss weighting) are refused rather than ignored;
+    ``pixel_mean`` / ``pixel_std`` are named so that pretraining hands over the data's, as to :class:`SiT`.
     """
     unused = [k for k in _CONTRASTIVE_OPTIONS if k in kwargs]
     if unused:
@@ -343,4 +345,4 @@ def gmml(encoder: nn.Module, **kwargs: Any) -> SiT:
             f"reconstruction alone); remove {given}, or use method 'sit'"
         )
     kwargs.setdefault("recon_loss", "masked")
-    return SiT(encoder, contrastive=False, **kwargs)
+    return SiT(encoder, contrastive=False, pixel_mean=pixel_mean, pixel_std=pixel_std, **kwargs)
