@@ -9,7 +9,6 @@ mimkit export runs/mae encoder.safetensors
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -56,10 +55,7 @@ def run_pretrain(config: str | None, overrides: list[str], folder: str | None = 
     if saved.is_file():  # a run of this folder exists: resume it with its own recipe, never a new plan
         log.info("%s has a recipe already: resuming with it (its config.yaml)", cfg.output_dir)
         return pretrain(load_config(saved, overrides))
-    if dist.is_main_process():
-        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-        Path(cfg.output_dir, RECIPE_RECORD).write_text(json.dumps(record, indent=1) + "\n")
-    return pretrain(cfg)
+    return pretrain(cfg, records={RECIPE_RECORD: record})
 
 
 def run_reconstruct(

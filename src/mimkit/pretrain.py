@@ -192,13 +192,22 @@ def _with_stats(data: DataConfig, dataset) -> DataConfig:
     )
 
 
-def pretrain(cfg: PretrainConfig) -> Path:
-    """Run (or resume) the pretraining described by ``cfg``; returns the run directory."""
+def pretrain(cfg: PretrainConfig, records: dict[str, Any] | None = None) -> Path:
+    """Run (or resume) the pretraining described by ``cfg``; returns the run directory.
+
+    ``records``: JSON files written into the run directory once its lock is held (file name -> value),
+    e.g. how the recipe was chosen (:mod:`mimkit.recipe`).
+    """
     env = dist.setup(cfg.train.device)
     run_dir = Path(cfg.output_dir)
     # one writer per run directory, from before any data is read (a second run stops at once) to its last
     # checkpoint (the trainer re-enters)
     with RunLock(run_dir, enabled=env.is_main):
+        if env.is_main:
+            for name, value in (records or {}).items():  # whole or not at all: written aside, then renamed
+                aside = run_dir / f".{name}.tmp-{os.getpid()}"
+                aside.write_text(json.dumps(value, indent=1) + "\n")
+                os.replace(aside, run_dir / name)
         _pretrain(cfg, env, run_dir)
     return run_dir
 
