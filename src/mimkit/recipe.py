@@ -242,6 +242,11 @@ def _method_choices(method: str, encoder: str, patch: int) -> list[Choice]:
 
 
 def _method(fp: Fingerprint, hw: Machine) -> tuple[str, str]:
+    if fp.channels not in (1, 3):
+        return "mae", (
+            f"{fp.channels} bands: MAE, as multispectral pretraining does (SatMAE); SiT's photometric views "
+            "were made for RGB"
+        )
     if hw.device == "cuda" or fp.images >= SIT_MAX_IMAGES:
         return "mae", "MAE (He et al., 2021): the paper's method at scale, and the one to fine-tune from"
     return "sit", (
