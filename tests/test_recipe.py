@@ -69,6 +69,8 @@ def test_plan_for_small_rgb_photos_on_a_cpu():
     assert v["train.batch_size"] == 64
     assert v["train.warmup_epochs"] == 14  # ceil(200 steps / 15 steps per epoch)
     assert v["train.max_minutes"] == 10.0 and v["train.precision"] == "bf16"
+    # a schedule the user shortens keeps its warm-up to a tenth of it: 25 epochs -> 2 (not 14)
+    assert _values(plan(_fp(images=1000, short=64), CPU, {"train.epochs": 25}))["train.warmup_epochs"] == 2
     assert "data.clip" not in v
 
 
@@ -126,8 +128,9 @@ def test_pretrain_on_a_folder_plans_records_and_resumes_with_its_recipe(tmp_path
     assert record["fingerprint"]["images"] == 20 and record["fingerprint"]["classes"] == {"a": 10, "b": 10}
     assert any(c["key"] == "data.img_size" and c["value"] == 24 for c in record["choices"])
     assert re.search(r"train\.batch_size +8 +set on the command line", caplog.text)
-    # the warm-up follows the batch given: 20 images // 8 = 2 steps per epoch -> ceil(200 / 2) epochs
-    assert config["train"]["warmup_epochs"] == 100
+    # the warm-up follows the batch given: 16 images to pretrain on // 8 = 2 steps per epoch -> ceil(200 / 2)
+    # = 100 epochs, at most a tenth of the 800 planned: 80
+    assert config["train"]["warmup_epochs"] == 80
     caplog.clear()
     assert main(["pretrain", str(images), f"output_dir={out}", *TINY[:-4], "train.max_steps=3"]) == 0
     assert "has a recipe already" in caplog.text

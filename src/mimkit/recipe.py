@@ -269,7 +269,9 @@ def plan(fp: Fingerprint, hw: Machine, given: dict[str, Any] | None = None) -> l
     method, why_method = _method(fp, hw)
     method = given.get("method.name", method)
     batch, why_batch = _batch(fp, hw)
+    # about WARMUP_STEPS of warm-up, and at most a tenth of a schedule the user shortened
     warmup = math.ceil(WARMUP_STEPS / max(1, fp.pretrain_images // given.get("train.batch_size", batch)))
+    warmup = min(warmup, max(1, round(given.get("train.epochs", MAX_EPOCHS) / 10)))
     minutes = given.get("train.max_minutes")
     budget = minutes if minutes is not None else GPU_MINUTES if hw.device == "cuda" else CPU_MINUTES
     bits = {8: "8-bit", 16: "16-bit", 32: "float"}[fp.bit_depth]
@@ -293,7 +295,7 @@ def plan(fp: Fingerprint, hw: Machine, given: dict[str, Any] | None = None) -> l
         Choice("train.batch_size", batch, why_batch),
         Choice("train.max_minutes", budget, f"the default budget on a {device}: the schedule fits it"),
         Choice("train.epochs", MAX_EPOCHS, "an upper bound: the budget usually ends the run first"),
-        Choice("train.warmup_epochs", warmup, f"about {WARMUP_STEPS} steps of warm-up"),
+        Choice("train.warmup_epochs", warmup, f"about {WARMUP_STEPS} steps of warm-up, at most a tenth"),
         Choice("train.precision", hw.precision, f"native on this {device}"),
     ]
 
