@@ -141,12 +141,14 @@ def strong_run(run, tmp_path_factory):
     return copy
 
 
-def test_predictions_are_the_classifiers_softmax_ranked(run, strong_run, tmp_path, capsys):
+def test_predictions_are_the_classifiers_softmax_ranked(run, strong_run, tmp_path, capsys, caplog):
     pretrain_run, ft_run, new = run
     out = tmp_path / "predictions.csv"
     assert main(["predict", str(pretrain_run), str(new), "--out", str(out)]) == 0  # its eval/finetune
     said = capsys.readouterr().out
     assert "7 images" in said and "1 unreadable file(s) skipped" in said
+    warned = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].endswith("skipped 1 unreadable file(s): " + str(new / "broken.png"))
     rows = read_rows(out)
     assert list(rows[0]) == ["filename", "label_0", "prob_0", "label_1", "prob_1"]  # top 5 capped at 2
     names = [r["filename"] for r in rows]

@@ -178,12 +178,12 @@ def predict(
     """The ``topk`` classes of every image under ``folder`` by the classifier of the fine-tuning run ``run``
     (or of a pretraining run's ``eval/finetune``), written to ``out`` (CSV):
     :func:`~mimkit.eval.predict.write_predictions`. ``features`` gives the batch size, device and precision
-    (``FeatureOptions(precision="fp32")``: the precision the held-out score was measured in).
+    (default: batches of 256 in fp32, the precision the held-out score was measured in).
 
     Returns:
         ``{"rows", "topk", "skipped", "path", "seconds", "classifier"}`` (the fine-tuning run directory).
     """
-    features = features or FeatureOptions(precision="fp32")
+    features = features or FeatureOptions(batch_size=256, precision="fp32")
     csv_path(out)
     saved = load_classifier(run)
     check_topk(topk, len(saved.classes))

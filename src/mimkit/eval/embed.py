@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mimkit.data.datasets import ImageDataset
 from mimkit.data.loader import build_loader
 from mimkit.data.transforms import build_eval_transform
 from mimkit.eval.features import FeaturePass, pooled_batches
@@ -37,6 +38,7 @@ from mimkit.eval.frozen import Encoder, Split, cache_key
 
 log = logging.getLogger("mimkit")
 SAVE_EVERY_S = 10.0  # a killed pass resumes from at most this long ago
+_SHOWN = 3  # unreadable files named in the pass's warning
 
 
 @dataclass
@@ -66,7 +68,7 @@ class RowPass:
 
 
 def resumable_rows(
-    dataset,
+    dataset: ImageDataset,
     out: Path,
     key: str | None,
     row: tuple[np.dtype | str, tuple[int, ...]],
@@ -81,7 +83,7 @@ def resumable_rows(
     interrupted); a call with the same ``key`` continues from there, any other starts over.
 
     Args:
-        dataset: an :class:`~mimkit.data.ImageDataset` (or anything the shared loader reads).
+        dataset: the images (in memory, or files decoded on the fly).
         out: the final output; the partial array and the record go next to it.
         key: what a resume must match (None: never resume).
         row: ``(dtype, shape)`` of one row (a structured dtype and ``()`` for records).
@@ -104,7 +106,9 @@ def resumable_rows(
     )
     # the evaluation's loader: in-memory splits sliced a batch at a time, others decoded in worker
     # processes, leaving unreadable files out of the batches (the indices it skipped are theirs)
-    loader = build_loader(dataset, batch_size, shuffle=False, drop_last=False, num_workers=num_workers)
+    loader = build_loader(
+        dataset, batch_size, shuffle=False, drop_last=False, num_workers=num_workers, report_skipped=False
+    )  # the unreadable files are said once, at the end
     loader.set_start_batch(done // batch_size)
 
     def checkpoint(done: int) -> None:  # the rows up to "done" are on disk, then the record says so
@@ -135,8 +139,11 @@ def resumable_rows(
     kept = [i for i in range(len(dataset)) if i not in unreadable]
     # found during the pass (the loader counts them in dataset.skipped too), or when an in-memory split loaded
     skipped = len(unreadable) + (dataset.skipped if dataset.in_memory else 0)
-    if skipped:
-        log.info("%s: %d unreadable images skipped", name, skipped)
+    if unreadable:
+        files = dataset.files
+        names = [str(files[i]) if files is not None else f"#{i}" for i in sorted(unreadable)[:_SHOWN]]
+        more = ", ..." if len(unreadable) > _SHOWN else ""
+        log.warning("%s: skipped %d unreadable file(s): %s%s", name, len(unreadable), ", ".join(names), more)
     return RowPass(rows, kept, skipped, seconds, partial, progress_file)
 
 

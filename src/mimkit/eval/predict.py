@@ -42,7 +42,9 @@ _CONVERTIBLE = {1, 3, 4}  # grey, RGB and RGBA convert into each other
 def check_topk(topk: int, classes: int) -> int:
     """``min(topk, classes)``; a ValueError for a ``topk`` below 1."""
     if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
-        raise ValueError(f"--topk must be a whole number >= 1 (at most the {classes} classes), got {topk!r}")
+        raise ValueError(
+            f"--topk must be a whole number >= 1 (above the {classes} classes: all of them), got {topk!r}"
+        )
     return min(topk, classes)
 
 
