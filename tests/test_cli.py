@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -207,16 +209,18 @@ def test_other_methods_pretrain_and_reconstruct(config, tiny, panels, tmp_path, 
         f"output_dir={tmp_path}",
     ]
     assert main(["pretrain", "--config", config, *tiny, *common]) == 0
+    # the picture at the end of training (train.picture_every_minutes), of the run's last step
+    assert [p.name for p in (tmp_path / "pictures").iterdir()] == ["reconstruction_step000002.png"]
     shown = {}
-    import mimkit.cli
+    import mimkit.viz.reconstruction
 
-    real = mimkit.cli.save_reconstruction_grid
+    real = mimkit.viz.reconstruction.save_reconstruction_grid
 
     def spy(images, outputs, *args, **kwargs):
         shown.update(outputs)
         return real(images, outputs, *args, **kwargs)
 
-    monkeypatch.setattr(mimkit.cli, "save_reconstruction_grid", spy)
+    monkeypatch.setattr(mimkit.viz.reconstruction, "save_reconstruction_grid", spy)
     assert main(["reconstruct", str(tmp_path), "--out", str(tmp_path / "r.png"), "--num", "2"]) == 0
     assert panels in shown and shown["reconstruction"].shape == shown[panels].shape
     assert (tmp_path / "r.png").stat().st_size > 0
@@ -326,3 +330,63 @@ def test_a_run_directory_in_use_is_refused_in_one_line(tmp_path, tiny, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("mimkit: error: run directory") and "in use by pid 1" in err and "\n" not in err
     assert not (tmp_path / "config.yaml").exists()  # nothing written into the other run's directory
+
+
+def test_a_locked_run_directory_is_refused_before_any_data_is_read(tmp_path, tiny, capsys, monkeypatch):
+    """The lock is taken first: a second run stops at once, not after decoding its dataset (here a dataset
+    builder that fails if called), and the run after it removes a dead writer's temporary checkpoint."""
+    import socket
+    import time
+
+    import mimkit.pretrain
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the dataset was built before the run's lock was taken")
+
+    monkeypatch.setattr(mimkit.pretrain, "build_dataset", no_data)
+    (tmp_path / ".lock").write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "since": "t"}))
+    argv = ["pretrain", "--config", MAE, f"output_dir={tmp_path}", *tiny]
+    start = time.perf_counter()
+    assert main(argv) == 2
+    assert time.perf_counter() - start < 1.0
+    assert "in use by pid 1" in capsys.readouterr().err
+
+    (tmp_path / ".lock").unlink()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead = int(gone.stdout)  # a process id that is no longer alive
+    stale = tmp_path / f".last.pt.tmp-{dead}"
+    stale.write_bytes(b"half a checkpoint")
+    with pytest.raises(AssertionError, match="before the run's lock"):  # the lock, then the data
+        main(argv)
+    assert not stale.exists() and not (tmp_path / ".lock").exists()
+    with pytest.raises(AssertionError):
+        main(["pretrain", "--config", MAE, f"output_dir={tmp_path / 'new'}", *tiny])
+    assert not (tmp_path / "new").exists()  # a run that stopped before writing leaves no empty directory
+
+
+def test_sit_takes_the_pixel_statistics_of_its_training_folder(tmp_path):
+    """SiT's views undo the data's normalisation with the training data's mean / std, handed over by
+    pretraining and recorded in the run's config: here a folder of grey 51 and 204 images, mean
+    (51 + 204) / 2 / 255 = 0.5 and std (204 - 51) / 2 / 255 = 0.3 (Fashion-MNIST's: 0.286 / 0.353)."""
+    from mimkit.pretrain import load_pretrained
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(8):
+        Image.new("L", (28, 28), 51 if i % 2 else 204).save(folder / f"{i}.png")
+    run = tmp_path / "run"
+    argv = [
+        "pretrain", "--config", "configs/sit_fashion_mnist.yaml", str(folder), f"output_dir={run}",
+        "encoder.embed_dim=32", "encoder.depth=1", "encoder.num_heads=2", "method.recon_hidden_dim=32",
+        "method.proj_hidden_dim=32", "method.proj_dim=16", "train.batch_size=4", "train.epochs=1",
+        "train.progress=false", "train.tensorboard=false",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    saved = (run / "config.yaml").read_text()
+    method, cfg, _ = load_pretrained(run)
+    assert cfg.method["pixel_mean"] == pytest.approx([0.5]) and cfg.method["pixel_std"] == pytest.approx(
+        [0.3]
+    )
+    assert "pixel_mean" in saved
+    assert method.augment.mean.flatten().tolist() == pytest.approx([0.5])
+    assert method.augment.std.flatten().tolist() == pytest.approx([0.3])

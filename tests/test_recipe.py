@@ -39,6 +39,9 @@ def test_fingerprint_reads_counts_sizes_bands_and_depth(tmp_path):
     assert (fp.height, fp.width) == (40, 60) and fp.channels == 3 and fp.bit_depth == 8
     assert fp.short_side == 30  # the 10th percentile of the shorter sides: index 16 // 10 = 1 -> 30
     assert not fp.has_test
+    # no test part: the split holds out round(0.2 n) of each class, at least 1: 1 + 1 + 1 (5, 7, 4 images)
+    assert fp.held_out == 3 and fp.pretrain_images == 13
+    assert fingerprint(tmp_path / "rgb", holdout=None).held_out == 0
     grey16 = fingerprint(_folder(tmp_path / "deep", {"x": [(32, 32)] * 3}, mode="I;16"))
     assert (grey16.channels, grey16.bit_depth, grey16.classes) == (1, 16, {"x": 3})
 
@@ -47,7 +50,7 @@ def test_fingerprint_of_a_folder_with_a_split_reads_its_train_part(tmp_path):
     _folder(tmp_path / "train", {"a": [(24, 24)] * 6, "b": [(24, 24)] * 6})
     _folder(tmp_path / "test", {"a": [(24, 24)] * 2, "b": [(24, 24)] * 2})
     fp = fingerprint(tmp_path)
-    assert fp.images == 12 and fp.has_test
+    assert fp.images == 12 and fp.has_test and fp.held_out == 0
 
 
 def _fp(images=1000, short=64, channels=3, depth=8):
@@ -93,7 +96,7 @@ def test_plan_picks_the_method_for_the_folder_and_the_machine():
 
 def test_plan_clips_deep_images_and_keeps_every_band():
     v = _values(plan(_fp(images=800, short=64, channels=13, depth=16), CPU))
-    assert v["data.clip"] == [0.5, 99.5] and v["data.channels"] == 13
+    assert v["data.clip"] == [0.5, 99.5] and v["data.channels"] == 13 and v["method.name"] == "mae"
 
 
 TINY = [

@@ -10,7 +10,6 @@ mimkit export runs/mae encoder.safetensors
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -36,7 +35,7 @@ from mimkit.eval_sources import eval_data_config
 from mimkit.models import create_encoder
 from mimkit.pretrain import load_pretrained, pretrain, resolve_checkpoint
 from mimkit.recipe import RECIPE_RECORD, choose
-from mimkit.viz import DEFAULT_STRETCH, display_bands, save_reconstruction_grid
+from mimkit.viz import DEFAULT_STRETCH, display_bands, draw_reconstructions
 from mimkit.weights import export_encoder_safetensors, load_weights
 
 log = logging.getLogger("mimkit")
@@ -60,10 +59,7 @@ def run_pretrain(config: str | None, overrides: list[str], folder: str | None = 
     if saved.is_file():  # a run of this folder exists: resume it with its own recipe, never a new plan
         log.info("%s has a recipe already: resuming with it (its config.yaml)", cfg.output_dir)
         return pretrain(load_config(saved, overrides))
-    if dist.is_main_process():
-        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-        Path(cfg.output_dir, RECIPE_RECORD).write_text(json.dumps(record, indent=1) + "\n")
-    return pretrain(cfg)
+    return pretrain(cfg, records={RECIPE_RECORD: record})
 
 
 def run_reconstruct(
@@ -90,17 +86,10 @@ def run_reconstruct(
     display_bands(data.channels, bands)
     transform = build_eval_transform(data)
     images = transform(torch.stack([data[i][0] for i in range(num)]))
-    generator_state = torch.get_rng_state()
-    torch.manual_seed(seed)
-    method.eval()
-    outputs = method.reconstruct(images)
-    torch.set_rng_state(generator_state)
     title = f"{cfg.method['name']} {cfg.encoder['name']}  ({Path(resolve_checkpoint(checkpoint)).name})"
     if stretch is None and data.dtype != torch.uint8:
         stretch = DEFAULT_STRETCH
-    return save_reconstruction_grid(
-        images, outputs, out, data.mean, data.std, title=title, bands=bands, stretch=stretch
-    )
+    return draw_reconstructions(method, images, out, data.mean, data.std, title, bands, stretch, seed)
 
 
 def run_export(checkpoint: str, out: str, encoder_name: str | None = None) -> Path:

@@ -7,6 +7,7 @@ Also rebuilds a trained method from a run's checkpoint (``load_pretrained``), fo
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -28,8 +29,9 @@ from mimkit.engine.precision import auto_to_native
 from mimkit.engine.runctl import RunLock
 from mimkit.engine.trainer import Trainer
 from mimkit.hub import CONFIG, FORMAT, WEIGHTS
-from mimkit.methods import create_method
+from mimkit.methods import METHODS, create_method
 from mimkit.models import create_encoder
+from mimkit.viz import DEFAULT_STRETCH, ReconstructionPictures
 from mimkit.weights import is_model_dir, load_weights, read_checkpoint
 
 log = logging.getLogger("mimkit")
@@ -59,9 +61,24 @@ def data_stats(dataset) -> dict[str, Any]:
     return stats
 
 
+def with_data_stats(cfg: PretrainConfig, stats: dict[str, Any]) -> PretrainConfig:
+    """``cfg`` with the training data's ``mean`` / ``std`` (:func:`data_stats`) given to a method that takes
+    ``pixel_mean`` / ``pixel_std`` (SiT's views) where the method section sets neither."""
+    name, options = named_options(cfg.method)
+    wanted = {"pixel_mean", "pixel_std"}
+    if wanted - set(inspect.signature(METHODS.get(name)).parameters) or wanted & set(options):
+        return cfg
+    return dataclasses.replace(
+        cfg, method={**cfg.method, "pixel_mean": stats["mean"], "pixel_std": stats["std"]}
+    )
+
+
 def build_method(cfg: PretrainConfig, dataset=None, stats: dict[str, Any] | None = None) -> nn.Module:
     """The method of a config around its encoder; the input follows ``dataset`` (or a run's recorded
-    ``stats``: image size and channels) unless the encoder section sets it."""
+    ``stats``: image size and channels) unless the encoder section sets it, and so do the pixel statistics
+    of a method that takes them (:func:`with_data_stats`)."""
+    stats = stats or (data_stats(dataset) if dataset is not None else None)
+    cfg = with_data_stats(cfg, stats) if stats else cfg
     encoder_cfg = dict(cfg.encoder)
     if stats:
         encoder_cfg.setdefault("img_size", tuple(stats["img_size"]))
@@ -107,6 +124,16 @@ def build_trainer(
         )
     if config is None:
         config = {**to_dict(cfg), "data_stats": data_stats(dataset)}
+    picture = None
+    if hasattr(method, "reconstruct") and hasattr(method, "encoder"):
+        float_data = getattr(dataset, "dtype", torch.uint8) != torch.uint8
+        picture = ReconstructionPictures(
+            run_dir,
+            dataset.mean,
+            dataset.std,
+            title=f"{cfg.method['name']} {cfg.encoder['name']}",
+            stretch=DEFAULT_STRETCH if float_data else None,
+        )
     return Trainer(
         method,
         loader,
@@ -118,6 +145,7 @@ def build_trainer(
         identity=identity or {"encoder": cfg.encoder, "method": cfg.method},  # a resume: the same model
         extras={"grid_size": list(method.encoder.grid_size)} if hasattr(method, "encoder") else {},
         callbacks=callbacks,
+        picture=picture,
     )
 
 
@@ -164,9 +192,27 @@ def _with_stats(data: DataConfig, dataset) -> DataConfig:
     )
 
 
-def pretrain(cfg: PretrainConfig) -> Path:
-    """Run (or resume) the pretraining described by ``cfg``; returns the run directory."""
+def pretrain(cfg: PretrainConfig, records: dict[str, Any] | None = None) -> Path:
+    """Run (or resume) the pretraining described by ``cfg``; returns the run directory.
+
+    ``records``: JSON files written into the run directory once its lock is held (file name -> value),
+    e.g. how the recipe was chosen (:mod:`mimkit.recipe`).
+    """
     env = dist.setup(cfg.train.device)
+    run_dir = Path(cfg.output_dir)
+    # one writer per run directory, from before any data is read (a second run stops at once) to its last
+    # checkpoint (the trainer re-enters)
+    with RunLock(run_dir, enabled=env.is_main):
+        if env.is_main:
+            for name, value in (records or {}).items():  # whole or not at all: written aside, then renamed
+                aside = run_dir / f".{name}.tmp-{os.getpid()}"
+                aside.write_text(json.dumps(value, indent=1) + "\n")
+                os.replace(aside, run_dir / name)
+        _pretrain(cfg, env, run_dir)
+    return run_dir
+
+
+def _pretrain(cfg: PretrainConfig, env: dist.DistEnv, run_dir: Path) -> None:
     seed_everything(cfg.train.seed + env.rank)
     cfg = dataclasses.replace(cfg, data=prepare_split(cfg, env.is_main))
     if env.world_size > 1 and cfg.data.split_file:  # the others read the split file the main process wrote
@@ -178,6 +224,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             f"{cfg.train.batch_size}: set train.batch_size to at most {len(dataset)}"
         )
     check_labeled_kind(cfg.data, dataset.channels, dataset.decode.dtype, tuple(dataset.img_size))
+    cfg = with_data_stats(cfg, data_stats(dataset))  # recorded in the run's config, checked on resume
     method = build_method(cfg, dataset)
     callbacks = []
     if cfg.online_knn.every and cfg.data.source == "shards" and not cfg.data.labeled_root:
@@ -188,23 +235,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if cfg.online_knn.every:
         from mimkit.eval.online_knn import OnlineKNN
 
-        knn = cfg.online_knn
         bank = dataset  # the labeled training images, never the held-out ones
         if cfg.data.labeled_root or (cfg.data.holdout_in_pretraining and cfg.data.split_file):
             bank = build_dataset(_with_stats(cfg.data, dataset), "train")
         test_set = build_dataset(cfg.data, "test", train_dataset=bank)
-        callbacks.append(
-            OnlineKNN(
-                bank,
-                test_set,
-                every=knn.every,
-                k=knn.k,
-                pool=knn.pool,
-                bank_size=knn.bank_size,
-                query_size=knn.query_size,
-            )
-        )
-    run_dir = Path(cfg.output_dir)
+        callbacks.append(OnlineKNN(bank, test_set, **dataclasses.asdict(cfg.online_knn)))
     if cfg.init_weights and last_checkpoint(run_dir) is None:  # a resumed run has its own weights
         load_weights(method.encoder, resolve_checkpoint(cfg.init_weights), adapt_channels=cfg.adapt_channels)
         log.info("encoder initialised from %s", cfg.init_weights)
@@ -213,25 +248,16 @@ def pretrain(cfg: PretrainConfig) -> Path:
     ran = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=native))
     resolved = to_dict(ran)
     resolved["data_stats"] = data_stats(dataset)
-    # one writer per run directory, from its config file to its last checkpoint (the trainer re-enters)
-    with RunLock(run_dir, enabled=env.is_main):
-        if env.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            note = f"train.precision {cfg.train.precision} ran as {native} on {env.device}"
-            save_config(ran, run_dir / "config.yaml", header=note if cfg.train.precision != native else "")
-            n_params = sum(p.numel() for p in method.parameters()) / 1e6
-            log.info(
-                "pretraining %s on %s (%d images%s) with %s (%.1fM parameters) -> %s",
-                cfg.method["name"],
-                cfg.data.source,
-                len(dataset),
-                f", {dataset.skipped} unreadable skipped" if dataset.skipped else "",
-                cfg.encoder["name"],
-                n_params,
-                run_dir,
-            )
-        build_trainer(cfg, dataset, method, run_dir, config=resolved, callbacks=callbacks).fit()
-    return run_dir
+    if env.is_main:
+        note = f"train.precision {cfg.train.precision} ran as {native} on {env.device}"
+        save_config(ran, run_dir / "config.yaml", header=note if cfg.train.precision != native else "")
+        n_params = sum(p.numel() for p in method.parameters()) / 1e6
+        skipped = f", {dataset.skipped} unreadable skipped" if dataset.skipped else ""
+        log.info(
+            "pretraining %s on %s (%d images%s) with %s (%.1fM parameters) -> %s", cfg.method["name"],
+            cfg.data.source, len(dataset), skipped, cfg.encoder["name"], n_params, run_dir,
+        )  # fmt: skip
+    build_trainer(cfg, dataset, method, run_dir, config=resolved, callbacks=callbacks).fit()
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

@@ -26,6 +26,7 @@ import torch
 
 from mimkit.data.datasets import scan_folder
 from mimkit.data.images import image_info
+from mimkit.data.splits import held_out_count
 from mimkit.engine.config import PretrainConfig, _build, merge, parse_overrides
 from mimkit.engine.dist import resolve_device
 from mimkit.engine.precision import auto_to_native
@@ -60,6 +61,8 @@ class Fingerprint:
         channels: band count of the first sampled image (1 grey, 3 colour, N multispectral).
         bit_depth: 8, 16 or 32 (float) bits per value.
         has_test: a ``test/`` or ``val/`` folder holds the held-out images already.
+        held_out: images the run's split will hold out of pretraining (labeled folders without a test
+            part: ``data.holdout`` of each class, :func:`mimkit.data.splits.held_out_count`).
     """
 
     root: str
@@ -71,6 +74,12 @@ class Fingerprint:
     channels: int
     bit_depth: int
     has_test: bool
+    held_out: int = 0
+
+    @property
+    def pretrain_images(self) -> int:
+        """The images pretraining reads: the folder less its held-out part."""
+        return self.images - self.held_out
 
 
 @dataclass(frozen=True)
@@ -92,9 +101,12 @@ class Choice:
     reason: str
 
 
-def fingerprint(root: str | os.PathLike, labeled: str | bool = "auto") -> Fingerprint:
+def fingerprint(
+    root: str | os.PathLike, labeled: str | bool = "auto", holdout: float | int | None = 0.2
+) -> Fingerprint:
     """Read the facts of an image folder: file counts per class and the headers of up to
-    :data:`SAMPLED` images spread over it (no image is decoded whole unless its format needs it)."""
+    :data:`SAMPLED` images spread over it (no image is decoded whole unless its format needs it).
+    ``holdout``: the run's ``data.holdout`` (None: nothing held out)."""
     folder = Path(root)
     if not folder.is_dir():
         raise ValueError(f"no such folder of images: {str(folder)!r}")
@@ -126,6 +138,9 @@ def fingerprint(root: str | os.PathLike, labeled: str | bool = "auto") -> Finger
         channels=infos[0].channels,
         bit_depth=depth,
         has_test=has_test,
+        held_out=0
+        if has_test or holdout is None
+        else sum(held_out_count(n, holdout) for n in counts.values() if n >= 2),
     )
 
 
@@ -172,11 +187,14 @@ def _encoder(fp: Fingerprint, hw: Machine) -> tuple[str, str]:
 def _batch(fp: Fingerprint, hw: Machine) -> tuple[int, str]:
     top = 256
     batch = top
-    while batch > 16 and fp.images // batch < MIN_STEPS_PER_EPOCH:
+    while batch > 16 and fp.pretrain_images // batch < MIN_STEPS_PER_EPOCH:
         batch //= 2
     if batch == top:
         return batch, "the recipes' batch"
-    return batch, f"{fp.images:,} images: at least {MIN_STEPS_PER_EPOCH} steps per epoch"
+    return (
+        batch,
+        f"{fp.pretrain_images:,} images to pretrain on: at least {MIN_STEPS_PER_EPOCH} steps per epoch",
+    )
 
 
 def _method_choices(method: str, encoder: str, patch: int) -> list[Choice]:
@@ -224,6 +242,11 @@ def _method_choices(method: str, encoder: str, patch: int) -> list[Choice]:
 
 
 def _method(fp: Fingerprint, hw: Machine) -> tuple[str, str]:
+    if fp.channels not in (1, 3):
+        return "mae", (
+            f"{fp.channels} bands: MAE, as multispectral pretraining does (SatMAE); SiT's photometric views "
+            "were made for RGB"
+        )
     if hw.device == "cuda" or fp.images >= SIT_MAX_IMAGES:
         return "mae", "MAE (He et al., 2021): the paper's method at scale, and the one to fine-tune from"
     return "sit", (
@@ -246,14 +269,15 @@ def plan(fp: Fingerprint, hw: Machine, given: dict[str, Any] | None = None) -> l
     method, why_method = _method(fp, hw)
     method = given.get("method.name", method)
     batch, why_batch = _batch(fp, hw)
-    warmup = math.ceil(WARMUP_STEPS / max(1, fp.images // given.get("train.batch_size", batch)))
+    warmup = math.ceil(WARMUP_STEPS / max(1, fp.pretrain_images // given.get("train.batch_size", batch)))
     minutes = given.get("train.max_minutes")
     budget = minutes if minutes is not None else GPU_MINUTES if hw.device == "cuda" else CPU_MINUTES
     bits = {8: "8-bit", 16: "16-bit", 32: "float"}[fp.bit_depth]
     kind = {1: "grey", 3: "colour"}.get(fp.channels, f"{fp.channels}-band")
     device = hw.device.upper()
+    held = f", {fp.held_out:,} held out for evaluation" if fp.held_out else ""
     choices = [
-        Choice("data.source", "folder", f"{fp.images:,} {bits} {kind} images in {fp.root}"),
+        Choice("data.source", "folder", f"{fp.images:,} {bits} {kind} images in {fp.root}{held}"),
         Choice("data.img_size", size, why_size),
         Choice("data.channels", fp.channels, f"the images' own {fp.channels} band(s)"),
         Choice("encoder.name", encoder, why_encoder),
@@ -303,7 +327,7 @@ def choose(root: str | os.PathLike, overrides: list[str]) -> tuple[PretrainConfi
     the record of how it was chosen (``{"fingerprint", "machine", "choices"}``)."""
     given = parse_overrides(overrides)
     flat = _flatten(given)
-    fp = fingerprint(root, flat.get("data.labeled", "auto"))
+    fp = fingerprint(root, flat.get("data.labeled", "auto"), flat.get("data.holdout", 0.2))
     hw = machine(flat.get("train.device", "auto"))
     choices = plan(fp, hw, flat)
     base = {"output_dir": str(Path("runs") / Path(root).resolve().name), "data": {"root": str(root)}}

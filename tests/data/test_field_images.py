@@ -13,6 +13,7 @@ from mimkit.data import DataConfig, build_dataset
 from mimkit.data.images import DecodeOptions, decode_image, fit_bands, to_store
 from mimkit.data.readers import ReadError, dicom_window, read_array
 from mimkit.data.stats import apply_clip, channel_percentiles, channel_stats
+from mimkit.data.subsets import subset_dataset
 
 tifffile = pytest.importorskip("tifffile")
 
@@ -52,6 +53,16 @@ def test_16bit_grey_png_values_above_255_survive(tmp_path):
     ds = build_dataset(folder(tmp_path, normalize="none", labeled=False), "train")
     assert ds.dtype == torch.uint16 and ds.images.dtype == torch.uint16
     assert torch.equal(ds.images[0, 0].to(torch.int32), torch.from_numpy(values[:, :, 0].astype(np.int32)))
+
+
+def test_a_subset_of_a_lazy_16bit_folder_decodes_its_files_as_the_folder_does(tmp_path):
+    values = np.array([[0, 255, 256, 1000], [4095, 40000, 65534, 65535]], dtype=np.uint16)[:, :, None]
+    png16(tmp_path / "a.png", values)
+    png16(tmp_path / "b.png", values[::-1].copy())
+    ds = build_dataset(folder(tmp_path, normalize="none", labeled=False, in_memory=False), "train")
+    sub = subset_dataset(ds, torch.tensor([1]))
+    assert sub.dtype == torch.uint16 and sub.clip == ds.clip
+    assert torch.equal(sub[0][0], ds[1][0])  # 40000 stays 40000, not 40000 / 257 in 8 bits
 
 
 def test_16bit_colour_png_keeps_each_channel(tmp_path):

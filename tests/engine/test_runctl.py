@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+import mimkit
 from mimkit.engine.runctl import LOCK_FILE, Preempted, RunLock, RunLockedError, StopSignals
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -95,3 +96,36 @@ def test_a_stale_lock_is_taken_over_and_the_lock_is_reentrant(tmp_path, caplog):
         assert (tmp_path / LOCK_FILE).exists()  # the inner scope did not release the outer's lock
     assert not (tmp_path / LOCK_FILE).exists()
     assert any(f"its process {dead_pid} is gone" in r.getMessage() for r in caplog.records)
+
+
+HANGS_WHILE_SAVING = """
+import sys, time
+from mimkit.engine.checkpoint import save_atomic
+
+class Hang:
+    def __reduce__(self):  # the temporary file is open and half written
+        print("writing", flush=True)
+        time.sleep(60)
+
+save_atomic({"model": Hang()}, sys.argv[1])
+"""
+
+
+def test_a_checkpoint_killed_mid_write_leaves_a_temporary_file_the_next_start_removes(tmp_path):
+    src = os.path.dirname(os.path.dirname(mimkit.__file__))
+    env = {**os.environ, "PYTHONPATH": src}
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HANGS_WHILE_SAVING, str(tmp_path / "last.pt")], stdout=subprocess.PIPE, env=env
+    )
+    try:
+        assert writer.stdout.readline().strip() == b"writing"
+        writer.send_signal(signal.SIGKILL)  # kill -9: no finally block runs
+    finally:
+        writer.kill()
+        writer.wait()
+    stale = tmp_path / f".last.pt.tmp-{writer.pid}"
+    assert stale.exists() and not (tmp_path / "last.pt").exists()
+    live = tmp_path / f".features.pt.tmp-{os.getpid()}"  # a live process's is not touched
+    live.write_bytes(b"")
+    with RunLock(tmp_path):
+        assert not stale.exists() and live.exists()

@@ -282,7 +282,7 @@ def budget_trainer(run_dir, images, **cfg):
 
 
 def test_time_budget_fits_the_schedule_and_ends_it_cleanly(tmp_path, images):
-    from mimkit.engine.trainer import BUDGET_MARGIN, CALIBRATION_SKIP, CALIBRATION_STEPS
+    from mimkit.engine.budget import BUDGET_MARGIN, CALIBRATION_SKIP, CALIBRATION_STEPS
 
     trainer = budget_trainer(tmp_path, images, max_minutes=0.3)  # 18 s at 1 s per step
     trainer.fit()
@@ -290,16 +290,18 @@ def test_time_budget_fits_the_schedule_and_ends_it_cleanly(tmp_path, images):
     # all, not the scheduled 30
     assert (CALIBRATION_SKIP, CALIBRATION_STEPS, BUDGET_MARGIN) == (2, 10, 0.03)
     assert trainer.planned_steps == 17 and trainer.step == 17 and trainer.total_steps == 30
-    # warm-up (1 epoch = 5 steps) is capped at a quarter of the 17 steps: 4.25; then cosine down to min_lr
+    # warm-up (1 epoch = 5 steps) is capped at a quarter of the 17 steps: 4.25; then cosine down to min_lr,
+    # reached by the last step run (0-based step 16)
     base = trainer.base_lr
     assert trainer.lr_at(1) == pytest.approx(base / 4.25)
-    assert trainer.lr_at(10) == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 5.75 / 12.75)))
-    assert trainer.lr_at(17) == pytest.approx(0.0, abs=1e-12)
+    assert trainer.lr_at(10) == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 5.75 / 11.75)))
+    assert trainer.lr_at(16) == pytest.approx(0.0, abs=1e-12)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["step"] == 17  # the last step is logged
-    assert records[-1]["lr"] == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 11.75 / 12.75)))
+    assert records[-1]["step"] == 17  # the last step is logged, with the lr it ran at
+    assert records[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
     assert saved["step"] == 17 and saved["planned_steps"] == 17 and saved["elapsed_s"] == 17.0
+    assert saved["budget_minutes"] == 0.3
     again = budget_trainer(tmp_path, images, max_minutes=0.3)  # the same command again: nothing left to do
     again.fit()
     assert again.step == 17
@@ -342,7 +344,8 @@ def test_time_budget_run_resumes_exactly(tmp_path, images):
 
 
 def test_time_budget_stops_when_spent_even_if_the_machine_slowed(tmp_path, images, caplog):
-    trainer = make_trainer(tmp_path, images, epochs=6, max_minutes=0.3)
+    # no logging step before the end, so no refit (tests/engine/test_health.py): the safety net alone
+    trainer = make_trainer(tmp_path, images, epochs=6, max_minutes=0.3, log_every=100)
     # 1 s per step while timed, 3 s per step after: the 17-step plan would take 27 s, the budget is 18
     trainer.clock = lambda: float(trainer.step if trainer.step <= 12 else 12 + 3 * (trainer.step - 12))
     with caplog.at_level("INFO", logger="mimkit"):
@@ -353,16 +356,17 @@ def test_time_budget_stops_when_spent_even_if_the_machine_slowed(tmp_path, image
 
 
 def test_time_budget_spent_near_the_end_of_the_plan_finishes_it(tmp_path, images, caplog):
-    from mimkit.engine.trainer import FINISH_SHARE
+    from mimkit.engine.budget import FINISH_SHARE
 
-    trainer = make_trainer(tmp_path, images, epochs=20, min_lr=0.0, max_minutes=1.0)  # 100 steps, 60 s
+    # 100 steps, 60 s; no logging step before the end, so no refit: the rule alone
+    trainer = make_trainer(tmp_path, images, epochs=20, min_lr=0.0, max_minutes=1.0, log_every=100)
     # 1 s per step while timed, 1.1 s after: the plan, 12 + floor(48 * 0.97) = 58 steps, needs 62.6 s
     trainer.clock = lambda: float(trainer.step if trainer.step <= 12 else 12 + 1.1 * (trainer.step - 12))
     with caplog.at_level("INFO", logger="mimkit"):
         trainer.fit()
     # spent at step 56 (60.4 s), past 95% of the 58 planned steps: they are finished, 62.6 s < 1.05 * 60
     assert FINISH_SHARE == 0.05 and trainer.planned_steps == 58 and trainer.step == 58
-    assert trainer.lr_at(58) == pytest.approx(0.0, abs=1e-12)  # the schedule ended at min_lr
+    assert trainer.lr_at(57) == pytest.approx(0.0, abs=1e-12)  # the schedule ended at min_lr
     assert not any("budget ran out" in r.getMessage() for r in caplog.records)
 
 

@@ -1,5 +1,7 @@
 """The masked-encoder contract: both encoders honour it, one check serves every method, one helper masks."""
 
+import sys
+
 import pytest
 import torch
 
@@ -55,3 +57,48 @@ def test_one_check_names_what_is_missing():
     with pytest.raises(ValueError, match="Linear lacks forward_encoder, patch_size, grid_size.*; use X"):
         check_masked_encoder(torch.nn.Linear(2, 2), "SimMIM", hint="use X")
     check_masked_encoder(small("vit_tiny_patch16"), "MAE", drops_tokens=True, class_token=True)  # passes
+
+
+def test_a_missing_member_is_named_when_the_method_is_built():
+    for member in ("out_stride", "num_features", "num_prefix_tokens"):  # read by SimMIM's head
+        encoder = small("vit_tiny_patch16")
+        delattr(encoder, member)
+        with pytest.raises(
+            ValueError, match=f"^SimMIM needs .*; VisionTransformer lacks {member}; use a vit_"
+        ):
+            create_method("simmim", encoder=encoder, mask_patch_size=8)
+
+
+def _watched(encoder: torch.nn.Module, read: set[str]) -> torch.nn.Module:
+    """``encoder`` recording every attribute that code in mimkit/methods/ reads of it."""
+
+    class Watched(type(encoder)):
+        def __getattribute__(self, name):
+            if "mimkit/methods/" in sys._getframe(1).f_code.co_filename.replace("\\", "/"):
+                read.add(name)
+            return super().__getattribute__(name)
+
+    encoder.__class__ = Watched
+    return encoder
+
+
+def test_methods_read_of_an_encoder_only_what_the_contract_declares():
+    """Every attribute MAE, SimMIM and SiT read of their encoder while built, trained one step and asked
+    for a reconstruction is a member of MaskedEncoder (or nn.Module's own API, or SiT's class token)."""
+    read: set[str] = set()
+    images = torch.randn(2, 1, 16, 16)
+    methods = [
+        create_method("mae", _watched(small("vit_tiny_patch16"), read), decoder_dim=8, decoder_depth=1,
+                      decoder_heads=2),
+        create_method("simmim", _watched(small("vit_tiny_patch16"), read), mask_patch_size=8),
+        create_method("simmim", _watched(small("swin_tiny_patch4_window7_224"), read), mask_patch_size=4),
+        create_method("sit", _watched(small("vit_tiny_patch16"), read), recon_hidden_dim=8,
+                      proj_hidden_dim=8, proj_dim=4),
+    ]  # fmt: skip
+    for method in methods:
+        method.training_step((images, torch.zeros(2)))["loss"].backward()
+        method.reconstruct(images)
+    declared = {"forward_encoder", *MaskedEncoder.__annotations__, "cls_token", *dir(torch.nn.Module)}
+    declared.add("mimkit_config")  # what the hub recorded of a built encoder, read with a default
+    assert {"grid_size", "out_stride", "num_features", "num_prefix_tokens"} <= read  # the watch works
+    assert read <= declared, f"read but not declared: {sorted(read - declared)}"

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from mimkit.plain import pair
+
 SOURCES = ("fashion_mnist", "mnist", "idx", "folder", "shards")
 NORMALIZE_NAMES = ("dataset", "imagenet", "none")
 AUGMENT_PRESETS = ("mae", "simmim", "none")
@@ -21,17 +23,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def size_pair(img_size: int | list[int] | tuple[int, int], name: str = "img_size") -> tuple[int, int]:
-    """``28`` -> ``(28, 28)``; ``[32, 48]`` -> ``(32, 48)`` (H, W); anything else is a ValueError."""
-    if _is_int(img_size):
-        pair = (img_size, img_size)
-    elif isinstance(img_size, (list, tuple)) and len(img_size) == 2 and all(_is_int(v) for v in img_size):
-        pair = (int(img_size[0]), int(img_size[1]))
-    else:
-        raise ValueError(f"{name} must be an int or a pair [H, W] of ints, got {img_size!r}")
-    if min(pair) < 1:
-        raise ValueError(f"{name} must be positive, got {img_size!r}")
-    return pair
+size_pair = pair  # the name src/mimkit/eval imports it by, until it imports mimkit.plain.pair
 
 
 def check_range_pair(value: Any, name: str, low: float, high: float) -> tuple[float, float]:
@@ -139,7 +131,7 @@ class DataConfig:
                 f"the default root {FASHION_MNIST_ROOT!r} holds Fashion-MNIST (use source='fashion_mnist')"
             )
         if self.img_size is not None:
-            size_pair(self.img_size, "data.img_size")
+            pair(self.img_size, "data.img_size")
         if self.channels == "native":
             self.channels = None
         if self.channels is not None and (not _is_int(self.channels) or self.channels < 1):

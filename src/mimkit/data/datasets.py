@@ -29,12 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from mimkit.data.config import DataConfig, size_pair
+from mimkit.data.config import DataConfig
 from mimkit.data.idx import find_idx_file, load_idx, read_idx
 from mimkit.data.images import (
     IMAGE_EXTENSIONS,
     DecodeOptions,
     ImageInfo,
+    ImageSet,
     UnreadableImageError,
     decode_image,
     decode_setup,
@@ -52,6 +53,7 @@ from mimkit.data.splits import (
     without_labeled_test,
 )
 from mimkit.data.stats import apply_clip, channel_stats, normalization, resolve_clip, sample_indices
+from mimkit.plain import pair
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ MNIST_CLASSES = [str(i) for i in range(10)]
 _SHOWN = 3  # unreadable files named in a warning
 
 
-class ImageDataset(Dataset):
+class ImageDataset(ImageSet, Dataset):
     """Images as ``[C, H, W]`` tensors (uint8, uint16 or float32) with an int label (-1 when unlabeled).
 
     In memory (``images`` is a tensor ``[N, C, H, W]``: the loader slices whole batches out of it) or
@@ -120,20 +122,6 @@ class ImageDataset(Dataset):
         dtype = images.dtype if images is not None else torch.uint8
         self.decode = decode or DecodeOptions(dtype=dtype)
         self.clip = None if clip is None else (tuple(map(float, clip[0])), tuple(map(float, clip[1])))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The storage dtype of the images: uint8, uint16 or float32."""
-        return self.images.dtype if self.images is not None else self.decode.dtype
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def skipped(self) -> int:
-        """How many files could not be decoded (so far, for a dataset decoded on the fly)."""
-        return len(self.skipped_files)
 
     @property
     def in_memory(self) -> bool:
@@ -229,7 +217,7 @@ def _load_idx_split(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Te
     images, labels = load_idx(cfg.root, split, require_labels=cfg.source != "idx")
     if cfg.limit is not None:
         images, labels = images[: cfg.limit], labels[: cfg.limit]
-    size = size_pair(cfg.img_size) if cfg.img_size is not None else tuple(images.shape[-2:])
+    size = pair(cfg.img_size, "data.img_size") if cfg.img_size is not None else tuple(images.shape[-2:])
     images = _adapt_tensor(images, cfg.channels or 1, size)
     return images.contiguous(), labels.clone()
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from mimkit.data.config import DataConfig, size_pair
+from mimkit.data.config import DataConfig
 from mimkit.data.readers import (
     DICOM_EXTENSIONS,
     NUMPY_EXTENSIONS,
@@ -31,6 +31,7 @@ from mimkit.data.readers import (
     needs_array_reader,
     read_array,
 )
+from mimkit.plain import pair
 
 IMAGE_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
@@ -258,11 +259,34 @@ class DecodeOptions:
     window: tuple[float, float] | str | None = None
 
 
+class ImageSet:
+    """What a dataset tells the rest of mimkit, shared by ImageDataset and ShardSet (which set ``classes``,
+    ``channels``, ``img_size``, ``mean`` / ``std``, ``clip``, ``decode`` and ``skipped_files``)."""
+
+    classes: list[str]
+    skipped_files: list[str]
+    decode: DecodeOptions
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The storage dtype of the images: uint8, uint16 or float32."""
+        return self.decode.dtype
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def skipped(self) -> int:
+        """How many files could not be decoded (so far, for a dataset decoded on the fly)."""
+        return len(self.skipped_files)
+
+
 def decode_setup(cfg: DataConfig, info: ImageInfo) -> tuple[int, tuple[int, int], DecodeOptions]:
     """``(channels, (H, W), decode options)`` the images are stored with: the config's, else what the first
     image (``info``) says; the bands picked first."""
     native = len(cfg.bands) if cfg.bands else info.channels
-    size = size_pair(cfg.img_size) if cfg.img_size is not None else (info.height, info.width)
+    size = pair(cfg.img_size, "data.img_size") if cfg.img_size is not None else (info.height, info.width)
     window = tuple(cfg.window) if isinstance(cfg.window, list) else cfg.window
     return (
         cfg.channels or native,

@@ -34,7 +34,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mimkit.data.config import DataConfig
-from mimkit.data.images import STORE_DTYPES, ImageInfo, UnreadableImageError, decode_bytes, decode_setup
+from mimkit.data.images import (
+    STORE_DTYPES,
+    ImageInfo,
+    ImageSet,
+    UnreadableImageError,
+    decode_bytes,
+    decode_setup,
+)
 from mimkit.data.loader import EpochCursor
 from mimkit.data.stats import STATS_SAMPLE, apply_clip, channel_stats, normalization, resolve_clip
 
@@ -89,7 +96,7 @@ def read_shard(shard: Shard) -> Iterator[tuple[int, str, bytes, int]]:
                        position, str(err).splitlines()[0] if str(err) else type(err).__name__)  # fmt: skip
 
 
-class ShardSet:
+class ShardSet(ImageSet):
     """The training images of a shard directory: what a dataset tells the rest of mimkit (classes,
     channels, size, normalisation) and how its members decode; iterated by :class:`ShardLoader`."""
 
@@ -151,18 +158,6 @@ class ShardSet:
             root, self.total, len(self.shards), self.channels, str(dtype).removeprefix("torch."),
             *self.img_size, len(self.classes),
         )  # fmt: skip
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.decode.dtype
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def skipped(self) -> int:
-        return len(self.skipped_files)
 
     def __len__(self) -> int:
         return self.total

@@ -80,8 +80,7 @@ def holdout_split(
 
 
 def subset_dataset(dataset: ImageDataset, indices: torch.Tensor) -> ImageDataset:
-    """The images ``indices`` of ``dataset`` as a new dataset (same classes, size, decoding, clip and
-    normalisation)."""
+    """The images ``indices`` of ``dataset`` as a new dataset (same classes, size and normalisation)."""
     idx = indices.long()
     images = dataset.images.index_select(0, idx) if dataset.images is not None else None
     files = [dataset.files[i] for i in idx.tolist()] if images is None else None
@@ -97,7 +96,7 @@ def subset_dataset(dataset: ImageDataset, indices: torch.Tensor) -> ImageDataset
         resize_mode=dataset.resize_mode,
         root=dataset.root,
         split=dataset.split,
-        decode=dataset.decode,  # files decoded on the fly keep their bands, bit depth and window
+        decode=dataset.decode,  # a lazy subset decodes its files as the whole set does (bands, 16 bits)
         clip=dataset.clip,
     )
 

@@ -23,7 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mimkit import rng
-from mimkit.data.config import AUGMENT_PRESETS, DataConfig, check_range_pair, size_pair
+from mimkit.data.config import AUGMENT_PRESETS, DataConfig, check_range_pair
+from mimkit.plain import pair
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class PretrainAugment(nn.Module):
             )
         if backend not in BACKENDS:
             raise ValueError(f"augmentation backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-        self.img_size = size_pair(img_size, "img_size")
+        self.img_size = pair(img_size, "img_size")
         self.register_buffer("mean", _stats_buffer(mean, "mean"), persistent=False)
         self.register_buffer("std", _stats_buffer(std, "std"), persistent=False)
         if self.mean.shape != self.std.shape or (self.std <= 0).any():
@@ -250,7 +251,7 @@ class EvalTransform(nn.Module):
 
     def __init__(self, img_size: int | Sequence[int] | None, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
-        self.img_size = None if img_size is None else size_pair(img_size, "img_size")
+        self.img_size = None if img_size is None else pair(img_size, "img_size")
         self.register_buffer("mean", _stats_buffer(mean, "mean"), persistent=False)
         self.register_buffer("std", _stats_buffer(std, "std"), persistent=False)
         if self.mean.shape != self.std.shape or (self.std <= 0).any():
@@ -328,7 +329,7 @@ class FinetuneAugment(nn.Module):
         from kornia.augmentation.auto import RandAugment
         from kornia.augmentation.auto.rand_augment.rand_augment import default_policy
 
-        self.img_size = size_pair(img_size, "img_size")
+        self.img_size = pair(img_size, "img_size")
         self.register_buffer(
             "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
         )

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 LAST = "last.pt"
+TEMP = ".tmp-"  # save_atomic writes NAME through .NAME.tmp-PID
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -20,7 +21,7 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TEMP}{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)

@@ -69,6 +69,9 @@ class TrainConfig:
     max_steps: int | None = None  # stop (and checkpoint) after this many optimizer steps in total
     # wall-clock budget of the training loop: the schedule is fitted to it after a few timed steps
     max_minutes: float | None = None
+    # a reconstruction picture into run_dir/pictures and TensorBoard every so many minutes of training, and at
+    # the end (pretraining); 0: none
+    picture_every_minutes: float = 2.0
     resume: bool = True  # continue from the run directory's last checkpoint if there is one
     progress: bool = True
     tensorboard: bool = True
@@ -107,6 +110,11 @@ class TrainConfig:
             isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes > 0
         ):
             raise ValueError(f"train.max_minutes must be a number > 0 or null, got {self.max_minutes!r}")
+        every = self.picture_every_minutes
+        if isinstance(every, bool) or not isinstance(every, (int, float)) or not every >= 0:
+            raise ValueError(
+                f"train.picture_every_minutes must be a number >= 0 (0: no pictures), got {every!r}"
+            )
         for name in ("mlflow", "wandb"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):

@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import fully_shard
 
 # gathered on every process, kept on the CPU on rank 0 only
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -51,15 +51,6 @@ def shard(module: nn.Module) -> tuple[nn.Module, int]:
         fully_shard(unit)
     fully_shard(module)
     return module, len(blocks)
-
-
-def is_sharded(module: nn.Module) -> bool:
-    return isinstance(module, FSDPModule)
-
-
-def set_gradient_sync(module: nn.Module, sync: bool) -> None:
-    """Reduce-scatter gradients on this backward (the last micro-step of an accumulation) or not."""
-    module.set_requires_gradient_sync(sync)
 
 
 def _param_order(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:

@@ -54,6 +54,17 @@ class MetricsWriter:
         if self.trackers is not None:
             self.trackers.log_metrics(step, values)
 
+    def write_image(self, step: int, tag: str, path: str | os.PathLike) -> None:
+        """Put the PNG at ``path`` into TensorBoard under ``tag`` (it is already in the run directory)."""
+        if not self.enabled or self._tb is None:
+            return
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))  # [H, W, 3] uint8
+        self._tb.add_image(tag, pixels, step, dataformats="HWC")
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()

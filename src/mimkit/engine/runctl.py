@@ -2,7 +2,8 @@
 
 - :class:`RunLock`: ``<run_dir>/.lock`` holds the pid and host of the process writing the run. A second run
   on the same directory fails with one line naming the holder; a lock left by a process that is gone
-  (same host, pid not alive) is taken over, with a log line.
+  (same host, pid not alive) is taken over, with a log line, as are temporary checkpoints whose writer is gone
+  (``.last.pt.tmp-PID`` after a kill -9). A directory the lock made is removed with it if still empty.
 - :class:`StopSignals`: SIGTERM, SIGINT and SIGUSR1 (SLURM's warning before preemption) set a flag instead
   of killing the process; the trainer finishes the optimizer step it is in, writes its checkpoint and
   raises :class:`Preempted`, and the command line exits with :data:`EXIT_PREEMPTED` so that a job script can
@@ -21,6 +22,8 @@ import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from mimkit.engine.checkpoint import TEMP
 
 log = logging.getLogger("mimkit")
 
@@ -54,6 +57,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def remove_stale_temps(folder: Path) -> None:
+    """Delete what :func:`~mimkit.engine.checkpoint.save_atomic` left in ``folder`` when killed mid-write
+    (``.NAME.tmp-PID`` whose PID is not alive here)."""
+    for path in folder.glob(f".*{TEMP}*"):
+        if (pid := path.name.rpartition(TEMP)[2]).isdigit() and not _pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
+            log.info("removed %s: the process writing it is gone", path)
+
+
 class RunLock:
     """Exclusive use of a run directory by this process (re-entrant within it).
 
@@ -66,6 +78,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_FILE
         self.enabled = enabled
         self.owned = False
+        self.created = False  # acquire made the directory
 
     def __enter__(self) -> RunLock:
         if self.enabled:
@@ -83,6 +96,7 @@ class RunLock:
 
     def acquire(self) -> None:
         """Take the lock, take over a stale one, or raise :class:`RunLockedError` naming the holder."""
+        self.created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         for _ in range(2):
@@ -106,6 +120,7 @@ class RunLock:
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self.owned = True
+            remove_stale_temps(self.path.parent)  # no other writer now: a temporary file's writer is gone
             return
         raise RunLockedError(f"could not take {self.path}: another process took it at the same moment")
 
@@ -113,6 +128,8 @@ class RunLock:
         if self.owned:
             self.path.unlink(missing_ok=True)
             self.owned = False
+            if self.created and not any(self.path.parent.iterdir()):  # made for a run that wrote nothing
+                self.path.parent.rmdir()
 
 
 class StopSignals:

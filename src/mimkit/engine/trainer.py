@@ -6,16 +6,18 @@ optimizer step it calls ``model.on_train_step_end(step, total_steps)`` when the 
 teachers). Everything else — schedule, accumulation, autocast (:mod:`mimkit.engine.precision`), fp16 loss
 scaling, clipping, a wall-clock budget, checkpoints, exact resume, progress, metrics — lives here once.
 
-A wall-clock budget (``train.max_minutes``) times a few steps after the first ones, then fits the number of
-steps to the budget: the cosine decay is compressed to that many steps (warm-up keeps its length, at most a
-quarter of a shortened schedule), so the run ends with its lr schedule complete rather than cut in the
-middle. The budget is training time: the callbacks' evaluations at epoch ends do not count. The plan and the
-time spent are stored in the checkpoint, so a resumed run keeps the same schedule; the loop also stops (and
-checkpoints) when the budget is spent, should the machine have slowed down.
+A wall-clock budget (``train.max_minutes``) fits the schedule to the steps it buys, timing steps included,
+so that the last step runs at ``min_lr`` (:mod:`mimkit.engine.budget`); the loop also stops (and
+checkpoints) when the budget is spent, should the machine have slowed down beyond what a refit catches.
+
+What tells a user the run works (:mod:`mimkit.engine.health`): the last step is always logged (screen,
+``metrics.jsonl``, TensorBoard), whatever ``log_every``; the loss is shown against the loss of the model's
+trivial prediction when the model has ``loss_baseline(batch)``; a picture callable gets the model every
+``train.picture_every_minutes``; a resumed run with nothing left to train says why and which key trains on.
 
 Length: one class on purpose. The step, accumulation, precision, budget, checkpoint and resume, DDP and
-logging share the run's state (step, epoch, images consumed, plan); the budget (``_Budget``), preemption
-(:mod:`mimkit.engine.runctl`) and precision choice live outside it.
+logging share the run's state (step, epoch, images consumed, plan); the budget's timing, the run's health,
+preemption (:mod:`mimkit.engine.runctl`) and precision choice live outside it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ import torch.nn as nn
 from mimkit import rng
 from mimkit.engine import checkpoint as ckpt
 from mimkit.engine import dist
+from mimkit.engine.budget import FINISH_SHARE, Budget, budget_steps
 from mimkit.engine.config import TrainConfig
+from mimkit.engine.health import LossBaseline, Pictures
 from mimkit.engine.host_memory import keep_freed_memory
 from mimkit.engine.metrics import LogProgress, MetricsWriter
 from mimkit.engine.optim import build_adamw, param_groups
@@ -47,63 +51,6 @@ from mimkit.engine.schedule import cosine_lr
 from mimkit.engine.trackers import Trackers
 
 log = logging.getLogger("mimkit")
-
-
-# wall-clock budget: steps run before timing starts (allocation, compilation), then steps timed
-CALIBRATION_SKIP, CALIBRATION_STEPS = 2, 10
-# the share of the remaining time the plan leaves unspent: later steps ran up to 1.5% slower than the timed
-# ones (the fp32 demo on a 2-core AMD EPYC capped to AVX2: 207 of 209 planned steps fitted in the budget),
-# and a plan that overruns is cut short of the end of its schedule
-BUDGET_MARGIN = 0.03
-# a run whose budget is spent within the last 5% of its planned steps finishes them (its schedule ends at
-# min_lr) unless that would overrun the budget by more than 5%
-FINISH_SHARE = 0.05
-
-
-def budget_steps(step: int, elapsed_s: float, s_per_step: float, budget_s: float, total_steps: int) -> int:
-    """How many optimizer steps a run gets in all under a wall-clock budget.
-
-    Args:
-        step: steps done so far; elapsed_s: seconds they took; s_per_step: the measured time of one step;
-        budget_s: the budget; total_steps: the steps of the full schedule (``epochs``), the upper bound.
-
-    Returns:
-        ``step`` plus the whole steps the remaining time less :data:`BUDGET_MARGIN` of it buys, at most
-        ``total_steps``.
-    """
-    more = math.floor(max(budget_s - elapsed_s, 0.0) * (1 - BUDGET_MARGIN) / max(s_per_step, 1e-12))
-    return max(step, min(total_steps, step + more))
-
-
-class _Budget:
-    """``train.max_minutes`` during one call of :meth:`Trainer.fit`: the time spent by the run over all its
-    sessions, and the one-off timing of ``CALIBRATION_STEPS`` steps that plans the schedule."""
-
-    def __init__(self, minutes: float | None, clock: Callable[[], float], elapsed_s: float, step: int,
-                 planned: bool, device: torch.device):  # fmt: skip
-        self.seconds = minutes * 60 if minutes else None
-        self.clock, self.device = clock, device
-        self.elapsed0, self.t0 = elapsed_s, clock()
-        self.calibrate_from = None if planned else step + CALIBRATION_SKIP
-        self.t_calibrate = 0.0
-
-    def exclude(self, seconds: float) -> None:
-        """Leave ``seconds`` (an evaluation between steps) out of the time spent and out of the timing."""
-        self.t0 += seconds
-        self.t_calibrate += seconds
-
-    def after_step(self, step: int) -> tuple[float, float | None]:
-        """``(seconds spent by the run, seconds per step once timed, else None)`` after optimizer ``step``."""
-        timing = self.calibrate_from is not None and step - self.calibrate_from in (0, CALIBRATION_STEPS)
-        if timing and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # 2 syncs per run, to time the steps
-        now = self.clock()
-        s_per_step = None
-        if timing and step == self.calibrate_from:
-            self.t_calibrate = now
-        elif timing:
-            s_per_step, self.calibrate_from = (now - self.t_calibrate) / CALIBRATION_STEPS, None
-        return self.elapsed0 + now - self.t0, s_per_step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -185,6 +132,9 @@ class Trainer:
         build_optimizer: ``(param_groups, lr) -> Optimizer``; default AdamW with ``cfg.betas`` (the linear
             probe passes LARS).
         clock: seconds from a monotonic clock, for ``cfg.max_minutes`` (tests pass a fake one).
+        picture: ``(model, images, step) -> PNG path``, called every ``cfg.picture_every_minutes`` of training
+            and at the end with a few images of the first batch (main process; not under FSDP, whose
+            sharded forward needs every process); the PNG also goes to TensorBoard.
     """
 
     def __init__(
@@ -202,10 +152,12 @@ class Trainer:
         callbacks: Iterable[Callback] = (),
         build_optimizer: Callable[[list[dict], float], torch.optim.Optimizer] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        picture: Callable[[nn.Module, torch.Tensor, int], Path] | None = None,
     ):
         self.env = env or dist.DistEnv(device=dist.resolve_device(cfg.device))
         self.cfg = cfg
         self.clock = clock
+        self.picture = picture
         # bf16 where native, fp16 with a loss scaler on GPUs without bf16, fp32 otherwise
         self.precision = resolve_precision(cfg.precision, self.env.device, announce=self.env.is_main)
         self.scaler = grad_scaler(self.precision, self.env.device.type)
@@ -253,6 +205,14 @@ class Trainer:
         self.micro_in_epoch = 0  # micro-batches of the current epoch already consumed
         self.elapsed_s = 0.0  # time spent in the training loop, over all sessions of the run
         self.planned_steps: int | None = None  # the schedule's length once fitted to train.max_minutes
+        self.provisional_steps: int | None = None  # the plan while the steps are being timed (not stored)
+        self.budget_minutes: float | None = None  # the budget the plan was made for
+        self._pace_from: tuple[int, float] | None = None  # (step, seconds spent) the pace is measured from
+        # run health (mimkit.engine.health), set up again by each fit: (step, loss) first and last logged
+        self._first_loss: tuple[int, float] | None = None
+        self._last_loss: tuple[int, float] | None = None
+        self._baseline = LossBaseline(None, self.env.device)
+        self._pictures = Pictures(None, 0, clock)
         trackers = None
         if self.env.is_main and (cfg.mlflow or cfg.wandb):
             trackers = Trackers(self.run_dir, cfg.mlflow, cfg.wandb, params=self.config)
@@ -282,6 +242,8 @@ class Trainer:
             "rng": ckpt.rng_state(),
             "elapsed_s": self.elapsed_s,
             "planned_steps": self.planned_steps,
+            "budget_minutes": self.budget_minutes,
+            "total_steps": self.total_steps,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "config": self.config,
             "identity": self.identity,
@@ -319,11 +281,35 @@ class Trainer:
             self.micro_in_epoch = self._micro_from_images(state, path)
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
         self.planned_steps = state.get("planned_steps")
+        self.budget_minutes = state.get("budget_minutes")
+        self._plan_again(state.get("total_steps", self.total_steps))
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
         if self.env.is_main:
             log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+
+    def _plan_again(self, total_before: int) -> None:
+        """A resumed budget plan is made again when it no longer holds: a larger ``train.max_minutes``, or
+        more ``train.epochs`` where the budget had bought the whole schedule (a plan the budget bound stays:
+        more epochs buy no more time)."""
+        minutes, planned_for = self.cfg.max_minutes, self.budget_minutes
+        if self.planned_steps is None or not minutes:
+            return
+        if planned_for and minutes > planned_for:
+            why = f"train.max_minutes raised from {planned_for:g} to {minutes:g}"
+        elif self.total_steps > total_before and self.planned_steps >= total_before:
+            why = f"train.epochs raised to {self.cfg.epochs}"
+        else:
+            return
+        if self.env.is_main:
+            log.info(
+                "%s: the rest of the schedule is fitted again to the time left (the lr rises from where step "
+                "%d left it)",
+                why,
+                self.step,
+            )
+        self.planned_steps = None
 
     def _micro_from_images(self, state: dict[str, Any], path: str | os.PathLike) -> int:
         """The micro-batch to resume at, from the images the epoch had consumed (any world size)."""
@@ -357,14 +343,18 @@ class Trainer:
     # ----------------------------------------------------------------------------- training
     @property
     def schedule_steps(self) -> int:
-        """The length of the lr (and EMA) schedule: ``epochs`` worth of steps, or the budget's plan."""
-        return self.planned_steps or self.total_steps
+        """The length of the lr (and EMA) schedule: ``epochs`` worth of steps, or the budget's plan (while
+        the steps are timed, its provisional plan)."""
+        return self.planned_steps or self.provisional_steps or self.total_steps
 
     def lr_at(self, step: int) -> float:
+        """The lr of optimizer step ``step`` (0-based): warm-up, then a half-cosine that reaches ``min_lr``
+        at the schedule's last step, ``schedule_steps - 1``, so that the last step a run takes runs at
+        ``min_lr`` (MAE's per-iteration schedule reaches it one step later, after the run)."""
         total, warmup = self.schedule_steps, self.warmup_steps
         if total < self.total_steps:  # a schedule shortened by the budget: warm-up at most a quarter of it
             warmup = min(warmup, total / 4)
-        return cosine_lr(step, self.base_lr, total, warmup, self.cfg.min_lr)
+        return cosine_lr(step, self.base_lr, total - 1, warmup, self.cfg.min_lr)
 
     def _set_lr(self) -> float:
         lr = self.lr_at(self.step)
@@ -392,7 +382,7 @@ class Trainer:
                 self.resume(last)
             else:
                 ckpt.seed_everything(cfg.seed + self.env.rank)
-            budget = _Budget(
+            budget = Budget(
                 cfg.max_minutes,
                 self.clock,
                 self.elapsed_s,
@@ -401,14 +391,23 @@ class Trainer:
                 self.env.device,
             )
             budget_s = budget.seconds
+            self._pace_from = None  # a resumed plan's pace: from the session's first logging step
             stop_at = self._stop_at()
             progress = self._progress(stop_at)
             self._announce()
+            self._start_health()
             self.model.train()
             last_metrics: dict[str, float] = {}
             sums: dict[str, torch.Tensor] = {}
             count, images_seen, t_log = 0, 0, time.perf_counter()
             first_step, total_images, t_fit = self.step, 0, time.perf_counter()
+
+            def log_now() -> None:  # the losses since the last logged step, if any
+                nonlocal last_metrics, sums, count, images_seen, t_log
+                if count:
+                    last_metrics = self._log(sums, count, images_seen, t_log, lr, progress)
+                    sums, count, images_seen, t_log = {}, 0, 0, time.perf_counter()
+
             try:
                 while self.step < stop_at and self.epoch < cfg.epochs and not self._out_of_time(budget_s):
                     self.loader.set_epoch(self.epoch)
@@ -426,23 +425,24 @@ class Trainer:
                         if self.micro_in_epoch % cfg.accum_steps:
                             continue
                         lr = self._optimizer_step()
-                        if budget_s is not None:
-                            self.elapsed_s, s_per_step = budget.after_step(self.step)
-                            if s_per_step is not None:  # timed: fit the schedule to the budget, once
-                                self._plan(budget_s, s_per_step)
-                                stop_at = self._stop_at()
-                                if progress is not None:
-                                    progress.total = stop_at
+                        planned = budget_s is not None and self._fit_budget(budget, budget_s)
                         if progress is not None:
                             progress.update(1)
                         if self.step % cfg.log_every == 0 or self.step == stop_at:
-                            last_metrics = self._log(sums, count, images_seen, t_log, lr, progress)
-                            sums, count, images_seen, t_log = {}, 0, 0, time.perf_counter()
+                            log_now()
+                            refit = budget_s is not None and self.step % cfg.log_every == 0
+                            planned = (refit and self._refit(budget_s)) or planned
+                        if planned:  # the plan was made or refitted: its end is the run's end
+                            stop_at = self._stop_at()
+                            if progress is not None:
+                                progress.total = stop_at
+                        if self._pictures.due():
+                            self._take_picture(budget)
                         if cfg.save_every_steps and self.step % cfg.save_every_steps == 0:
                             self._check_finite(sums)
                             self.save()
-                        if self._stop_requested(stop):  # a signal: end on a saved step
-                            self._check_finite(sums)
+                        if self._stop_requested(stop):  # a signal: end on a saved, logged step
+                            log_now()
                             raise Preempted(stop.received or "a signal", self.step, self.save())
                         if self.step >= stop_at or self._out_of_time(budget_s):
                             break
@@ -451,6 +451,11 @@ class Trainer:
                         last_metrics.update(self._end_epoch(budget))
                     self._check_finite(sums)
                     self.save()
+                if self.step > first_step:
+                    log_now()  # the last step, whatever log_every
+                    self._take_picture(budget)
+                elif self.env.is_main:
+                    self._nothing_to_train(budget_s, resumed=last is not None and cfg.resume)
             finally:
                 if progress is not None:
                     progress.close()
@@ -472,7 +477,7 @@ class Trainer:
         return bool(flag.item())
 
     def _stop_at(self) -> int:
-        return min(self.schedule_steps, self.cfg.max_steps or self.total_steps)
+        return min(self.planned_steps or self.total_steps, self.cfg.max_steps or self.total_steps)
 
     def _out_of_time(self, budget_s: float | None, agree: bool = True) -> bool:
         """Whether the budget is spent, so that the run stops after this step.
@@ -494,25 +499,94 @@ class Trainer:
         near_end = self.planned_steps is not None and self.step >= (1 - FINISH_SHARE) * self.planned_steps
         return not (near_end and spent < (1 + FINISH_SHARE) * budget_s)
 
-    def _plan(self, budget_s: float, s_per_step: float) -> None:
-        """Fit the schedule to the budget from the measured step time (once per run; stored). In a
-        distributed run every rank plans with the slowest rank's time, so that all plan the same steps."""
+    def _fit_budget(self, budget: Budget, budget_s: float) -> bool:
+        """After an optimizer step: the time spent and, while the steps are timed, the plan. Until the
+        timing is complete the plan is provisional (the lr of the timing steps follows it), unless it shows
+        the budget ending first: then it is the plan. Returns whether the plan was made now.
+
+        In a distributed run every rank plans with the slowest rank's time and clock (one all-reduce per
+        timed step, 10 per run), so that all plan the same steps and take the same lr."""
+        self.elapsed_s, s_per_step, done = budget.after_step(self.step)
+        if s_per_step is None:
+            return False
         elapsed_s = self.elapsed_s
         if self.env.distributed:
             s_per_step = dist.max_over_ranks(s_per_step, self.env.device)
             elapsed_s = dist.max_over_ranks(elapsed_s, self.env.device)
-        self.planned_steps = budget_steps(self.step, elapsed_s, s_per_step, budget_s, self.total_steps)
+        steps = budget_steps(self.step, elapsed_s, s_per_step, budget_s, self.total_steps)
+        if not done and steps > budget.timing_end:
+            self.provisional_steps = steps
+            return False
+        budget.stop_timing()
+        self.planned_steps, self.provisional_steps = steps, None
+        self.budget_minutes, self._pace_from = budget_s / 60, (self.step, elapsed_s)
         if self.env.is_main:
             log.info(
                 "time budget %g min: %.3f s per step measured, so %d of the %d scheduled steps "
-                "(%.2f of %d epochs); warm-up and cosine decay fitted to them",
+                "(%.2f of %d epochs), the %d timed included; warm-up and cosine decay fitted to them",
                 budget_s / 60,
                 s_per_step,
                 self.planned_steps,
                 self.total_steps,
                 self.planned_steps / self.steps_per_epoch,
                 self.cfg.epochs,
+                self.step,
             )
+        return True
+
+    def _refit(self, budget_s: float) -> bool:
+        """At a logging step of a planned run: when its steps since the plan (or since the session's first
+        logging step) ran so much slower than timed that the plan would overrun the budget, fit the rest of
+        the schedule to the time left; the lr steps down onto the shorter cosine. Returns whether it did.
+        Distributed: on the slowest rank's clock (one all-reduce per logging step)."""
+        if self.planned_steps is None or self.step >= self.planned_steps:
+            return False
+        elapsed = self.elapsed_s
+        if self.env.distributed:
+            elapsed = dist.max_over_ranks(elapsed, self.env.device)
+        if self._pace_from is None or self._pace_from[0] >= self.step:
+            self._pace_from = (self.step, elapsed)
+            return False
+        step0, elapsed0 = self._pace_from
+        pace = (elapsed - elapsed0) / (self.step - step0)
+        steps = budget_steps(self.step, elapsed, pace, budget_s, self.total_steps)
+        if elapsed + (self.planned_steps - self.step) * pace <= budget_s or steps >= self.planned_steps:
+            return False
+        if self.env.is_main:
+            log.info(
+                "steps slowed to %.3f s each since step %d: the %d planned steps would overrun the %g-minute "
+                "budget, so the rest of the schedule is fitted to %d steps",
+                pace,
+                step0,
+                self.planned_steps,
+                budget_s / 60,
+                steps,
+            )
+        self.planned_steps = steps
+        return True
+
+    def _nothing_to_train(self, budget_s: float | None, resumed: bool) -> None:
+        """One line for a run that had nothing left to train: why, and which key trains it longer."""
+        cfg, where = self.cfg, f"{self.run_dir} " if resumed else ""
+        if cfg.max_steps and self.step >= cfg.max_steps:
+            why, key = f"reached train.max_steps={cfg.max_steps}", "train.max_steps"
+        elif self.step >= self.total_steps or self.epoch >= cfg.epochs:
+            why, key = f"finished its {cfg.epochs} epochs (train.epochs)", "train.epochs"
+        else:
+            minutes = cfg.max_minutes or self.budget_minutes
+            budget = f"{minutes:g}-minute budget" if minutes else "time budget"
+            why = f"spent its {budget} (train.max_minutes)"
+            if self.planned_steps is not None and self.step >= self.planned_steps:
+                why = f"ended the schedule fitted to its {budget} (train.max_minutes)"
+            key = "train.max_minutes (the rest of the schedule is fitted to the time added)"
+        log.info(
+            "nothing to train: the run %shas %s at step %d; to train longer, run it again with a larger "
+            "%s, or use another output_dir for a new run",
+            where,
+            why,
+            self.step,
+            key,
+        )
 
     def _announce(self) -> None:
         """One line: the precision and attention path the steps take, the effective batch and its lr."""
@@ -538,19 +612,51 @@ class Trainer:
     def _summary(self, first_step: int, images: int, seconds: float, budget_s: float | None) -> None:
         if not self.env.is_main or self.step == first_step:
             return
-        ran_out = self._out_of_time(budget_s, agree=False) and self.step < self._stop_at()
+        ran_out = ""
+        if self._out_of_time(budget_s, agree=False) and self.step < self._stop_at():
+            minutes = f"; the {budget_s / 60:g}-minute budget ran out"
+            ran_out = f"{minutes} before the planned {self._stop_at()} steps"
+            if self.planned_steps is None:  # a few slow steps spent it
+                ran_out = f"{minutes} before its steps were timed: the schedule was not fitted; give it more"
         log.info(
-            "trained steps %d-%d (%d images) in %.1f s: %.1f images/s (%s)%s",
+            "trained steps %d-%d (%d images) in %.1f s: %.1f images/s (%s)%s%s",
             first_step + 1,
             self.step,
             images,
             seconds,
             images / max(seconds, 1e-9),
             self.precision.precision,
-            f"; the {budget_s / 60:g}-minute budget ran out before the planned {self._stop_at()} steps"
-            if ran_out
-            else "",
+            ran_out,
+            self._loss_summary(),
         )
+
+    def _loss_summary(self) -> str:
+        """``"; loss 1.02 at step 20 -> 0.43 at step 180 against 0.94 for ...: learning"``, or ''."""
+        if self._last_loss is None:
+            return ""
+        (first, loss0), (last, loss) = self._first_loss, self._last_loss
+        start = f"{loss0:.4g} at step {first} -> " if first != last else ""
+        return f"; loss {start}{loss:.4g} at step {last}{self._baseline.describe(loss)}"
+
+    def _start_health(self) -> None:
+        """A session's loss baseline and picture timer (main process; pictures not under FSDP)."""
+        main = self.env.is_main
+        self._first_loss = self._last_loss = None
+        self._baseline = LossBaseline(self.model if main else None, self.env.device)
+        draw = self.picture if main and not self.sharded else None
+        if main and self.picture is not None and self.sharded and self.cfg.picture_every_minutes:
+            log.info("no reconstruction pictures during training under FSDP: take them after with the run")
+        self._pictures = Pictures(draw, self.cfg.picture_every_minutes, self.clock)
+
+    def _take_picture(self, budget: Budget) -> None:
+        """A picture now (if one is set up and this step has none), outside the budget's time."""
+        t = self.clock()
+        path = self._pictures.take(self.model, self.step)
+        self.model.train()
+        if path is not None:
+            self.metrics.write_image(self.step, "reconstruction", path)
+            log.info("reconstruction picture at step %d: %s", self.step, path)
+        budget.exclude(self.clock() - t)
 
     def _sample_keys(self, n: int) -> torch.Tensor | None:
         """The batch's per-sample random keys (:mod:`mimkit.rng`), from the loader's ``last_indices``."""
@@ -580,6 +686,8 @@ class Trainer:
                 raise ValueError(f"{type(self.model).__name__}.training_step must return a scalar 'loss'")
             loss = out["loss"] / self.cfg.accum_steps
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        self._baseline.add((images, labels))  # the first batches only; outside the keyed draws
+        self._pictures.capture(images)
         return out
 
     def _optimizer_step(self) -> float:
@@ -623,6 +731,11 @@ class Trainer:
             epoch=self.epoch + self.micro_in_epoch / self.micro_per_epoch,
             images_per_s=images_seen / elapsed,
         )
+        if self.env.is_main:
+            values.update(self._baseline.finish() or {})  # a flat line next to the loss in TensorBoard
+        if "loss" in values:
+            self._last_loss = (self.step, values["loss"])
+            self._first_loss = self._first_loss or self._last_loss
         self.metrics.write(self.step, values)
         if progress is not None:
             progress.set_postfix(
@@ -632,7 +745,7 @@ class Trainer:
             )
         return values
 
-    def _end_epoch(self, budget: _Budget) -> dict[str, float]:
+    def _end_epoch(self, budget: Budget) -> dict[str, float]:
         values: dict[str, float] = {}
         t = self.clock()
         for callback in self.callbacks:

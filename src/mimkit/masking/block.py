@@ -16,7 +16,7 @@ import torch
 
 from mimkit import rng
 from mimkit.masking.random_tokens import check_ratio
-from mimkit.models.layers import to_2tuple
+from mimkit.plain import pair
 
 
 class BlockMaskGenerator:
@@ -41,7 +41,7 @@ class BlockMaskGenerator:
         mask_patch_size: int,
         mask_ratio: float,
     ):
-        gh, gw = to_2tuple(grid_size, "grid_size")
+        gh, gw = pair(grid_size, "grid_size")
         if not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
         if not isinstance(mask_patch_size, int) or mask_patch_size < 1 or mask_patch_size % patch_size:

@@ -12,12 +12,13 @@ import torch.nn as nn
 
 from mimkit.heads import MAEDecoder
 from mimkit.hub import Pretrained
-from mimkit.losses import masked_mse, normalize_patches
+from mimkit.losses import masked_mse, normalize_patches, patch_mean_mse
 from mimkit.masking import random_token_mask
 from mimkit.masking.random_tokens import check_ratio
+from mimkit.methods.panels import reconstruction_panels
 from mimkit.methods.registry import METHODS
 from mimkit.models.masked import check_masked_encoder
-from mimkit.models.patches import patchify, unpatchify
+from mimkit.models.patches import patchify, pixel_mask, unpatchify
 
 
 @METHODS.register("mae")
@@ -25,8 +26,8 @@ class MAE(Pretrained, nn.Module):
     """MAE around a ViT encoder.
 
     Args:
-        encoder: a :class:`~mimkit.models.VisionTransformer` (anything with ``forward_encoder(x,
-            ids_keep=...)``, ``patch_size``, ``grid_size``, ``in_chans``, ``embed_dim``).
+        encoder: a :class:`~mimkit.models.VisionTransformer` (a
+            :class:`~mimkit.models.masked.MaskedEncoder` that drops tokens).
         decoder_dim: decoder width (reference 512).
         decoder_depth: decoder blocks (reference 8).
         decoder_heads: decoder attention heads (reference 16).
@@ -71,8 +72,8 @@ class MAE(Pretrained, nn.Module):
         Returns:
             ``loss`` (scalar), ``pred`` [N, L, p*p*C] (in target space), ``mask`` [N, L] (1 = removed).
         """
-        n = images.shape[0]
-        token_mask = random_token_mask(n, self.encoder.num_patches, self.mask_ratio, noise, images.device)
+        n, (gh, gw) = images.shape[0], self.encoder.grid_size
+        token_mask = random_token_mask(n, gh * gw, self.mask_ratio, noise, images.device)
         latent = self.encoder.forward_encoder(images, ids_keep=token_mask.ids_keep)  # [N, 1 + K, D]
         pred = self.decoder(latent, token_mask.ids_restore)  # [N, L, p*p*C]
         loss = masked_mse(pred, self.target(images), token_mask.mask)
@@ -83,29 +84,25 @@ class MAE(Pretrained, nn.Module):
         return self(batch[0])
 
     @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Reconstruction in pixel space, for people to look at.
-
-        With ``norm_pix_loss`` the prediction is de-normalised with each patch's own mean and std
-        from the input (otherwise it looks like noise).
+    def loss_baseline(self, batch: tuple[torch.Tensor, ...]) -> tuple[str, dict[str, torch.Tensor]]:
+        """What the loss would be for a prediction that learned nothing: each patch's mean (zeros with
+        ``norm_pix_loss``), on the batch the trainer hands to :meth:`training_step`; the trainer shows the
+        loss against it (:mod:`mimkit.engine.health`).
 
         Returns:
-            ``reconstruction`` [N, C, H, W], ``masked`` (input with removed patches zeroed),
-            ``pasted`` (reconstruction with the visible patches of the input pasted back),
-            ``mask`` [N, 1, H, W] (1 = removed).
+            ``(what the trivial prediction is, {"loss": scalar})``.
         """
+        return "predicting each patch's mean", {"loss": patch_mean_mse(self.target(batch[0]))}
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """:func:`~mimkit.methods.panels.reconstruction_panels` in pixel space (with ``norm_pix_loss`` each
+        patch de-normalised with the input's own mean and std, else it looks like noise)."""
         out = self(images, noise=noise)
         pred = out["pred"].float()
         if self.norm_pix_loss:
             _, mean, std = normalize_patches(patchify(images.float(), self.patch_size))
             pred = pred * std + mean
-        grid, p, c = self.encoder.grid_size, self.patch_size, images.shape[1]
-        recon = unpatchify(pred, p, grid, c)
-        mask = unpatchify(out["mask"].unsqueeze(-1).expand(-1, -1, p * p * c), p, grid, c)[:, :1]
-        return {
-            "reconstruction": recon,
-            "masked": images * (1 - mask),
-            "pasted": images * (1 - mask) + recon * mask,
-            "mask": mask,
-            "loss": out["loss"],
-        }
+        grid, p = self.encoder.grid_size, self.patch_size
+        mask = pixel_mask(out["mask"], p, grid)
+        return reconstruction_panels(images, unpatchify(pred, p, grid, images.shape[1]), mask, out["loss"])

@@ -5,10 +5,8 @@ token, the masked ones' embeddings replaced by a learned ``mask_token`` before t
 or right after the patch embedding (Swin, which has none); a one-layer head (1x1 conv + pixel shuffle)
 predicts the raw pixels from the encoder's last feature map; the loss is the L1 error on masked pixels.
 
-Works on any encoder with the masked-encoder interface ``forward_encoder(x, mask=..., mask_token=...)``,
-``patch_size``, ``grid_size``, ``in_chans``, ``embed_dim`` (the width the mask token replaces), and
-optionally ``out_stride`` / ``num_features`` (total downsampling and final width; a ViT's are its patch
-size and ``embed_dim``) and ``num_prefix_tokens`` (leading non-patch tokens to drop; 0 if absent).
+Works on any :class:`~mimkit.models.masked.MaskedEncoder`: the head reads its ``num_features``-wide output
+tokens (after the ``num_prefix_tokens``) as a map ``out_stride`` times smaller than the image.
 """
 
 from __future__ import annotations
@@ -18,20 +16,12 @@ import torch.nn as nn
 
 from mimkit.heads import PixelShuffleHead
 from mimkit.hub import Pretrained
-from mimkit.losses import masked_l1
+from mimkit.losses import masked_l1, patch_mean_l1
 from mimkit.masking import BlockMaskGenerator
+from mimkit.methods.panels import reconstruction_panels
 from mimkit.methods.registry import METHODS
 from mimkit.models.masked import check_masked_encoder
-
-
-def encoder_out_stride(encoder: nn.Module) -> int:
-    """Total downsampling of an encoder's last feature map: ``out_stride`` if set, else ``patch_size``."""
-    return int(getattr(encoder, "out_stride", encoder.patch_size))
-
-
-def encoder_num_features(encoder: nn.Module) -> int:
-    """Width of an encoder's last feature map: ``num_features`` if set, else ``embed_dim``."""
-    return int(getattr(encoder, "num_features", encoder.embed_dim))
+from mimkit.models.patches import pixel_mask
 
 
 @METHODS.register("simmim")
@@ -54,8 +44,8 @@ class SimMIM(Pretrained, nn.Module):
         self.encoder = encoder
         self.patch_size = encoder.patch_size
         self.in_chans = encoder.in_chans
-        self.stride = encoder_out_stride(encoder)
-        self.num_prefix_tokens = int(getattr(encoder, "num_prefix_tokens", 0))
+        self.stride = encoder.out_stride
+        self.num_prefix_tokens = encoder.num_prefix_tokens
         self.mask_generator = BlockMaskGenerator(
             encoder.grid_size, encoder.patch_size, mask_patch_size, mask_ratio
         )
@@ -63,7 +53,7 @@ class SimMIM(Pretrained, nn.Module):
         self.mask_ratio = self.mask_generator.mask_ratio
         self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
         nn.init.normal_(self.mask_token, std=0.02)
-        self.decoder = PixelShuffleHead(encoder_num_features(encoder), self.in_chans, self.stride)
+        self.decoder = PixelShuffleHead(encoder.num_features, self.in_chans, self.stride)
 
     def _token_mask(self, images: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``[N, L]`` float token mask: drawn, or the caller's ``[N, L]`` / ``[N, gh, gw]`` checked."""
@@ -77,13 +67,6 @@ class SimMIM(Pretrained, nn.Module):
                 f"got {tuple(mask.shape)}"
             )
         return mask.reshape(n, gh * gw).to(device=images.device, dtype=torch.float32)
-
-    def pixel_mask(self, token_mask: torch.Tensor) -> torch.Tensor:
-        """``[N, L]`` token mask -> ``[N, 1, H, W]`` pixel mask (each token repeated over its patch)."""
-        gh, gw = self.encoder.grid_size
-        p = self.patch_size
-        grid = token_mask.view(-1, gh, gw)
-        return grid.repeat_interleave(p, dim=1).repeat_interleave(p, dim=2).unsqueeze(1)
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``images`` [N, C, H, W] (normalised); ``mask`` optional [N, L] or [N, gh, gw], 1 = masked.
@@ -99,7 +82,7 @@ class SimMIM(Pretrained, nn.Module):
         fh, fw = h // self.stride, w // self.stride
         features = tokens.transpose(1, 2).reshape(n, tokens.shape[-1], fh, fw)  # [N, D, H/s, W/s]
         pred = self.decoder(features)  # [N, C, H, W]
-        loss = masked_l1(pred, images, self.pixel_mask(token_mask))
+        loss = masked_l1(pred, images, pixel_mask(token_mask, self.patch_size, self.encoder.grid_size))
         return {"loss": loss, "pred": pred, "mask": token_mask}
 
     def training_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
@@ -107,21 +90,19 @@ class SimMIM(Pretrained, nn.Module):
         return self(batch[0])
 
     @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Reconstruction for people to look at, in the input's (normalised) space.
+    def loss_baseline(self, batch: tuple[torch.Tensor, ...]) -> tuple[str, dict[str, torch.Tensor]]:
+        """What the loss would be for a prediction that learned nothing: each patch's mean colour (per
+        channel), on the batch the trainer hands to :meth:`training_step`; the trainer shows the loss
+        against it (:mod:`mimkit.engine.health`).
 
         Returns:
-            ``reconstruction`` [N, C, H, W] (the head's output everywhere), ``masked`` (the input with the
-            masked pixels zeroed), ``pasted`` (the reconstruction on masked pixels, the input elsewhere),
-            ``mask`` [N, 1, H, W] (1 = masked), ``loss``.
+            ``(what the trivial prediction is, {"loss": scalar})``.
         """
+        return "predicting each patch's mean", {"loss": patch_mean_l1(batch[0], self.patch_size)}
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """:func:`~mimkit.methods.panels.reconstruction_panels` in the input's (normalised) space."""
         out = self(images, mask=mask)
-        recon = out["pred"].float()
-        pixel_mask = self.pixel_mask(out["mask"])
-        return {
-            "reconstruction": recon,
-            "masked": images * (1 - pixel_mask),
-            "pasted": images * (1 - pixel_mask) + recon * pixel_mask,
-            "mask": pixel_mask,
-            "loss": out["loss"],
-        }
+        mask = pixel_mask(out["mask"], self.patch_size, self.encoder.grid_size)
+        return reconstruction_panels(images, out["pred"].float(), mask, out["loss"])

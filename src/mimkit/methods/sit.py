@@ -24,12 +24,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from mimkit.heads.sit import ProjectionHead, SiTReconstructionHead
 from mimkit.hub import Pretrained
 from mimkit.losses.contrastive import nt_xent
-from mimkit.losses.l1 import masked_l1
+from mimkit.losses.l1 import masked_l1, patch_mean_l1
 from mimkit.masking.gmml import MAX_RECTS, check_fills, check_geometry, check_max_ratios, gmml_corrupt
 from mimkit.methods.registry import METHODS
 from mimkit.methods.views import TwoViewAugment
@@ -85,7 +86,8 @@ class SiT(Pretrained, nn.Module):
         momentum: teacher momentum at step 0; it rises to 1 on a cosine over training.
         augment: make the views here (``False``: the batch is used as is, for pipelines that augment).
         pixel_mean: the data pipeline's per-channel mean, so colour jitter / solarise work on real
-            ``[0, 1]`` pixels; ``None`` uses each batch's per-channel range instead.
+            ``[0, 1]`` pixels (pretraining gives the training data's); ``None`` uses each batch's
+            per-channel range instead.
         pixel_std: the data pipeline's per-channel standard deviation (with ``pixel_mean``).
         augment_options: extra :class:`~mimkit.methods.views.TwoViewAugment` options (``blur_p``, ...).
     """
@@ -251,14 +253,43 @@ class SiT(Pretrained, nn.Module):
             "mask": mask[:n],
         }
 
+    def _views(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The views a training step sees: two (contrastive) or one (GMML), made here unless ``augment``
+        is off (then the batch itself)."""
+        if self.augment is None:
+            return (images, images) if self.contrastive else (images,)
+        if self.contrastive:
+            return tuple(self.augment(images))
+        return (self.augment.view(images, 1),)  # GMML: one view, the milder pipeline
+
     def training_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """The trainer's entry point: ``batch = (images, labels)``, labels ignored; views made here."""
-        images = batch[0]
-        if self.augment is None:
-            return self(images, images if self.contrastive else None)
-        if self.contrastive:
-            return self(*self.augment(images))
-        return self(self.augment.view(images, 1))  # GMML: one view, the milder pipeline
+        return self(*self._views(batch[0]))
+
+    @torch.no_grad()
+    def loss_baseline(self, batch: tuple[torch.Tensor, ...]) -> tuple[str, dict[str, torch.Tensor]]:
+        """What the losses would be for a model that learned nothing, on views of the batch the trainer
+        hands to :meth:`training_step`; the trainer shows the loss against it (:mod:`mimkit.engine.health`).
+
+        Reconstruction: each patch's mean colour (``mimkit.losses.patch_mean_l1``). Contrastive:
+        embeddings that tell no image from another, so every candidate is as likely as the positive:
+        ``ln(2M - 1)`` for ``M`` images over all processes (NT-Xent's ``2M - 1`` candidates per anchor).
+        The views are random: the trainer keeps this call's draws out of the training's.
+
+        Returns:
+            ``(what the trivial prediction is, {"loss", "loss_recon"[, "loss_contrastive"]: scalars})``.
+        """
+        views = self._views(batch[0])
+        recon = torch.stack([patch_mean_l1(v, self.encoder.patch_size) for v in views]).mean()
+        if not self.contrastive:
+            return "predicting each patch's mean", {"loss": recon, "loss_recon": recon}
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        contrastive = torch.tensor(2.0 * views[0].shape[0] * world - 1).log()
+        return "predicting each patch's mean and embeddings at chance", {
+            "loss": self.alpha * recon + contrastive,
+            "loss_recon": recon,
+            "loss_contrastive": contrastive,
+        }
 
     def on_train_step_end(self, step: int, total_steps: int) -> None:
         """Move the teacher towards the student with the momentum of the cosine schedule at ``step``."""
@@ -300,10 +331,11 @@ _CONTRASTIVE_OPTIONS = (
 
 
 @METHODS.register("gmml")
-def gmml(encoder: nn.Module, **kwargs: Any) -> SiT:
+def gmml(encoder: nn.Module, pixel_mean: Any = None, pixel_std: Any = None, **kwargs: Any) -> SiT:
     """GMML preset: reconstruction only (no teacher, no contrastive loss), L1 on corrupted pixels.
 
-    Options of the contrastive part (teacher, projector, loss weighting) are refused rather than ignored.
+    Options of the contrastive part (teacher, projector, loss weighting) are refused rather than ignored;
+    ``pixel_mean`` / ``pixel_std`` are named so that pretraining hands over the data's, as to :class:`SiT`.
     """
     unused = [k for k in _CONTRASTIVE_OPTIONS if k in kwargs]
     if unused:
@@ -313,4 +345,4 @@ def gmml(encoder: nn.Module, **kwargs: Any) -> SiT:
             f"reconstruction alone); remove {given}, or use method 'sit'"
         )
     kwargs.setdefault("recon_loss", "masked")
-    return SiT(encoder, contrastive=False, **kwargs)
+    return SiT(encoder, contrastive=False, pixel_mean=pixel_mean, pixel_std=pixel_std, **kwargs)

@@ -28,16 +28,9 @@ import kornia.augmentation as K
 import torch
 import torch.nn as nn
 
+from mimkit.plain import pair
+
 logger = logging.getLogger(__name__)
-
-
-def _pair(value: Sequence[float] | float, name: str) -> tuple[float, float]:
-    if isinstance(value, (int, float)):
-        return (float(value), float(value))
-    values = tuple(float(v) for v in value)
-    if len(values) != 2:
-        raise ValueError(f"{name} must be a number or a pair (view 1, view 2), got {value!r}")
-    return values  # type: ignore[return-value]
 
 
 def _check_prob(p: float, name: str) -> float:
@@ -108,7 +101,7 @@ class TwoViewAugment(nn.Module):
         blur_kernel = default_blur_kernel(size) if blur_kernel is None else blur_kernel
         if blur_kernel < 1 or blur_kernel % 2 == 0:
             raise ValueError(f"blur_kernel must be an odd positive int, got {blur_kernel!r}")
-        blur_ps, solarize_ps = _pair(blur_p, "blur_p"), _pair(solarize_p, "solarize_p")
+        blur_ps, solarize_ps = pair(blur_p, "blur_p", float), pair(solarize_p, "solarize_p", float)
         for name, p in (("flip_p", flip_p), ("jitter_p", jitter_p), ("grayscale_p", grayscale_p)):
             _check_prob(p, name)
         for p in (*blur_ps, *solarize_ps):

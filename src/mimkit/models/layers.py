@@ -9,15 +9,6 @@ import torch.nn.functional as F
 from mimkit import rng
 
 
-def to_2tuple(value: int | tuple[int, int] | list[int], name: str = "size") -> tuple[int, int]:
-    """``7 -> (7, 7)``; ``(7, 9) -> (7, 9)``."""
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return (int(value[0]), int(value[1]))
-    raise ValueError(f"{name} must be an int or a pair of ints (H, W), got {value!r}")
-
-
 class PatchEmbed(nn.Module):
     """Non-overlapping patches -> tokens: ``[N, C, H, W] -> [N, (H/p)*(W/p), D]``."""
 

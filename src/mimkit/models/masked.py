@@ -2,8 +2,9 @@
 
 MAE drops the masked tokens before the transformer (``ids_keep``); SimMIM and SiT replace them by a learned
 mask token (``mask`` + ``mask_token``), before the position embedding is added. ViT and Swin implement
-:class:`MaskedEncoder`; a method checks an encoder with :func:`check_masked_encoder`, and encoders replace
-tokens with :func:`replace_masked_tokens`.
+:class:`MaskedEncoder`, which declares everything a method reads of its encoder; a method checks its encoder
+with :func:`check_masked_encoder` when it is built, and encoders replace tokens with
+:func:`replace_masked_tokens`.
 """
 
 from __future__ import annotations
@@ -12,20 +13,20 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-# attributes every masked encoder has (besides forward_encoder)
-INTERFACE = ("patch_size", "grid_size", "img_size", "in_chans", "embed_dim")
-
 
 @runtime_checkable
 class MaskedEncoder(Protocol):
-    """An encoder the pretraining methods can mask.
+    """An encoder the pretraining methods can mask: every attribute a method reads of its encoder.
 
     Attributes:
         patch_size: side of a patch, in pixels.
         grid_size: the patch grid ``(H / p, W / p)``.
         img_size: the input ``(H, W)``.
         in_chans: image channels.
-        embed_dim: width of the patch tokens.
+        embed_dim: width of the patch tokens (what a mask token replaces).
+        num_features: width of the output tokens (a Swin's last stage's; a ViT's ``embed_dim``).
+        out_stride: total downsampling of the output tokens, in pixels (a ViT's ``patch_size``).
+        num_prefix_tokens: leading non-patch tokens of the output (1 for a ViT's class token, 0 for Swin).
         drops_tokens: ``forward_encoder`` accepts ``ids_keep`` (ViT yes, Swin no: its windows need every
             token).
     """
@@ -35,6 +36,9 @@ class MaskedEncoder(Protocol):
     img_size: tuple[int, int]
     in_chans: int
     embed_dim: int
+    num_features: int
+    out_stride: int
+    num_prefix_tokens: int
     drops_tokens: bool
 
     def forward_encoder(
@@ -49,7 +53,8 @@ class MaskedEncoder(Protocol):
 def check_masked_encoder(
     encoder: object, method: str, drops_tokens: bool = False, class_token: bool = False, hint: str = ""
 ) -> None:
-    """The one check of an encoder a method is given: the interface, and what the method needs beyond it.
+    """The one check of an encoder a method is given: the members of :class:`MaskedEncoder`, and what the
+    method needs beyond them.
 
     Args:
         encoder: the encoder.
@@ -59,9 +64,10 @@ def check_masked_encoder(
         hint: what to use instead, appended to the message.
 
     Raises:
-        ValueError: one line naming what the encoder lacks.
+        ValueError: one line naming the encoder's class and what it lacks.
     """
-    missing = [name for name in ("forward_encoder", *INTERFACE) if not hasattr(encoder, name)]
+    members = ("forward_encoder", *MaskedEncoder.__annotations__)  # declared once, above
+    missing = [name for name in members if not hasattr(encoder, name)]
     if drops_tokens and not getattr(encoder, "drops_tokens", False):
         missing.append("token dropping (ids_keep)")
     if class_token and not hasattr(encoder, "cls_token"):

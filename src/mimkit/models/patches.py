@@ -31,3 +31,9 @@ def unpatchify(
     x = patches.reshape(n, gh, gw, p, p, channels)
     x = torch.einsum("nhwpqc->nchpwq", x)
     return x.reshape(n, channels, gh * p, gw * p)
+
+
+def pixel_mask(token_mask: torch.Tensor, patch_size: int, grid_size: tuple[int, int]) -> torch.Tensor:
+    """``[N, L]`` mask on the patch grid -> ``[N, 1, gh*p, gw*p]``: each token's value over its patch."""
+    grid = token_mask.reshape(-1, 1, *grid_size)
+    return grid.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)

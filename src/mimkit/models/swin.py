@@ -52,9 +52,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mimkit.hub import Pretrained
-from mimkit.models.layers import Attention, DropPath, Mlp, PatchEmbed, to_2tuple, use_fused_attention
+from mimkit.models.layers import Attention, DropPath, Mlp, PatchEmbed, use_fused_attention
 from mimkit.models.masked import replace_masked_tokens
 from mimkit.models.registry import ENCODERS
+from mimkit.plain import pair
 
 # Value added to the attention logits of token pairs the mask separates (the reference's constant).
 MASKED_LOGIT = -100.0
@@ -405,7 +406,7 @@ class SwinTransformer(Pretrained, nn.Module):
             )
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
-        self.img_size = to_2tuple(img_size, "img_size")
+        self.img_size = pair(img_size, "img_size")
         self.patch_embed = SwinPatchEmbed(self.img_size, patch_size, in_chans, embed_dim)  # checks H, W % p
 
         num_stages = len(depths)
@@ -517,10 +518,10 @@ class SwinTransformer(Pretrained, nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def layer_id(self, param_name: str) -> int:
-        """Depth for layer-wise lr decay, counted in blocks as SimMIM does: patch embedding (and a
-        method's ``mask_token``) 0, block ``j`` of stage ``i`` ``sum(depths[:i]) + j + 1``, the merging
-        after stage ``i`` with the stage's last block, everything else (norm, head) ``depth + 1``."""
-        if param_name.startswith(("patch_embed", "mask_token")):
+        """Depth for layer-wise lr decay, counted in blocks as SimMIM does: patch embedding 0, block ``j`` of
+        stage ``i`` ``sum(depths[:i]) + j + 1``, the merging after stage ``i`` with the stage's last block,
+        everything else (norm, head) ``depth + 1``."""
+        if param_name.startswith("patch_embed"):
             return 0
         if param_name.startswith("layers."):
             parts = param_name.split(".")

@@ -15,9 +15,10 @@ import torch
 import torch.nn as nn
 
 from mimkit.hub import Pretrained
-from mimkit.models.layers import Block, PatchEmbed, init_weights_mae, to_2tuple
+from mimkit.models.layers import Block, PatchEmbed, init_weights_mae
 from mimkit.models.masked import replace_masked_tokens
 from mimkit.models.pos_embed import sincos_2d
+from mimkit.plain import pair
 
 
 class VisionTransformer(Pretrained, nn.Module):
@@ -70,7 +71,7 @@ class VisionTransformer(Pretrained, nn.Module):
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
-        self.img_size = to_2tuple(img_size, "img_size")
+        self.img_size = pair(img_size, "img_size")
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.embed_dim = embed_dim

@@ -1,4 +1,5 @@
-"""Reconstruction grids: one row per image, one column per stage (original | masked | ...)."""
+"""Reconstruction grids: one row per image, one column per stage (original | masked | ...); drawn by
+``mimkit reconstruct`` and, every few minutes, during pretraining (:class:`ReconstructionPictures`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from mimkit.data.transforms import denormalize
 
@@ -98,3 +100,60 @@ def save_reconstruction_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
+
+
+def draw_reconstructions(
+    method: nn.Module,
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    title: str | None = None,
+    bands: Sequence[int] | str | None = None,
+    stretch: tuple[float, float] | None = None,
+    seed: int = 0,
+) -> Path:
+    """``method.reconstruct(images)`` in eval mode with its masks drawn from ``seed`` (the caller's random
+    generator is left as it was), written as a grid by :func:`save_reconstruction_grid`.
+
+    Args:
+        method: has ``reconstruct(images) -> {panel: [N, C, H, W]}`` (MAE, SimMIM, SiT).
+        images: normalised ``[N, C, H, W]`` on the method's device.
+        seed: the same seed draws the same masks, so pictures of one run at different steps compare.
+    """
+    devices = [images.device] if images.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(seed)
+        method.eval()
+        outputs = method.reconstruct(images)
+    return save_reconstruction_grid(
+        images, outputs, path, mean, std, title=title, bands=bands, stretch=stretch
+    )
+
+
+class ReconstructionPictures:
+    """The trainer's ``picture`` during pretraining: a grid of the method's reconstructions of a few
+    training images at a step, written to ``run_dir/pictures/reconstruction_step{step:06d}.png``.
+
+    Args:
+        run_dir: the run directory.
+        mean, std: the data's normalisation, to show the pixels as they were.
+        title: the start of each picture's title (the step is added).
+        stretch: percentiles shown as black and white (16-bit and float data), or None.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        title: str = "",
+        stretch: tuple[float, float] | None = None,
+    ):
+        self.dir = Path(run_dir) / "pictures"
+        self.mean, self.std, self.title, self.stretch = tuple(mean), tuple(std), title, stretch
+
+    def __call__(self, method: nn.Module, images: torch.Tensor, step: int) -> Path:
+        path = self.dir / f"reconstruction_step{step:06d}.png"
+        title = f"{self.title}  step {step}".strip()
+        return draw_reconstructions(method, images, path, self.mean, self.std, title, stretch=self.stretch)
