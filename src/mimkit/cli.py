@@ -3,6 +3,7 @@
 mimkit pretrain --config configs/mae_fashion_mnist.yaml train.epochs=5 output_dir=runs/mae
 mimkit reconstruct runs/mae --out recon.png
 mimkit knn runs/mae --compare-random
+mimkit eval finetune runs/mae && mimkit predict runs/mae new_images/ --out predictions.csv
 mimkit export runs/mae encoder.safetensors
 """
 
@@ -19,12 +20,15 @@ from mimkit.data import build_dataset, build_eval_transform
 from mimkit.engine import NonFiniteLossError, dist, load_config
 from mimkit.engine.config import parse_overrides
 from mimkit.engine.runctl import EXIT_PREEMPTED, Preempted
+from mimkit.eval.saved import is_classifier_run
 from mimkit.eval_cli import (
     add_embed_parser,
     add_eval_parsers,
     add_knn_parser,
+    add_predict_parser,
     run_embed,
     run_eval,
+    run_predict,
     track_results,
 )
 from mimkit.eval_sources import eval_data_config
@@ -90,6 +94,11 @@ def run_reconstruct(
 
 def run_export(checkpoint: str, out: str, encoder_name: str | None = None) -> Path:
     """Write a run's encoder as ``.safetensors`` with the standard ViT names."""
+    if encoder_name is None and is_classifier_run(checkpoint):
+        raise ValueError(
+            f"{checkpoint} is a fine-tuning run: export its classifier with --format transformers timm onnx "
+            "(a directory), or its pretraining run's encoder as .safetensors"
+        )
     if encoder_name is None:
         method, cfg, _ = load_pretrained(checkpoint)
         return export_encoder_safetensors(method, out, config={"encoder": cfg.encoder})
@@ -159,7 +168,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", dest="encoder_name", help="encoder name, for a plain encoder file")
     p.add_argument(
         "--format", nargs="+", dest="formats", metavar="FORMAT",
-        help="transformers (ViTModel; ViTMAEForPreTraining for MAE), timm, onnx: written under OUT",
+        help="transformers (ViTModel; ViTMAEForPreTraining for MAE; BeitForImageClassification for a "
+        "fine-tuning run's classifier), timm, onnx: written under OUT",
     )  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an OUT directory that is not empty")
 
@@ -177,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_embed_parser(sub)
     add_eval_parsers(sub)
+    add_predict_parser(sub)
     return parser
 
 
@@ -216,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             code = run_eval(args)
         elif args.command == "embed":
             code = run_embed(args)
+        elif args.command == "predict":
+            code = run_predict(args)
         elif args.command == "shards":
             from mimkit.data.packing import pack_shards
 
@@ -224,8 +237,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {len(index['shards'])} shard(s) of {index['images']} images{skipped} to {args.out}")
         elif args.command == "export" and args.formats:
             from mimkit.interop import export_run
+            from mimkit.interop_classifier import export_classifier_run
 
-            checks = export_run(args.checkpoint, args.out, args.formats, args.force)
+            what = export_classifier_run if is_classifier_run(args.checkpoint) else export_run
+            checks = what(args.checkpoint, args.out, args.formats, args.force)
             for name, value in checks.items():
                 print(f"{name}: " + (f"max |difference| {value:.2e}" if isinstance(value, float) else value))
             print(f"wrote {', '.join(args.formats)} and README.md under {args.out}")

@@ -42,6 +42,7 @@ from mimkit.eval_protocols import (
     evaluate_label_efficiency,
     evaluate_linear,
     evaluate_tsne,
+    predict,
 )
 from mimkit.eval_sources import POOLS, DataChoice, EncoderChoice, FeatureOptions
 
@@ -134,6 +135,45 @@ def run_embed(args: argparse.Namespace) -> int:
     say(
         f"wrote {r['rows']} embeddings of dimension {r['dim']} ({features.pool} features) to {r['path']} "
         f"and their index to {r['index']} in {r['seconds']:.1f} s{skipped}"
+    )
+    return 0
+
+
+def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``mimkit predict RUN DIR --out predictions.csv``: a fine-tuned classifier on a folder of images."""
+    p = subparsers.add_parser(
+        "predict",
+        help="top-k classes with probabilities for every image of a folder (.csv), by a fine-tuned "
+        "classifier; resumable",
+    )
+    p.add_argument("run", help="fine-tuning run directory, or a pretraining run (its eval/finetune)")
+    p.add_argument("folder", help="a folder of images, read recursively (labels, if any, are ignored)")
+    p.add_argument("--out", "-o", default="predictions.csv", help="the CSV (default predictions.csv)")
+    p.add_argument("--topk", type=int, default=5, help="classes per image (default 5, at most the classes)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="of the forward pass (default fp32: the precision the held-out score was measured in)",
+    )
+    p.add_argument("--workers", dest="num_workers", type=int, default=0, help="processes decoding images")
+    p.add_argument(
+        "--convert-channels",
+        action="store_true",
+        help="convert grey / RGB / RGBA images to the classifier's channel count instead of refusing them",
+    )
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Run ``mimkit predict``; prints where the predictions went."""
+    features = FeatureOptions(batch_size=args.batch_size, device=args.device, precision=args.precision)
+    r = _pick(predict, args, args.run, args.folder, args.out, features=features)
+    skipped = f"; {r['skipped']} unreadable file(s) skipped" if r["skipped"] else ""
+    say(
+        f"wrote the top-{r['topk']} classes of {r['rows']} images to {r['path']} "
+        f"(classifier {r['classifier']}) in {r['seconds']:.1f} s{skipped}"
     )
     return 0
 

@@ -1,4 +1,5 @@
-"""The evaluation protocols from paths: kNN, linear probe, fine-tuning, label efficiency, t-SNE, embeddings.
+"""The evaluation protocols from paths: kNN, linear probe, fine-tuning, label efficiency, t-SNE, embeddings,
+and a fine-tuned classifier's predictions.
 
 Each resolves its inputs into modules and datasets (:mod:`mimkit.eval_sources`) and hands them to
 :mod:`mimkit.eval`, which does the work; the command line (:mod:`mimkit.eval_cli`) only parses and prints.
@@ -25,7 +26,9 @@ from mimkit.eval.finetune import finetune
 from mimkit.eval.frozen import Split, evaluate_frozen, plot_tsne, slug
 from mimkit.eval.label_efficiency import LabelEfficiencyOptions, run_label_efficiency, scratch_recipe
 from mimkit.eval.linear import LinearProbeConfig
+from mimkit.eval.predict import check_topk, csv_path, folder_dataset, write_predictions
 from mimkit.eval.recipe import FinetuneConfig, load_recipe
+from mimkit.eval.saved import load_classifier
 from mimkit.eval.tsne import TsneOptions
 from mimkit.eval_sources import (
     DataChoice,
@@ -160,6 +163,33 @@ def embed(
     entry = encoders(loaded, False, encoder.seed)[0]
     run = settle(features)
     return write_embeddings(entry, images, run, out, pool=features.pool, num_workers=num_workers)
+
+
+def predict(
+    run: str | os.PathLike,
+    folder: str | os.PathLike,
+    out: str | os.PathLike = "predictions.csv",
+    *,
+    topk: int = 5,
+    features: FeatureOptions | None = None,
+    num_workers: int = 0,
+    convert_channels: bool = False,
+) -> dict[str, Any]:
+    """The ``topk`` classes of every image under ``folder`` by the classifier of the fine-tuning run ``run``
+    (or of a pretraining run's ``eval/finetune``), written to ``out`` (CSV):
+    :func:`~mimkit.eval.predict.write_predictions`. ``features`` gives the batch size, device and precision
+    (default: batches of 256 in fp32, the precision the held-out score was measured in).
+
+    Returns:
+        ``{"rows", "topk", "skipped", "path", "seconds", "classifier"}`` (the fine-tuning run directory).
+    """
+    features = features or FeatureOptions(batch_size=256, precision="fp32")
+    csv_path(out)
+    saved = load_classifier(run)
+    check_topk(topk, len(saved.classes))
+    dataset = folder_dataset(saved, folder, convert_channels)
+    result = write_predictions(saved, dataset, settle(features), out, topk=topk, num_workers=num_workers)
+    return {**result, "classifier": saved.run_dir}
 
 
 def evaluate_finetune(

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from mimkit.eval.saved import is_classifier_run
 from mimkit.models import hf_names
 from mimkit.models.vit import VisionTransformer
 from mimkit.pretrain import load_pretrained, resolve_checkpoint
@@ -58,11 +59,12 @@ def _vit(encoder: nn.Module, fmt: str) -> VisionTransformer:
 
 
 @torch.no_grad()
-def _compare(name: str, ours: torch.Tensor, theirs: torch.Tensor) -> float:
+def _compare(name: str, ours: torch.Tensor, theirs: torch.Tensor, tolerance: float = _TOLERANCE) -> float:
+    """The max |difference| of two outputs; a RuntimeError above ``tolerance`` (relative, at least of 1)."""
     diff = float((ours.float() - theirs.float()).abs().max())
     scale = float(ours.abs().max())
     log.info("%s: max |difference| from mimkit %.2e (values up to %.2f)", name, diff, scale)
-    if not diff <= _TOLERANCE * max(1.0, scale):
+    if not diff <= tolerance * max(1.0, scale):
         raise RuntimeError(f"{name} does not reproduce mimkit's output: max |difference| {diff:.2e}")
     return diff
 
@@ -72,13 +74,16 @@ def _probe(vit: nn.Module, n: int = 2) -> torch.Tensor:
     return torch.randn(n, vit.in_chans, *vit.img_size, generator=g)
 
 
-def _image_processor(out: Path, vit: VisionTransformer, stats: dict[str, Any]) -> None:
-    """``preprocessor_config.json``: resize to the run's size, scale to [0, 1], normalise as the run."""
+def _image_processor(
+    out: Path, vit: VisionTransformer, stats: dict[str, Any], rescale: float | None = 1 / 255
+) -> None:
+    """``preprocessor_config.json``: resize to the run's size, scale to [0, 1] (``rescale``: 1 / 255 for
+    8-bit images, 1 / 65535 for 16-bit, None for float values), normalise as the run."""
     h, w = vit.img_size
     config = {
         "image_processor_type": "ViTImageProcessor",
         "do_resize": True, "size": {"height": h, "width": w}, "resample": 3,
-        "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_rescale": rescale is not None, "rescale_factor": rescale or 1.0,
         "do_normalize": True, "image_mean": list(stats["mean"]), "image_std": list(stats["std"]),
     }  # fmt: skip
     (out / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -136,22 +141,26 @@ def _timm_arch(vit: VisionTransformer) -> str:
     return f"vit_{size}_patch16_224"
 
 
-def export_timm(method: nn.Module, stats: dict[str, Any], out: Path) -> dict[str, Any]:
-    """``out/timm/model.safetensors`` + ``config.json`` in the layout timm's hub loader reads."""
-    vit = _vit(getattr(method, "encoder", method), "timm")
-    folder = out / "timm"
-    export_encoder_safetensors(vit, folder / "model.safetensors")
+def timm_config(
+    vit: VisionTransformer, stats: dict[str, Any], classes: list[str] | None = None
+) -> dict[str, Any]:
+    """timm's ``config.json`` of a mimkit ViT: the encoder (no head, class-token pooling), or with
+    ``classes`` a classifier with its head, pooling and ``fc_norm`` as built, and ``label_names`` in
+    ``pretrained_cfg``."""
+    head: dict[str, Any] = {"global_pool": "token", "num_classes": 0}
+    if classes is not None:
+        head = {"global_pool": vit.global_pool, "fc_norm": not isinstance(vit.fc_norm, nn.Identity),
+                "num_classes": len(classes)}  # fmt: skip
     model_args = {
         "img_size": list(vit.img_size), "patch_size": vit.patch_size, "in_chans": vit.in_chans,
         "embed_dim": vit.embed_dim, "depth": vit.depth, "num_heads": vit.num_heads,
-        "mlp_ratio": hf_names.mlp_dim(vit) / vit.embed_dim, "qkv_bias": True, "class_token": True,
-        "global_pool": "token", "num_classes": 0,
+        "mlp_ratio": hf_names.mlp_dim(vit) / vit.embed_dim, "qkv_bias": True, "class_token": True, **head,
     }  # fmt: skip
-    config = {
+    return {
         "architecture": _timm_arch(vit),
-        "num_classes": 0,
+        "num_classes": head["num_classes"],
         "num_features": vit.embed_dim,
-        "global_pool": "token",
+        "global_pool": head["global_pool"],
         "model_args": model_args,
         "pretrained_cfg": {
             "input_size": [vit.in_chans, *vit.img_size],
@@ -159,11 +168,20 @@ def export_timm(method: nn.Module, stats: dict[str, Any], out: Path) -> dict[str
             "std": list(stats["std"]),
             "interpolation": "bicubic",
             "crop_pct": 1.0,
-            "num_classes": 0,
+            "num_classes": head["num_classes"],
+            **({"label_names": list(classes)} if classes is not None else {}),
             "first_conv": "patch_embed.proj",
             "classifier": "head",
         },  # fmt: skip
     }
+
+
+def export_timm(method: nn.Module, stats: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``out/timm/model.safetensors`` + ``config.json`` in the layout timm's hub loader reads."""
+    vit = _vit(getattr(method, "encoder", method), "timm")
+    folder = out / "timm"
+    export_encoder_safetensors(vit, folder / "model.safetensors")
+    config = timm_config(vit, stats)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return config
 
@@ -179,24 +197,33 @@ class _Features(nn.Module):
 
 @torch.no_grad()
 def export_onnx(method: nn.Module, out: Path) -> float:
-    """``out/onnx/encoder.onnx`` (torch.onnx's dynamo exporter, opset 18, dynamic batch), run back with
-    onnxruntime on a batch of another size than the traced one; returns the max |difference|."""
+    """``out/onnx/encoder.onnx``: the encoder's tokens (:func:`write_onnx`); returns the max |difference|."""
+    encoder = getattr(method, "encoder", method).eval()
+    return write_onnx(_Features(encoder), encoder, out / "onnx" / "encoder.onnx", "tokens")
+
+
+@torch.no_grad()
+def write_onnx(
+    module: nn.Module, encoder: nn.Module, path: Path, output: str, tolerance: float = _TOLERANCE
+) -> float:
+    """``module`` (images ``[N, C, H, W]`` of ``encoder``'s input -> one tensor named ``output``) as ONNX at
+    ``path`` (torch.onnx's dynamo exporter, opset 18, dynamic batch), run back with onnxruntime on a batch
+    of another size than the traced one and compared within ``tolerance``; returns the max |difference|."""
     _require("onnx", "onnx")
     ort = _require("onnxruntime", "onnx")
-    encoder = getattr(method, "encoder", method).eval()
+    module.eval()
     if hasattr(encoder, "set_fused_attn"):
         encoder.set_fused_attn(False)  # the plain-math attention exports to standard ops
-    path = out / "onnx" / "encoder.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    quiet = [logging.getLogger(name) for name in ("onnxscript", "torch.onnx")]
+    quiet = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
     levels = [q.level for q in quiet]
     for q in quiet:  # the exporter's optimiser logs each rewrite at INFO
         q.setLevel(logging.WARNING)
     try:
         torch.onnx.export(
-            _Features(encoder).eval(), (_probe(encoder, 2),), str(path), dynamo=True,
-            opset_version=ONNX_OPSET, input_names=["images"], output_names=["tokens"],
+            module, (_probe(encoder, 2),), str(path), dynamo=True,
+            opset_version=ONNX_OPSET, input_names=["images"], output_names=[output],
             dynamic_shapes=({0: batch},), external_data=False, verbose=False,
         )  # fmt: skip
     finally:
@@ -205,7 +232,7 @@ def export_onnx(method: nn.Module, out: Path) -> float:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = _probe(encoder, 3)
     (theirs,) = session.run(None, {"images": x.numpy()})
-    return _compare("onnxruntime", encoder.forward_features(x), torch.from_numpy(theirs))
+    return _compare("onnxruntime", module(x), torch.from_numpy(theirs), tolerance)
 
 
 # ----------------------------------------------------------------------------- model card
@@ -264,16 +291,32 @@ def model_card(cfg: Any, stats: dict[str, Any], run: Path | None, formats: list[
     return "\n".join(lines) + "\n"
 
 
-def export_run(checkpoint: str, out: str, formats: list[str], force: bool = False) -> dict[str, Any]:
-    """Write a run's encoder in ``formats`` under ``out`` with a model card; returns what was checked."""
+def check_formats(formats: list[str]) -> None:
+    """A ValueError naming any unknown format (or none given)."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ValueError(f"unknown export format(s) {unknown}; choose from {', '.join(FORMATS)}")
+
+
+def prepare_out_dir(out: str | Path, force: bool) -> Path:
+    """``out`` as a directory to write into: absent or empty, or emptied with ``force`` (else ValueError)."""
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not force:
             raise ValueError(f"{out_dir} exists and is not empty; choose another or pass --force")
         shutil.rmtree(out_dir)
+    return out_dir
+
+
+def export_run(checkpoint: str, out: str, formats: list[str], force: bool = False) -> dict[str, Any]:
+    """Write a run's encoder in ``formats`` under ``out`` with a model card; returns what was checked."""
+    check_formats(formats)
+    if is_classifier_run(checkpoint):
+        raise ValueError(
+            f"{checkpoint} is a fine-tuning run: its classifier exports with "
+            "mimkit.interop_classifier.export_classifier_run (what mimkit export runs for it)"
+        )
+    out_dir = prepare_out_dir(out, force)
     method, cfg, stats = load_pretrained(checkpoint)
     method.eval()
     encoder = getattr(method, "encoder", method)

@@ -89,6 +89,8 @@ class BatchLoader(EpochCursor):
         num_workers: worker processes decoding a lazily loaded dataset (ignored for in-memory data).
         rank, world_size: this process's shard.
         pin_memory: pin the batches (faster copies to a GPU).
+        report_skipped: log unreadable files as batches find them (False: the caller reports them; they
+            are recorded in the dataset's ``skipped_files`` either way).
 
     After each batch, ``last_indices`` holds its dataset indices (int64 ``[N]``, unreadable files left
     out): the trainer keys each sample's randomness by them (:mod:`mimkit.rng`).
@@ -105,6 +107,7 @@ class BatchLoader(EpochCursor):
         rank: int = 0,
         world_size: int = 1,
         pin_memory: bool = False,
+        report_skipped: bool = True,
     ):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -135,6 +138,7 @@ class BatchLoader(EpochCursor):
         self.rank = rank
         self.world_size = world_size
         self.pin_memory = pin_memory
+        self.report_skipped = report_skipped
         self._reported = 0  # unreadable files already reported
         self.last_indices: torch.Tensor | None = None
 
@@ -196,7 +200,7 @@ class BatchLoader(EpochCursor):
             if images is not None:
                 self.last_indices = indices
                 yield images, labels
-        if epoch_failures and self._reported > _WARN_EACH_UNTIL:
+        if epoch_failures and self._reported > _WARN_EACH_UNTIL and self.report_skipped:
             logger.warning(
                 "skipped %d unreadable image file(s) this epoch (%d in all so far)",
                 len(epoch_failures),
@@ -210,7 +214,7 @@ class BatchLoader(EpochCursor):
         if not new:
             return
         epoch_failures.extend(new)
-        if self._reported < _WARN_EACH_UNTIL:
+        if self._reported < _WARN_EACH_UNTIL and self.report_skipped:
             shown = "; ".join(f"{path}: {reason}" for path, reason in new[:3])
             logger.warning("skipped %d unreadable image file(s): %s", len(new), shown)
         self._reported += len(new)

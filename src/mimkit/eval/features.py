@@ -1,8 +1,9 @@
-"""The one feature pass of a frozen encoder: pooled features batch by batch, in a settled precision."""
+"""The one batched pass of the evaluation, in a settled precision: a frozen encoder's pooled features, or
+anything else a module computes batch by batch (a classifier's predictions)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,42 @@ class FeaturePass:
 
 
 @torch.no_grad()
+def forward_batches(
+    module: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, Any]],
+    transform: nn.Module,
+    run: FeaturePass,
+    forward: Callable[[torch.Tensor], Any],
+) -> Iterator[tuple[Any, Any]]:
+    """``forward(images)`` of each batch, ``module`` in eval mode on ``run.device``, in ``run.precision``.
+
+    The one batched pass of the evaluation: the frozen features (:func:`pooled_batches`) and a classifier's
+    predictions (:mod:`mimkit.eval.predict`) both go through it.
+
+    Args:
+        module: what ``forward`` runs (set to eval mode for the pass, then back).
+        batches: ``(images uint8 [N, C, H, W], anything)``; the second item is passed through.
+        transform: uint8 batch -> normalised float batch (on ``run.device``).
+        run: the device and precision (batch size and cache are the caller's).
+        forward: normalised images ``[N, C, H, W]`` -> what to yield (moved off the device by it).
+
+    Yields:
+        ``(forward's result, the batch's second item)``.
+    """
+    if run.device.type == "cpu":
+        keep_freed_memory()  # each batch's activations reuse the previous batch's memory
+    was_training = module.training
+    module.eval().to(run.device)
+    try:
+        for images, extra in batches:
+            images = transform(images.to(run.device, non_blocking=True))
+            with autocast(run.precision, run.device.type):
+                out = forward(images)
+            yield out, extra  # outside autocast: the caller's code runs between batches
+    finally:
+        module.train(was_training)
+
+
 def pooled_batches(
     encoder: nn.Module,
     batches: Iterable[tuple[torch.Tensor, Any]],
@@ -59,16 +96,9 @@ def pooled_batches(
     Yields:
         ``({pool: features [N, D] float32 on the CPU, not normalised}, the batch's second item)``.
     """
-    if run.device.type == "cpu":
-        keep_freed_memory()  # each batch's activations reuse the previous batch's memory
-    was_training = encoder.training
-    encoder.eval().to(run.device)
-    try:
-        for images, extra in batches:
-            images = transform(images.to(run.device, non_blocking=True))
-            with autocast(run.precision, run.device.type):
-                tokens = encoder.forward_features(images)
-                pooled = {pool: encoder.pool(tokens, pool).float().cpu() for pool in pools}
-            yield pooled, extra  # outside autocast: the caller's code runs between batches
-    finally:
-        encoder.train(was_training)
+
+    def pooled(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        tokens = encoder.forward_features(images)
+        return {pool: encoder.pool(tokens, pool).float().cpu() for pool in pools}
+
+    yield from forward_batches(encoder, batches, transform, run, pooled)

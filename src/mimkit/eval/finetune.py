@@ -28,6 +28,7 @@ from mimkit.engine.trainer import Trainer
 from mimkit.eval.classifier import Classifier
 from mimkit.eval.recipe import FinetuneConfig
 from mimkit.eval.records import check_recipe, final_train_loss
+from mimkit.eval.saved import write_classifier_record
 from mimkit.plain import plain
 
 log = logging.getLogger("mimkit")
@@ -120,6 +121,8 @@ def finetune(
     }
     if env.is_main:
         Path(run_dir, "finetune.json").write_text(json.dumps(result, indent=2) + "\n")
+        # the classifier kept with its class names and preprocessing, for mimkit predict / export
+        write_classifier_record(run_dir, classifier, train_set, result)
     log.info(
         "fine-tuned %d steps on %d images: test top-1 %.2f%%",
         trainer.step,

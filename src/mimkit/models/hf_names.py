@@ -100,6 +100,34 @@ def vit_to_hf(encoder: VisionTransformer, keys: set[str], prefix: str = "") -> d
     return out | _blocks_to_hf(s, "blocks.", encoder.depth, keys, prefix)
 
 
+# the attention's key bias under either naming of transformers (BEiT has none)
+_KEY_BIAS = ("attention.k_proj.bias", "attention.attention.key.bias")
+
+
+def beit_classifier_to_hf(classifier: VisionTransformer, keys: set[str]) -> dict[str, torch.Tensor]:
+    """A mimkit ViT classifier (mean of the patch tokens -> ``fc_norm`` -> ``head``, no final per-token
+    norm) under transformers' ``BeitForImageClassification`` names (``keys``: that model's own), for a BEiT
+    with absolute position embeddings, mean pooling and neither layer scale nor relative position bias.
+
+    BEiT's attention has no key bias: it is left out, exactly, since it adds ``q . b_k`` to every score of a
+    query's row and the softmax over that row cancels a constant.
+
+    Raises:
+        ValueError: ``keys`` need a weight the classifier lacks, or lack one other than the key biases.
+    """
+    s = _state(classifier)
+    out = {f"beit.{theirs}": s[ours] for ours, theirs in _VIT_NAMES.items() if not ours.startswith("norm.")}
+    for w in ("weight", "bias"):
+        out[f"beit.pooler.layernorm.{w}"] = s[f"fc_norm.{w}"]
+        out[f"classifier.{w}"] = s[f"head.{w}"]
+    out |= _blocks_to_hf(s, "blocks.", classifier.depth, keys, "beit.")
+    extra = sorted(k for k in out if k not in keys and not k.endswith(_KEY_BIAS))
+    missing = sorted(k for k in keys if k not in out)
+    if extra or missing:
+        raise ValueError(f"not a mean-pooled BEiT classifier: missing {missing[:4]}, unexpected {extra[:4]}")
+    return {k: v for k, v in out.items() if k in keys}
+
+
 def vit_from_hf(state: dict[str, torch.Tensor], depth: int, prefix: str = "") -> dict[str, torch.Tensor]:
     """transformers ``ViTModel`` / ``ViTMAEModel`` weights (under ``prefix``) as a mimkit ViT state dict."""
     out = {ours: state[f"{prefix}{theirs}"] for ours, theirs in _VIT_NAMES.items()}
