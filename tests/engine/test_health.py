@@ -232,20 +232,19 @@ def test_a_budgeted_finetuning_ends_at_min_lr(tmp_path):
 def test_the_loss_is_shown_against_the_baseline_of_the_first_batches(tmp_path, images, caplog):
     with caplog.at_level("INFO", logger="mimkit"):
         mae_trainer(tmp_path, images, epochs=1, log_every=2).fit()
-    # MAE without norm_pix: each 4x4 patch replaced by its mean scores its (biased) variance; the trainer
-    # averages the batches seen by the first logging step, 2 of 8 (epoch 0's order): computed here from the
-    # pixels
+    # MAE without norm_pix: predicting zeros (the data's mean colour once normalised; here normalise is
+    # 'none') scores the mean of x^2; the trainer averages the batches seen by the first logging step, 2 of 8
+    # (epoch 0's order): computed here from the pixels
     order = torch.randperm(40, generator=torch.Generator().manual_seed(0))[:16]
     x = images[order].float() / 255  # [16, 1, 8, 8]
-    patches = x.unfold(2, 4, 4).unfold(3, 4, 4).reshape(16, 4, 16)
-    expected = patches.var(dim=-1, unbiased=False).mean().item()
+    expected = x.pow(2).mean().item()
     records = rows(tmp_path)
     assert all(r["baseline_loss"] == pytest.approx(expected, rel=1e-5) for r in records)
     lines = messages(caplog)
     assert sum(m.startswith("loss baseline ") for m in lines) == 1
     summary = next(m for m in lines if m.startswith("trained steps"))
     loss = records[-1]["loss"]
-    assert f"against {expected:.4g} for predicting each patch's mean: " in summary
+    assert f"against {expected:.4g} for predicting the data's mean colour: " in summary
     assert summary.endswith("learning" if loss < 0.95 * expected else "not learning yet")
 
 

@@ -1,6 +1,6 @@
 """Each method's trivial baseline (``loss_baseline``), worked out by hand on a 4x4 image of 2x2 patches.
 
-The image, row by row, and its four patches (row-major grid):
+The image, row by row (squares sum to 50, 66, 9, 29; values to 10, 14, 5, 9), and its four patches:
 
     0 0 | 5 5        top-left  0 0 0 4   mean 1    (|x - mean|: 1 1 1 3)    biased var 3,    unbiased 4
     0 4 | 5 5        top-right 5 5 5 5   mean 5    (0 0 0 0)                biased var 0
@@ -37,10 +37,15 @@ def batch(images):
     return images, torch.zeros(images.shape[0], dtype=torch.long)
 
 
-def test_mae_baseline_is_each_patchs_variance():
+SQUARES = 50 + 66 + 9 + 29  # sum of the squared pixels, row by row
+ABS = 10 + 14 + 5 + 9  # sum of the pixels (all >= 0), row by row
+
+
+def test_mae_baseline_without_norm_pix_is_predicting_the_mean_colour_zero():
+    # the data arrive normalised by their mean colour, so predicting it is predicting zeros: mean of x^2
     meaning, values = mae(norm_pix=False).loss_baseline(batch(IMAGE.view(1, 1, 4, 4)))
-    assert meaning == "predicting each patch's mean"
-    assert values["loss"].item() == pytest.approx((3 + 0 + 1.25 + 1) / 4)
+    assert meaning == "predicting the data's mean colour"
+    assert values["loss"].item() == pytest.approx(SQUARES / 16)
 
 
 def test_mae_norm_pix_baseline_is_just_under_one_per_patch_with_contrast():
@@ -62,25 +67,23 @@ def test_mae_baseline_is_the_loss_of_predicting_zeros_under_norm_pix():
     )
 
 
-def test_simmim_baseline_is_the_mean_distance_to_each_patchs_mean_per_channel():
+def test_simmim_baseline_is_the_l1_of_predicting_the_mean_colour_zero():
     method = create_method("simmim", encoder=encoder(chans=2), mask_patch_size=2, mask_ratio=0.5)
     images = torch.stack([IMAGE, 2 * IMAGE]).unsqueeze(0)  # [1, 2, 4, 4]: the second channel doubled
     meaning, values = method.loss_baseline(batch(images))
-    per_channel = (6 / 4 + 0 + 4 / 4 + 4 / 4) / 4  # 0.875, the mean |x - patch mean| of channel 0
-    assert meaning == "predicting each patch's mean"
-    assert values["loss"].item() == pytest.approx((per_channel + 2 * per_channel) / 2)
+    assert meaning == "predicting the data's mean colour"
+    assert values["loss"].item() == pytest.approx((ABS / 16 + 2 * ABS / 16) / 2)  # 3.5625
     # what SimMIM's own loss gives that prediction with every pixel masked
-    flat = torch.tensor([[1.0, 5.0], [2.5, 1.0]]).repeat_interleave(2, 0).repeat_interleave(2, 1)
-    pred = torch.stack([flat, 2 * flat]).unsqueeze(0)
-    assert masked_l1(pred, images, torch.ones(1, 1, 4, 4)).item() == pytest.approx(1.3125, rel=1e-5)
+    pred = torch.zeros_like(images)
+    assert masked_l1(pred, images, torch.ones(1, 1, 4, 4)).item() == pytest.approx(3.5625, rel=1e-6)
 
 
 def test_sit_baseline_adds_chance_for_the_contrastive_part():
-    images = IMAGE.repeat(2, 2).expand(3, 1, 8, 8).clone()  # 3 images of 4 copies: 0.875 still
+    images = IMAGE.repeat(2, 2).expand(3, 1, 8, 8).clone()  # 3 images of 4 copies: mean |x| 38 / 16 still
     gmml = create_method("gmml", encoder=encoder(8), augment=False, recon_hidden_dim=16)
     meaning, values = gmml.loss_baseline(batch(images))
-    assert values["loss"].item() == pytest.approx(0.875) and values["loss_recon"].item() == pytest.approx(
-        0.875
+    assert values["loss"].item() == pytest.approx(ABS / 16) and values["loss_recon"].item() == pytest.approx(
+        ABS / 16
     )
     sit = create_method(
         "sit",
@@ -94,5 +97,5 @@ def test_sit_baseline_adds_chance_for_the_contrastive_part():
     meaning, values = sit.loss_baseline(batch(images))
     # 3 images: each anchor has 2 * 3 - 1 = 5 candidates, the positive as likely as any: ln 5
     assert values["loss_contrastive"].item() == pytest.approx(math.log(5))
-    assert values["loss"].item() == pytest.approx(5 * 0.875 + math.log(5))
+    assert values["loss"].item() == pytest.approx(5 * ABS / 16 + math.log(5))
     assert "chance" in meaning

@@ -8,11 +8,13 @@ is one optional method of the model, like ``on_train_step_end``::
 
 called under ``no_grad`` on the first ``BASELINE_BATCHES`` (2) micro-batches of a session, exactly as
 ``training_step`` gets them (after the batch transform), with its random draws kept out of the training's.
-The model knows its loss, so it knows its trivial prediction (MAE: each patch's mean, which is zero under
-norm-pix, so just under 1.0; SimMIM and GMML: each patch's mean colour under L1; SiT adds ``ln(2M - 1)``
-for embeddings at chance; a classifier: ``ln(classes)``); the trainer stays blind to which method it
-runs. A returned value rather than a key of ``training_step``'s output: the baseline is needed once, not
-computed every step. A model without the method simply gets no baseline.
+The model knows its loss, so it knows its trivial prediction: zeros in the space the loss compares in
+(MAE under norm-pix: each patch's mean, so just under 1.0; without norm-pix, and SimMIM and GMML under
+L1: the data's mean colour, which normalisation makes zero; SiT adds ``ln(2M - 1)`` for embeddings at
+chance; a classifier: ``ln(classes)``). Not each patch's own mean for the latter: a model that sees a
+masked or corrupted patch cannot know it, so that would be a bar a learning model may never pass. The
+trainer stays blind to which method it runs. A returned value rather than a key of ``training_step``'s
+output: the baseline is needed once, not computed every step. A model without the method simply gets no baseline.
 
 **Pictures.** Every ``train.picture_every_minutes`` of training, and once at the end, the trainer hands
 a callable (``mimkit.viz.ReconstructionPictures`` for pretraining) the model and a fixed few images

@@ -1,7 +1,7 @@
 """Reconstruction and contrastive losses."""
 
 from mimkit.losses.contrastive import nt_xent
-from mimkit.losses.l1 import masked_l1, patch_mean_l1
-from mimkit.losses.reconstruction import masked_mse, normalize_patches, patch_mean_mse
+from mimkit.losses.l1 import masked_l1
+from mimkit.losses.reconstruction import masked_mse, normalize_patches
 
-__all__ = ["masked_l1", "masked_mse", "normalize_patches", "nt_xent", "patch_mean_l1", "patch_mean_mse"]
+__all__ = ["masked_l1", "masked_mse", "normalize_patches", "nt_xent"]

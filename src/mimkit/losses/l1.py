@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def masked_l1(
@@ -34,24 +33,3 @@ def masked_l1(
     mask = mask.float()
     error = (pred.float() - target.float()).abs()  # [N, C, H, W]
     return (error * mask).sum() / (mask.sum() + eps) / c
-
-
-def patch_mean_l1(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """The L1 loss of predicting each ``patch_size`` square's per-channel mean: the mean over pixels and
-    channels of ``|x - mean of x's patch in its channel|``.
-
-    A trivial baseline for the pixel L1 losses (SimMIM, SiT / GMML): one flat colour per patch, no detail.
-    Masks and corruptions are drawn without looking at the pixels, so the mean over every pixel is what
-    the mean over the masked ones is on average.
-
-    Args:
-        images: ``[N, C, H, W]`` targets as the loss sees them; ``H`` and ``W`` multiples of ``patch_size``.
-        patch_size: side of a patch in pixels.
-
-    Returns:
-        Scalar (float32).
-    """
-    images = images.float()
-    means = F.avg_pool2d(images, patch_size)  # [N, C, H/p, W/p]
-    flat = means.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
-    return (images - flat).abs().mean()

@@ -31,23 +31,3 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     """
     per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)  # [N, L]
     return (per_patch * mask).sum() / mask.sum()
-
-
-def patch_mean_mse(target: torch.Tensor) -> torch.Tensor:
-    """The loss :func:`masked_mse` gives to predicting each target patch's own mean: the mean over patches
-    of the (biased) variance of a patch's ``P`` values.
-
-    A trivial baseline: it needs no context beyond one number per patch. With ``norm_pix_loss`` the
-    targets have mean 0, so this is also the loss of predicting zeros: ``(P - 1) / P * var / (var + eps)``
-    per patch (``var`` unbiased, as :func:`normalize_patches` divides by it), so just under 1 for patches
-    with contrast and 0 for flat ones. Random masks do not depend on the pixels, so the mean over every
-    patch is what the mean over the masked ones is on average.
-
-    Args:
-        target: ``[N, L, P]`` patches, as the loss sees them.
-
-    Returns:
-        Scalar (float32).
-    """
-    target = target.float()
-    return (target - target.mean(dim=-1, keepdim=True)).pow(2).mean()

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from mimkit.heads import MAEDecoder
 from mimkit.hub import Pretrained
-from mimkit.losses import masked_mse, normalize_patches, patch_mean_mse
+from mimkit.losses import masked_mse, normalize_patches
 from mimkit.masking import random_token_mask
 from mimkit.masking.random_tokens import check_ratio
 from mimkit.methods.panels import reconstruction_panels
@@ -85,14 +85,19 @@ class MAE(Pretrained, nn.Module):
 
     @torch.no_grad()
     def loss_baseline(self, batch: tuple[torch.Tensor, ...]) -> tuple[str, dict[str, torch.Tensor]]:
-        """What the loss would be for a prediction that learned nothing: each patch's mean (zeros with
-        ``norm_pix_loss``), on the batch the trainer hands to :meth:`training_step`; the trainer shows the
-        loss against it (:mod:`mimkit.engine.health`).
+        """What the loss would be for a prediction that learned nothing: zeros, in the space the loss
+        compares in. With ``norm_pix_loss`` that is each patch's own mean (just under 1 per patch with
+        contrast, 0 for a flat one); without, the data's mean colour (the data are normalised by it). Masks
+        do not look at the pixels, so the mean over every patch is the masked patches' on average. The
+        trainer shows the loss against it (:mod:`mimkit.engine.health`).
 
         Returns:
             ``(what the trivial prediction is, {"loss": scalar})``.
         """
-        return "predicting each patch's mean", {"loss": patch_mean_mse(self.target(batch[0]))}
+        meaning = (
+            "predicting each patch's mean" if self.norm_pix_loss else "predicting the data's mean colour"
+        )
+        return meaning, {"loss": self.target(batch[0]).float().pow(2).mean()}
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

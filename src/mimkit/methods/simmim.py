@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from mimkit.heads import PixelShuffleHead
 from mimkit.hub import Pretrained
-from mimkit.losses import masked_l1, patch_mean_l1
+from mimkit.losses import masked_l1
 from mimkit.masking import BlockMaskGenerator
 from mimkit.methods.panels import reconstruction_panels
 from mimkit.methods.registry import METHODS
@@ -91,14 +91,15 @@ class SimMIM(Pretrained, nn.Module):
 
     @torch.no_grad()
     def loss_baseline(self, batch: tuple[torch.Tensor, ...]) -> tuple[str, dict[str, torch.Tensor]]:
-        """What the loss would be for a prediction that learned nothing: each patch's mean colour (per
-        channel), on the batch the trainer hands to :meth:`training_step`; the trainer shows the loss
-        against it (:mod:`mimkit.engine.health`).
+        """What the loss would be for a prediction that learned nothing: the data's mean colour, which is
+        zero in the normalised space the L1 loss compares in (masks do not look at the pixels, so the mean
+        over every pixel is the masked pixels' on average). The trainer shows the loss against it
+        (:mod:`mimkit.engine.health`).
 
         Returns:
             ``(what the trivial prediction is, {"loss": scalar})``.
         """
-        return "predicting each patch's mean", {"loss": patch_mean_l1(batch[0], self.patch_size)}
+        return "predicting the data's mean colour", {"loss": batch[0].float().abs().mean()}
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

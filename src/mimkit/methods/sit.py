@@ -30,7 +30,7 @@ import torch.nn as nn
 from mimkit.heads.sit import ProjectionHead, SiTReconstructionHead
 from mimkit.hub import Pretrained
 from mimkit.losses.contrastive import nt_xent
-from mimkit.losses.l1 import masked_l1, patch_mean_l1
+from mimkit.losses.l1 import masked_l1
 from mimkit.masking.gmml import MAX_RECTS, check_fills, check_geometry, check_max_ratios, gmml_corrupt
 from mimkit.methods.registry import METHODS
 from mimkit.methods.views import TwoViewAugment
@@ -271,7 +271,8 @@ class SiT(Pretrained, nn.Module):
         """What the losses would be for a model that learned nothing, on views of the batch the trainer
         hands to :meth:`training_step`; the trainer shows the loss against it (:mod:`mimkit.engine.health`).
 
-        Reconstruction: each patch's mean colour (``mimkit.losses.patch_mean_l1``). Contrastive:
+        Reconstruction: the data's mean colour, zero in the normalised space the L1 loss compares in (not
+        each patch's own mean: the model sees the corrupted image, not the clean patch). Contrastive:
         embeddings that tell no image from another, so every candidate is as likely as the positive:
         ``ln(2M - 1)`` for ``M`` images over all processes (NT-Xent's ``2M - 1`` candidates per anchor).
         The views are random: the trainer keeps this call's draws out of the training's.
@@ -280,12 +281,12 @@ class SiT(Pretrained, nn.Module):
             ``(what the trivial prediction is, {"loss", "loss_recon"[, "loss_contrastive"]: scalars})``.
         """
         views = self._views(batch[0])
-        recon = torch.stack([patch_mean_l1(v, self.encoder.patch_size) for v in views]).mean()
+        recon = torch.stack([v.float().abs().mean() for v in views]).mean()
         if not self.contrastive:
-            return "predicting each patch's mean", {"loss": recon, "loss_recon": recon}
+            return "predicting the data's mean colour", {"loss": recon, "loss_recon": recon}
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         contrastive = torch.tensor(2.0 * views[0].shape[0] * world - 1).log()
-        return "predicting each patch's mean and embeddings at chance", {
+        return "predicting the data's mean colour and embeddings at chance", {
             "loss": self.alpha * recon + contrastive,
             "loss_recon": recon,
             "loss_contrastive": contrastive,
