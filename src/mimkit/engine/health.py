@@ -14,7 +14,7 @@ L1: the data's mean colour, which normalisation makes zero; SiT adds ``ln(2M - 1
 chance; a classifier: ``ln(classes)``). Not each patch's own mean for the latter: a model that sees a
 masked or corrupted patch cannot know it, so that would be a bar a learning model may never pass. The
 trainer stays blind to which method it runs. A returned value rather than a key of ``training_step``'s
-output: the baseline is needed once, not computed every step. A model without the method simply gets no baseline.
+output: the baseline is needed once, not computed every step. A model without the method gets no baseline.
 
 **Pictures.** Every ``train.picture_every_minutes`` of training, and once at the end, the trainer hands
 a callable (``mimkit.viz.ReconstructionPictures`` for pretraining) the model and a fixed few images
