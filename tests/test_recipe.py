@@ -147,3 +147,17 @@ def test_bad_folder_arguments_are_one_line(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mimkit: error:") and "\n" not in err
+
+
+def test_a_refused_folder_leaves_no_run_behind(tmp_path, capsys):
+    images = _folder(tmp_path / "imgs", {"a": [(24, 24)] * 6, "b": [(24, 24)]})  # b: one image, no split
+    out = tmp_path / "run"
+    assert main(["pretrain", str(images), f"output_dir={out}", *TINY]) == 2
+    assert "class 'b'" in capsys.readouterr().err
+    assert not (out / "recipe.json").exists() and not (out / "config.yaml").exists()
+
+
+def test_the_batch_reason_says_when_the_folder_is_too_small_for_the_steps_wanted():
+    choices = {c.key: c for c in plan(_fp(images=49), CPU)}
+    assert choices["train.batch_size"].value == 16  # 49 // 16 = 3 steps: the floor, not 8 steps
+    assert "the smallest batch, 3 steps per epoch" in choices["train.batch_size"].reason

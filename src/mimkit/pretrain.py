@@ -203,16 +203,11 @@ def pretrain(cfg: PretrainConfig, records: dict[str, Any] | None = None) -> Path
     # one writer per run directory, from before any data is read (a second run stops at once) to its last
     # checkpoint (the trainer re-enters)
     with RunLock(run_dir, enabled=env.is_main):
-        if env.is_main:
-            for name, value in (records or {}).items():  # whole or not at all: written aside, then renamed
-                aside = run_dir / f".{name}.tmp-{os.getpid()}"
-                aside.write_text(json.dumps(value, indent=1) + "\n")
-                os.replace(aside, run_dir / name)
-        _pretrain(cfg, env, run_dir)
+        _pretrain(cfg, env, run_dir, records or {})
     return run_dir
 
 
-def _pretrain(cfg: PretrainConfig, env: dist.DistEnv, run_dir: Path) -> None:
+def _pretrain(cfg: PretrainConfig, env: dist.DistEnv, run_dir: Path, records: dict[str, Any]) -> None:
     seed_everything(cfg.train.seed + env.rank)
     cfg = dataclasses.replace(cfg, data=prepare_split(cfg, env.is_main))
     if env.world_size > 1 and cfg.data.split_file:  # the others read the split file the main process wrote
@@ -251,6 +246,10 @@ def _pretrain(cfg: PretrainConfig, env: dist.DistEnv, run_dir: Path) -> None:
     if env.is_main:
         note = f"train.precision {cfg.train.precision} ran as {native} on {env.device}"
         save_config(ran, run_dir / "config.yaml", header=note if cfg.train.precision != native else "")
+        for name, value in records.items():  # with the config, once the data are known good; whole or not
+            aside = run_dir / f".{name}.tmp-{os.getpid()}"
+            aside.write_text(json.dumps(value, indent=1) + "\n")
+            os.replace(aside, run_dir / name)
         n_params = sum(p.numel() for p in method.parameters()) / 1e6
         skipped = f", {dataset.skipped} unreadable skipped" if dataset.skipped else ""
         log.info(

@@ -181,7 +181,7 @@ def _encoder(fp: Fingerprint, hw: Machine) -> tuple[str, str]:
         return "vit_base_patch16", f"{fp.images:,} images on a GPU: the MAE paper's ViT-B"
     if hw.device == "cuda" and fp.images >= 10_000:
         return "vit_small_patch16", f"{fp.images:,} images on a GPU: ViT-S (ViT-B wants 100,000+)"
-    return "vit_tiny_patch16", "ViT-Tiny width: what a small folder or a CPU budget can train"
+    return "vit_tiny_patch16", "ViT-Tiny's width and depth (patch size below): what a CPU budget can train"
 
 
 def _batch(fp: Fingerprint, hw: Machine) -> tuple[int, str]:
@@ -191,6 +191,12 @@ def _batch(fp: Fingerprint, hw: Machine) -> tuple[int, str]:
         batch //= 2
     if batch == top:
         return batch, "the recipes' batch"
+    steps = fp.pretrain_images // batch
+    if steps < MIN_STEPS_PER_EPOCH:  # the smallest batch the plan goes to
+        return (
+            batch,
+            f"{fp.pretrain_images:,} images to pretrain on: the smallest batch, {steps} steps per epoch",
+        )
     return (
         batch,
         f"{fp.pretrain_images:,} images to pretrain on: at least {MIN_STEPS_PER_EPOCH} steps per epoch",
