@@ -34,6 +34,7 @@ from mimkit.engine.dist import is_main_process
 from mimkit.engine.precision import PRECISIONS
 from mimkit.engine.trackers import for_run
 from mimkit.eval.linear import holdout_summary
+from mimkit.eval.selection import summary
 from mimkit.eval.tsne import TsneOptions
 from mimkit.eval_protocols import (
     embed,
@@ -242,7 +243,7 @@ def run_eval(args: argparse.Namespace) -> int:
         what = "full" if args.train_blocks is None else f"last {args.train_blocks} block(s)"
         say(
             f"fine-tune ({what}, {r['init']}, {100 * r['label_fraction']:g}% of the labels = "
-            f"{r['train_images']} images, {r['steps']} steps): test top-1 {r['test_top1']:.2f}%"
+            f"{r['train_images']} images, {r['steps']} steps): {summary(r)}"
         )
         tracked[f"eval/finetune_{r['init']}_{100 * r['label_fraction']:g}pct"] = r["test_top1"]
     elif args.protocol == "label-efficiency":

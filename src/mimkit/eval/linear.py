@@ -239,38 +239,35 @@ def train_heads(
     return probe
 
 
-def linear_probe(
+def fit_probe(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
-    test_features: torch.Tensor | None,
-    test_labels: torch.Tensor | None,
     run_dir: str | os.PathLike,
     cfg: LinearProbeConfig | None = None,
-) -> dict[str, Any]:
-    """Choose the base lr on held-out training features, then score the chosen head on the test features.
+    num_classes: int | None = None,
+    refit: bool | None = None,
+) -> tuple[LinearProbe, int, dict[str, Any]]:
+    """Choose the base lr on held-out training features and train the chosen head (again on all of them
+    when ``refit``, default ``cfg.refit``).
 
     Args:
-        train_features: ``[N, D]`` frozen features of the training split; ``train_labels`` ``[N]``.
-        test_features: ``[M, D]`` (or None: choose the lr only); ``test_labels`` ``[M]``.
-        run_dir: ``select/`` (all blrs on the fit part) and ``refit/`` (the chosen blr on everything) runs,
-            and ``linear_probe.json``.
-        cfg: the recipe.
+        train_features: ``[N, D]`` frozen features; ``train_labels`` ``[N]``.
+        run_dir: ``select/`` (all blrs on the fit part) and ``refit/`` (the chosen blr on everything) runs.
+        num_classes: classes of the heads (default: from the labels).
 
     Returns:
-        ``{"best_blr", "lr", "holdout_top1": {blr: %}, "diverged_blrs", "test_top1": % or None,
-        "fit_images", "holdout_images", "refit"}``; a blr whose head diverged (weights NaN/inf) is listed
-        in ``diverged_blrs`` and never chosen.
+        ``(probe, head, result)``: the trained probe and the index of the chosen blr's head in it;
+        ``result`` is :func:`linear_probe`'s without ``test_top1``.
 
     Raises:
         ValueError: unlabeled features; every blr diverged; the chosen one diverged when re-trained.
     """
     cfg = cfg or LinearProbeConfig()
+    refit = cfg.refit if refit is None else refit
     if train_labels.numel() == 0 or int(train_labels.min()) < 0:
         raise ValueError("the linear probe needs labeled training features; some labels are -1 (unlabeled)")
-    if test_labels is not None and test_labels.numel() and int(test_labels.min()) < 0:
-        raise ValueError("the linear probe needs labeled test features; some labels are -1 (unlabeled)")
     run_dir = Path(run_dir)
-    num_classes = _num_classes(train_labels, *(() if test_labels is None else (test_labels,)))
+    num_classes = num_classes or _num_classes(train_labels)
     fit_idx, held_idx = holdout_split(train_labels, cfg.holdout, cfg.seed)
     if fit_idx.numel() == 0:
         raise ValueError(
@@ -302,30 +299,65 @@ def linear_probe(
         "lr": best_blr * min(cfg.batch_size, train_features.shape[0]) / 256,
         "holdout_top1": {float(b): float(a) for b, a in zip(cfg.blrs, held.tolist(), strict=True)},
         "diverged_blrs": [float(cfg.blrs[i]) for i in diverged],
-        "test_top1": None,
         "fit_images": int(fit_idx.numel()),
         "holdout_images": int(held_idx.numel()),
-        "refit": cfg.refit,
+        "refit": refit,
     }
-    if test_features is not None and test_labels is not None:
-        if cfg.refit:
-            final = train_heads(train_features, train_labels, [best_blr], cfg, run_dir / "refit", num_classes)
-            head = 0
-            if final.diverged():
-                raise ValueError(
-                    f"linear probe: blr {best_blr:g} diverged when re-trained on all the training features "
-                    "(weights NaN/inf); give smaller blrs or refit=false"
-                )
-        else:
-            final, head = probe, best
-        result["test_top1"] = float(final.accuracy(test_features, test_labels)[head])
+    if not refit:
+        return probe, best, result
+    final = train_heads(train_features, train_labels, [best_blr], cfg, run_dir / "refit", num_classes)
+    if final.diverged():
+        raise ValueError(
+            f"linear probe: blr {best_blr:g} diverged when re-trained on all the training features "
+            "(weights NaN/inf); give smaller blrs or refit=false"
+        )
+    return final, 0, result
+
+
+def linear_probe(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor | None,
+    test_labels: torch.Tensor | None,
+    run_dir: str | os.PathLike,
+    cfg: LinearProbeConfig | None = None,
+) -> dict[str, Any]:
+    """Choose the base lr on held-out training features, then score the chosen head on the test features.
+
+    Args:
+        train_features: ``[N, D]`` frozen features of the training split; ``train_labels`` ``[N]``.
+        test_features: ``[M, D]`` (or None: choose the lr only); ``test_labels`` ``[M]``.
+        run_dir: ``select/`` (all blrs on the fit part) and ``refit/`` (the chosen blr on everything) runs,
+            and ``linear_probe.json``.
+        cfg: the recipe.
+
+    Returns:
+        ``{"best_blr", "lr", "holdout_top1": {blr: %}, "diverged_blrs", "test_top1": % or None,
+        "fit_images", "holdout_images", "refit"}``; a blr whose head diverged (weights NaN/inf) is listed
+        in ``diverged_blrs`` and never chosen.
+
+    Raises:
+        ValueError: unlabeled features; every blr diverged; the chosen one diverged when re-trained.
+    """
+    cfg = cfg or LinearProbeConfig()
+    if test_labels is not None and test_labels.numel() and int(test_labels.min()) < 0:
+        raise ValueError("the linear probe needs labeled test features; some labels are -1 (unlabeled)")
+    testing = test_features is not None and test_labels is not None
+    num_classes = _num_classes(train_labels, *(() if test_labels is None else (test_labels,)))
+    probe, head, result = fit_probe(
+        train_features, train_labels, run_dir, cfg, num_classes, refit=cfg.refit and testing
+    )
+    result["refit"] = cfg.refit
+    result["test_top1"] = float(probe.accuracy(test_features, test_labels)[head]) if testing else None
+    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "linear_probe.json").write_text(json.dumps(result, indent=2) + "\n")
+    best_blr = result["best_blr"]
     log.info(
-        "linear probe: blr %g chosen on %d held-out features (%.2f%%); test top-1 %.2f%%",
+        "linear probe: blr %g chosen on %d held-out features (%.2f%%); test top-1 %s",
         best_blr,
-        held_idx.numel(),
-        float(held[best]),
-        result["test_top1"],
+        result["holdout_images"],
+        result["holdout_top1"][best_blr],
+        "-" if result["test_top1"] is None else f"{result['test_top1']:.2f}%",
     )
     return result

@@ -59,7 +59,7 @@ def at_chance(result: dict[str, Any]) -> bool:
 # What may change between the calls of one run: where and how it runs, and its length (a longer schedule
 # goes on from the checkpoint). Every other recipe setting must stay that of the run's first call.
 RESUMABLE_CHANGES = frozenset(
-    ["eval_batch_size"]
+    ["eval_batch_size", "compare_probe"]
     + [
         f"train.{key}"
         for key in ("device", "compile", "progress", "log_every", "save_every_steps", "tensorboard", "resume")
