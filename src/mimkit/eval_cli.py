@@ -235,7 +235,8 @@ def run_eval(args: argparse.Namespace) -> int:
             held = holdout_summary(r, "%")
             say(
                 f"linear probe ({features.pool} features) {name:>12}: test top-1 {r['test_top1']:.2f}%  "
-                f"(blr {r['best_blr']:g} chosen on {r['holdout_images']} held-out training images: {held})"
+                f"(blr {r['best_blr']:g} chosen on {r['holdout_images']} held-out training images: {held}; "
+                f"{r['grid']['stopped']})"
             )
             tracked[f"eval/linear_{features.pool}_{name}"] = r["test_top1"]
     elif args.protocol == "finetune":
