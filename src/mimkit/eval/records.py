@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from mimkit.choices import flatten
 from mimkit.engine import checkpoint as ckpt
 from mimkit.eval.recipe import FinetuneConfig
 
@@ -100,21 +101,10 @@ def check_recipe(run_dir: str | os.PathLike, cfg: FinetuneConfig, write: bool = 
 def recipe_record(cfg: FinetuneConfig) -> dict[str, Any]:
     """The settings of ``cfg`` that make a recipe, flat (``"train.blr"``) and as JSON reads them back:
     everything but :data:`RESUMABLE_CHANGES`."""
-    flat = _flat(json.loads(json.dumps(asdict(cfg))))
+    flat = flatten(json.loads(json.dumps(asdict(cfg))))
     return {key: value for key, value in flat.items() if key not in RESUMABLE_CHANGES}
 
 
 def recipe_changes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The sorted keys on which two :func:`recipe_record` records differ."""
     return sorted(key for key in set(a) | set(b) if a.get(key) != b.get(key))
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"blr": 1}}`` -> ``{"train.blr": 1}``."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
