@@ -70,14 +70,15 @@ def evaluate_knn(
     *,
     ks: Sequence[int] = (10, 20, 100, 200),
     compare_random: bool = False,
-) -> dict[str, dict[int, float]]:
+) -> dict[str, dict[str, Any]]:
     """Weighted kNN top-1 (%) for every ``k`` from one feature pass.
 
     Returns:
-        ``{"pretrained": {k: %}, "random init": {k: %}}`` (each when asked for / available).
+        ``{"pretrained": {"knn": {k: %}, "chance": ...}, "random init": ...}`` (each when asked for /
+        available; ``chance``: the test set's :func:`~mimkit.eval.records.chance_level`).
     """
     results = _frozen(encoder, data, features, compare_random, "kNN", ks=ks)
-    return {name: r["knn"] for name, r in results.items()}
+    return {name: {"knn": r["knn"], "chance": r["chance"]} for name, r in results.items()}
 
 
 def evaluate_linear(
@@ -235,6 +236,9 @@ def evaluate_label_efficiency(
 ) -> list[dict[str, Any]]:
     """Fine-tune ``{pretrained, random init} x fractions``; writes a table, a CSV and a plot in ``out_dir``.
 
+    Each fraction's recipe is planned from the images it leaves (as :func:`evaluate_finetune`'s), with
+    ``overrides`` on top.
+
     Args:
         epochs: one per fraction (default: the recipe's ``train.epochs`` for all).
     """
@@ -254,6 +258,7 @@ def evaluate_label_efficiency(
         seed=encoder.seed,
         include_random=include_random or loaded.encoder is None,
         pretrained_label=loaded.label,
+        plan_overrides=list(overrides),
     )
     out = out_dir_for(loaded, out_dir, "label_efficiency")
     config = {"checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None}

@@ -34,7 +34,7 @@ from mimkit.eval.classifier import Classifier
 from mimkit.eval.features import FeaturePass
 from mimkit.eval.linear import LinearProbeConfig
 from mimkit.eval.recipe import FinetuneConfig
-from mimkit.eval.records import check_recipe, final_train_loss
+from mimkit.eval.records import chance_level, check_recipe, final_train_loss
 from mimkit.eval.selection import (
     PROBE_RECORD,
     BestOnHeldOut,
@@ -80,9 +80,10 @@ def finetune(
     Returns:
         ``{"test_top1": %, "holdout_top1": % or None, "best_epoch", "probe": {"holdout_top1", "test_top1",
         "blr", ...} or None, "below_probe": bool, "steps", "epochs", "train_images", "fit_images",
-        "holdout_images", "test_images", "trainable_params", "final_train_loss", "chance_loss"}``: the
-        training loss logged over the last tenth of the steps (None if nothing was logged) and
-        ``ln(classes)``, the loss of a uniform prediction; see :func:`~mimkit.eval.records.at_chance`.
+        "holdout_images", "test_images", "trainable_params", "final_train_loss", "chance_loss", "chance"}``:
+        the training loss logged over the last tenth of the steps (None if nothing was logged) and
+        ``ln(classes)``, the loss of a uniform prediction (see :func:`~mimkit.eval.records.at_chance`), and
+        the test set's :func:`~mimkit.eval.records.chance_level`.
     """
     for split, data in (("training", train_set), ("test", test_set)):
         if getattr(data, "num_classes", 0) == 0:
@@ -162,6 +163,7 @@ def finetune(
         "trainable_params": sum(p.numel() for p in classifier.parameters() if p.requires_grad),
         "final_train_loss": final_train_loss(run_dir),
         "chance_loss": math.log(train_set.num_classes),
+        "chance": chance_level(test_set.labels),
     }
     note = below_probe_note(result)
     result["below_probe"] = note is not None

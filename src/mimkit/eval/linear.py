@@ -38,6 +38,7 @@ from mimkit.engine.dist import resolve_device
 from mimkit.engine.lars import LARS
 from mimkit.engine.trainer import Trainer
 from mimkit.eval.grid import search_grid
+from mimkit.eval.records import chance_level
 
 log = logging.getLogger("mimkit")
 
@@ -347,9 +348,11 @@ def linear_probe(
 
     Returns:
         ``{"best_blr", "lr", "holdout_top1": {blr: %}, "diverged_blrs", "grid", "test_top1": % or None,
-        "fit_images", "holdout_images", "refit"}``; ``holdout_top1`` has every blr tried (the sweep and its
-        extensions), ``grid`` is ``{"tried", "extensions", "stopped"}`` (where the search stopped and
-        why); a blr whose head diverged (weights NaN/inf) is listed in ``diverged_blrs`` and never chosen.
+        "chance", "fit_images", "holdout_images", "refit"}`` (``chance``: the test set's
+        :func:`~mimkit.eval.records.chance_level`, None without a test); ``holdout_top1`` has every blr
+        tried (the sweep and its extensions), ``grid`` is ``{"tried", "extensions", "stopped"}`` (where
+        the search stopped and why); a blr whose head diverged (weights NaN/inf) is listed in
+        ``diverged_blrs`` and never chosen.
 
     Raises:
         ValueError: unlabeled features; every blr diverged; the chosen one diverged when re-trained.
@@ -364,6 +367,7 @@ def linear_probe(
     )
     result["refit"] = cfg.refit
     result["test_top1"] = float(probe.accuracy(test_features, test_labels)[head]) if testing else None
+    result["chance"] = chance_level(test_labels) if testing else None
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "linear_probe.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -38,6 +38,7 @@ from mimkit.engine import checkpoint as ckpt
 from mimkit.eval.features import FeaturePass
 from mimkit.eval.frozen import Encoder, Split, features
 from mimkit.eval.linear import LinearProbeConfig, fit_probe
+from mimkit.eval.records import chance_note
 
 log = logging.getLogger("mimkit")
 
@@ -220,4 +221,8 @@ def summary(result: dict[str, Any]) -> str:
         held = probe.get("holdout_top1")
         scores = ([f"held-out {held:.2f}%"] if held is not None else []) + [f"test {probe['test_top1']:.2f}%"]
         parts.append("its linear probe: " + ", ".join(scores))
-    return f"test top-1 {result['test_top1']:.2f}%" + (f" ({'; '.join(parts)})" if parts else "")
+    chance = result.get("chance")
+    if probe and chance_note(probe["test_top1"], chance):
+        parts[-1] += " (within chance)"
+    mine = f"test top-1 {result['test_top1']:.2f}%{chance_note(result['test_top1'], chance)}"
+    return mine + (f" ({'; '.join(parts)})" if parts else "")
