@@ -63,13 +63,18 @@ def training_pixels(pretrain_run):
     return np.stack([np.asarray(Image.open(f"{split['root']}/{f}")) for f in split["train"]])
 
 
+def kept(ft_run):
+    """The checkpoint fine-tuning kept: the best epoch on its held-out labels (best.pt), else last.pt."""
+    return ft_run / "best.pt" if (ft_run / "best.pt").is_file() else ft_run / "last.pt"
+
+
 def independent_classifier(ft_run):
-    """The classifier built from the test's own sizes, with the weights of ``ft_run/last.pt``."""
+    """The classifier built from the test's own sizes, with the weights fine-tuning kept (:func:`kept`)."""
     encoder = create_encoder(
         "vit_tiny_patch4_28", embed_dim=32, depth=2, num_heads=2, img_size=24, in_chans=3,
         global_pool="avg", fc_norm=True, num_classes=2,
     )  # fmt: skip
-    state = torch.load(ft_run / "last.pt", weights_only=True)["model"]
+    state = torch.load(kept(ft_run), weights_only=True)["model"]
     encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items()})
     return encoder.eval()
 
@@ -130,14 +135,14 @@ def strong_run(run, tmp_path_factory):
     _, ft_run, _ = run
     copy = tmp_path_factory.mktemp("strong") / "finetune"
     shutil.copytree(ft_run, copy)
-    saved = torch.load(copy / "last.pt", weights_only=True)
+    saved = torch.load(kept(copy), weights_only=True)
     state, g = saved["model"], torch.Generator().manual_seed(0)
     for name, value in state.items():
         if name.startswith(("encoder.head.", "encoder.fc_norm.")):
             value.copy_(torch.randn(value.shape, generator=g) + (name == "encoder.fc_norm.weight"))
         elif name.endswith("attn.qkv.bias"):
             value[32:64] += 5 * torch.randn(32, generator=g)  # the key part of q, k, v
-    torch.save(saved, copy / "last.pt")
+    torch.save(saved, kept(copy))
     return copy
 
 

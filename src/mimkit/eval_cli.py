@@ -34,6 +34,8 @@ from mimkit.engine.dist import is_main_process
 from mimkit.engine.precision import PRECISIONS
 from mimkit.engine.trackers import for_run
 from mimkit.eval.linear import holdout_summary
+from mimkit.eval.records import chance_note, chance_reason, within_chance
+from mimkit.eval.selection import summary
 from mimkit.eval.tsne import TsneOptions
 from mimkit.eval_protocols import (
     embed,
@@ -264,17 +266,24 @@ def run_eval(args: argparse.Namespace) -> int:
     files: list[str] = []
     if args.protocol == "knn":
         results = _pick(evaluate_knn, args, encoder, data, features)
-        for name, accs in results.items():
-            scores = "  ".join(f"k={k}: {acc:.2f}%" for k, acc in accs.items())
-            say(f"kNN top-1 ({features.pool} features) {name:>12}: {scores}")
+        for name, r in results.items():
+            accs, chance = r["knn"], r["chance"]
+            flagged = [k for k, acc in accs.items() if within_chance(acc, chance)]
+            scores = "  ".join(
+                f"k={k}: {acc:.2f}%" + (" (within chance)" if k in flagged else "") for k, acc in accs.items()
+            )
+            why = f"; within chance: {chance_reason(chance)}" if flagged else ""
+            say(f"kNN top-1 ({features.pool} features) {name:>12}: {scores}{why}")
             tracked |= {f"eval/knn_k{k}_{features.pool}_{name}": acc for k, acc in accs.items()}
     elif args.protocol == "linear":
         results = _pick(evaluate_linear, args, encoder, data, features)
         for name, r in results.items():
             held = holdout_summary(r, "%")
             say(
-                f"linear probe ({features.pool} features) {name:>12}: test top-1 {r['test_top1']:.2f}%  "
-                f"(blr {r['best_blr']:g} chosen on {r['holdout_images']} held-out training images: {held})"
+                f"linear probe ({features.pool} features) {name:>12}: test top-1 {r['test_top1']:.2f}%"
+                f"{chance_note(r['test_top1'], r['chance'])}  "
+                f"(blr {r['best_blr']:g} chosen on {r['holdout_images']} held-out training images: {held}; "
+                f"{r['grid']['stopped']})"
             )
             tracked[f"eval/linear_{features.pool}_{name}"] = r["test_top1"]
     elif args.protocol == "finetune":
@@ -282,7 +291,7 @@ def run_eval(args: argparse.Namespace) -> int:
         what = "full" if args.train_blocks is None else f"last {args.train_blocks} block(s)"
         say(
             f"fine-tune ({what}, {r['init']}, {100 * r['label_fraction']:g}% of the labels = "
-            f"{r['train_images']} images, {r['steps']} steps): test top-1 {r['test_top1']:.2f}%"
+            f"{r['train_images']} images, {r['steps']} steps): {summary(r)}"
         )
         tracked[f"eval/finetune_{r['init']}_{100 * r['label_fraction']:g}pct"] = r["test_top1"]
     elif args.protocol == "label-efficiency":
@@ -290,7 +299,7 @@ def run_eval(args: argparse.Namespace) -> int:
         for r in rows:
             say(
                 f"{r['init']:>12}  {100 * r['fraction']:>6g}% labels ({r['labels']} images): "
-                f"test top-1 {r['test_top1']:.2f}%"
+                f"test top-1 {r['test_top1']:.2f}%" + (" (within chance)" if r.get("within_chance") else "")
             )
             tracked[f"eval/label_efficiency_{r['init']}_{100 * r['fraction']:g}pct"] = r["test_top1"]
     else:  # "tsne": argparse lets only the protocols above through

@@ -20,12 +20,14 @@ from typing import Any
 from mimkit.data import build_dataset
 from mimkit.data.subsets import DEFAULT_FRACTIONS, check_fraction, label_subsets, subset_dataset
 from mimkit.engine.config import parse_overrides
+from mimkit.engine.dist import is_main_process, resolve_device
 from mimkit.eval.classifier import build_classifier
 from mimkit.eval.embed import write_embeddings
 from mimkit.eval.finetune import finetune
 from mimkit.eval.frozen import Split, evaluate_frozen, plot_tsne, slug
 from mimkit.eval.label_efficiency import LabelEfficiencyOptions, run_label_efficiency, scratch_recipe
 from mimkit.eval.linear import LinearProbeConfig
+from mimkit.eval.planner import EncoderShape, choose_finetune, write_plan
 from mimkit.eval.predict import check_topk, csv_path, folder_dataset, write_predictions
 from mimkit.eval.recipe import FinetuneConfig, load_recipe
 from mimkit.eval.saved import load_classifier
@@ -71,14 +73,15 @@ def evaluate_knn(
     *,
     ks: Sequence[int] = (10, 20, 100, 200),
     compare_random: bool = False,
-) -> dict[str, dict[int, float]]:
+) -> dict[str, dict[str, Any]]:
     """Weighted kNN top-1 (%) for every ``k`` from one feature pass.
 
     Returns:
-        ``{"pretrained": {k: %}, "random init": {k: %}}`` (each when asked for / available).
+        ``{"pretrained": {"knn": {k: %}, "chance": ...}, "random init": ...}`` (each when asked for /
+        available; ``chance``: the test set's :func:`~mimkit.eval.records.chance_level`).
     """
     results = _frozen(encoder, data, features, compare_random, "kNN", ks=ks)
-    return {name: r["knn"] for name, r in results.items()}
+    return {name: {"knn": r["knn"], "chance": r["chance"]} for name, r in results.items()}
 
 
 def evaluate_linear(
@@ -204,8 +207,11 @@ def evaluate_finetune(
 ) -> dict[str, Any]:
     """Fine-tune (full, or partial with ``train_blocks``) on ``label_fraction`` of the labels.
 
-    ``overrides`` are ``key=value`` settings of :class:`~mimkit.eval.recipe.FinetuneConfig`
-    (``train.epochs=50``, ``layer_decay=0.65``, ``mixup=0``, ...). The run lives in ``out_dir`` and resumes.
+    The recipe is planned from the labeled images it trains on and the encoder
+    (:func:`~mimkit.eval.planner.choose_finetune`: printed as a table, recorded in ``out_dir/plan.json``);
+    ``overrides`` are ``key=value`` settings of :class:`~mimkit.eval.recipe.FinetuneConfig` that win over
+    the plan (``train.epochs=50``, ``layer_decay=0.65``, ``mixup=0``, ...). The run lives in ``out_dir`` and
+    resumes.
     ``random_init`` trains from scratch with :func:`~mimkit.eval.label_efficiency.scratch_recipe` (no
     layer-wise lr decay) unless ``overrides`` set ``layer_decay``.
 
@@ -214,11 +220,7 @@ def evaluate_finetune(
     """
     data = data or DataChoice()
     check_fraction(label_fraction)
-    cfg = load_recipe(FinetuneConfig, overrides)
-    if random_init and "layer_decay" not in parse_overrides(list(overrides)):
-        cfg = scratch_recipe(cfg)  # no layer-wise decay from scratch, unless asked for
-    if train_blocks is not None:
-        cfg = dataclasses.replace(cfg, train_blocks=train_blocks)
+    load_recipe(FinetuneConfig, overrides)  # a bad setting is named before anything loads
     if encoder.teacher and random_init:
         raise ValueError("--teacher and --random-init exclude each other: one encoder is fine-tuned")
     loaded = load_encoder(encoder, data)
@@ -231,6 +233,14 @@ def evaluate_finetune(
     if label_fraction < 1:
         subsets = label_subsets(train_set.labels, [label_fraction], encoder.seed, out / "label_subsets.json")
         train_set = subset_dataset(train_set, subsets[label_fraction])
+    given = parse_overrides(list(overrides))
+    device = resolve_device(given.get("train", {}).get("device", "auto")).type
+    shape = EncoderShape.of(loaded.encoder_cfg, loaded.encoder)
+    cfg, plan = choose_finetune(train_set, shape, overrides, device)
+    if random_init and "layer_decay" not in given:
+        cfg = scratch_recipe(cfg)  # no layer-wise decay from scratch, unless asked for
+    if train_blocks is not None:
+        cfg = dataclasses.replace(cfg, train_blocks=train_blocks)
     start = None if random_init else loaded.encoder
     classifier = build_classifier(loaded.encoder_cfg, train_set.num_classes, start, cfg, seed=encoder.seed)
     config = {
@@ -238,6 +248,8 @@ def evaluate_finetune(
         "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None,
         "label_fraction": label_fraction,
     }
+    if is_main_process():
+        write_plan(out, plan)
     result = finetune(classifier, train_set, test.dataset, cfg, out, config=config)
     return {**result, "init": init, "label_fraction": label_fraction}
 
@@ -253,6 +265,9 @@ def evaluate_label_efficiency(
     include_random: bool = True,
 ) -> list[dict[str, Any]]:
     """Fine-tune ``{pretrained, random init} x fractions``; writes a table, a CSV and a plot in ``out_dir``.
+
+    Each fraction's recipe is planned from the images it leaves (as :func:`evaluate_finetune`'s), with
+    ``overrides`` on top.
 
     Args:
         epochs: one per fraction (default: the recipe's ``train.epochs`` for all).
@@ -273,6 +288,7 @@ def evaluate_label_efficiency(
         seed=encoder.seed,
         include_random=include_random or loaded.encoder is None,
         pretrained_label=loaded.label,
+        plan_overrides=list(overrides),
     )
     out = out_dir_for(loaded, out_dir, "label_efficiency")
     config = {"checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None}

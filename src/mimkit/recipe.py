@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from mimkit.choices import Choice, as_overrides, flatten, table
 from mimkit.data.datasets import scan_folder
 from mimkit.data.images import image_info
 from mimkit.data.splits import held_out_count
@@ -90,15 +91,6 @@ class Machine:
     precision: str
     memory_gb: float
     cores: int
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One planned config value and why."""
-
-    key: str
-    value: Any
-    reason: str
 
 
 def fingerprint(
@@ -306,35 +298,11 @@ def plan(fp: Fingerprint, hw: Machine, given: dict[str, Any] | None = None) -> l
     ]
 
 
-def as_overrides(choices: list[Choice]) -> dict[str, Any]:
-    """``{"data": {"img_size": 64, ...}, ...}``: the choices as a nested config dict."""
-    tree: dict[str, Any] = {}
-    for choice in choices:
-        node = tree
-        *parents, leaf = choice.key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = choice.value
-    return tree
-
-
-def table(choices: list[Choice], given: dict[str, Any]) -> str:
-    """The plan as printed: key, value, reason; a key the user set says so."""
-    rows = [("key", "value", "why")]
-    for c in choices:
-        if c.key in given:
-            rows.append((c.key, repr(given[c.key]), "set on the command line"))
-        else:
-            rows.append((c.key, repr(c.value), c.reason))
-    width = [max(len(r[i]) for r in rows) for i in (0, 1)]
-    return "\n".join(f"  {k:<{width[0]}}  {v:<{width[1]}}  {w}" for k, v, w in rows)
-
-
 def choose(root: str | os.PathLike, overrides: list[str]) -> tuple[PretrainConfig, dict[str, Any]]:
     """The planned config for pretraining on ``root`` with the user's ``key=value`` overrides on top, and
     the record of how it was chosen (``{"fingerprint", "machine", "choices"}``)."""
     given = parse_overrides(overrides)
-    flat = _flatten(given)
+    flat = flatten(given)
     fp = fingerprint(root, flat.get("data.labeled", "auto"), flat.get("data.holdout", 0.2))
     hw = machine(flat.get("train.device", "auto"))
     choices = plan(fp, hw, flat)
@@ -343,13 +311,3 @@ def choose(root: str | os.PathLike, overrides: list[str]) -> tuple[PretrainConfi
     log.info("recipe chosen for %s (override any value with KEY=VALUE):\n%s", root, table(choices, flat))
     record = {"fingerprint": asdict(fp), "machine": asdict(hw), "choices": [asdict(c) for c in choices]}
     return cfg, record
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -43,7 +43,8 @@ def test_knn_several_k_shares_cached_features(run_dir, capsys):
     limits = DataChoice(train_limit=300, test_limit=100)
     results = evaluate_knn(EncoderChoice(str(run_dir)), limits, ks=(5,), compare_random=True)
     assert {p: p.stat().st_mtime_ns for p in cached} == stamps  # read, not rewritten
-    assert all(0 <= acc[5] <= 100 for acc in results.values())
+    assert all(0 <= r["knn"][5] <= 100 for r in results.values())
+    assert all(r["chance"]["images"] == 100 for r in results.values())  # the test images the scores are on
 
 
 def test_linear_probe(run_dir, tmp_path, capsys):

@@ -206,7 +206,10 @@ def test_finetune_resumes_exactly_through_the_trainer(tmp_path):
     torch.manual_seed(999)  # whatever happens in between must not matter
     second = build_classifier(ENC, 2, pretrained(), cfg)
     resumed = finetune(second, train, test, cfg, tmp_path / "b")
-    assert result["steps"] == resumed["steps"] == 9
+    # 1 image of each class held out (round(0.1 * 12)): 22 to train on, 2 steps of 8 per epoch
+    assert result["holdout_images"] == resumed["holdout_images"] == 2
+    assert result["steps"] == resumed["steps"] == 6
+    assert result["best_epoch"] == resumed["best_epoch"] and (tmp_path / "b" / "best.pt").is_file()
     for (name, a), b in zip(straight.state_dict().items(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert json.loads((tmp_path / "b" / "finetune.json").read_text())["test_top1"] == resumed["test_top1"]
@@ -223,10 +226,11 @@ def test_a_changed_recipe_does_not_resume_or_report_the_run(tmp_path):
         finetune(build_classifier(ENC, 2, pretrained(), other), train, test, other, tmp_path)
     assert "[0.35, 1.0] -> [1.0, 1.0]" in str(err.value)
     assert json.loads((tmp_path / "finetune.json").read_text())["steps"] == 3  # the first run is kept
-    # where it runs and how long it is may change: the run goes on to its 2 epochs (6 steps)
+    # where it runs and how long it is may change: the run goes on to its 2 epochs (4 steps: 22 images once
+    # 1 per class is held out, batch 8)
     longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=None, log_every=5))
     assert (
-        finetune(build_classifier(ENC, 2, pretrained(), longer), train, test, longer, tmp_path)["steps"] == 6
+        finetune(build_classifier(ENC, 2, pretrained(), longer), train, test, longer, tmp_path)["steps"] == 4
     )
     # train.resume=false starts over with the new recipe and records it
     fresh = dataclasses.replace(other, train=dataclasses.replace(other.train, resume=False))

@@ -14,6 +14,7 @@ from mimkit.eval.finetune import FinetuneConfig
 from mimkit.eval.label_efficiency import (
     LabelEfficiencyOptions,
     finished_runs,
+    fraction_note,
     run_label_efficiency,
     write_label_efficiency_report,
 )
@@ -149,7 +150,10 @@ def test_pretrained_and_random_rows_written(tmp_path):
     table = (tmp_path / "label_efficiency.md").read_text()
     assert "| 25% labels | 100% labels |" in table
     # (runs this short may end at chance level, which the cells then say)
-    p25, r25, p100 = (f"{r['test_top1']:.2f}" + " (at chance)" * r["at_chance"] for r in rows[:3])
+    p25, r25, p100 = (
+        f"{r['test_top1']:.2f}" + " (at chance)" * r["at_chance"] + " (within chance)" * r["within_chance"]
+        for r in rows[:3]
+    )
     assert f"| pretrained | {p25} (10 img) | {p100} (40 img) |" in table
     assert f"| random init | {r25} (10 img) | - |" in table  # not finished
     assert "Read back from runs an earlier call finished in this folder: pretrained 100%." in table
@@ -192,3 +196,50 @@ def test_old_runs_are_checked_for_chance_from_their_log(tmp_path):
     assert not any(r["at_chance"] for r in finished_runs(tmp_path, [0.01]).values())
     # with 100 classes ln 100 = 4.6: a loss of 2.30 learned something
     assert not any(r["at_chance"] for r in finished_runs(tmp_path, [0.01], num_classes=100).values())
+
+
+def test_a_test_score_within_chance_is_marked_in_the_report(tmp_path):
+    rows = [
+        {"init": "pretrained", "fraction": 1.0, "labels": 90, "test_top1": 14.0, "steps": 9, "epochs": 3}
+        | {"at_chance": False, "within_chance": True}
+    ]
+    write_label_efficiency_report(rows, tmp_path)
+    table = (tmp_path / "label_efficiency.md").read_text()
+    assert "| pretrained | 14.00 (within chance) (90 img) |" in table and "(within chance): the test" in table
+
+
+def test_a_fraction_that_rounds_a_class_to_nothing_says_so():
+    labels = torch.tensor([0] * 200 + [1] * 30 + [2] * 40)
+    taken = len(per_class_subset(labels, 0.01, seed=0))  # round(2) = 2, round(0.3) = 0 -> 1, round(0.4) -> 1
+    assert taken == 4
+    note = fraction_note(labels, 0.01, taken)
+    assert "1% of the labels would leave 2 class(es) without an image" in note
+    assert "the run has 4 labels, 1.5% of the set" in note  # 4 / 270
+    assert fraction_note(labels, 0.1, 27) is None
+
+
+def test_each_fractions_recipe_follows_its_own_size(tmp_path, caplog):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 2
+    images = (torch.rand(200, 1, 8, 8, generator=g) * 100).to(torch.uint8)
+    train = ImageDataset(labels, ["a", "b"], 1, (8, 8), (0.3,), (0.2,), images=images)
+    test = ImageDataset(labels[:16], ["a", "b"], 1, (8, 8), (0.3,), (0.2,), images=images[:16])
+    enc_cfg = {"name": "vit_tiny_patch4_28", "img_size": [8, 8], "patch_size": 4, "embed_dim": 16, "depth": 1}
+    enc_cfg["num_heads"] = 2
+    plan = ["train.max_steps=1", "train.device=cpu", "train.precision=fp32", "compare_probe=false"]
+    options = LabelEfficiencyOptions(fractions=[0.02, 1.0], include_random=False, plan_overrides=plan)
+    with caplog.at_level("WARNING", logger="mimkit"):
+        run_label_efficiency(enc_cfg, create_encoder(**enc_cfg), train, test, tmp_path, options=options)
+    small = json.loads((tmp_path / "pretrained_2pct" / "plan.json").read_text())
+    whole = json.loads((tmp_path / "pretrained_100pct" / "plan.json").read_text())
+    assert small["facts"]["images"] == 4 and whole["facts"]["images"] == 200
+    batch = {p: next(c["value"] for c in r["choices"] if c["key"] == "train.batch_size") for p, r in
+             (("small", small), ("whole", whole))}  # fmt: skip
+    # 2% = 2 images per class, 1 held out: 2 to train on (batch 8, cut to 2); 100%: 180 -> batch 16
+    assert batch == {"small": 8, "whole": 16}
+    stored = torch.load(tmp_path / "pretrained_2pct" / "last.pt", weights_only=True)["config"]["finetune"]
+    assert stored["holdout"] == 0.1 and stored["train"]["max_steps"] == 1
+    said = [r.getMessage() for r in caplog.records if "label efficiency, 2%" in r.getMessage()]
+    assert len(said) == 1 and "the smallest class has 2 image(s), under 5" in said[0]
+    report = (tmp_path / "label_efficiency.md").read_text()
+    assert "2% of the labels: the smallest class has 2 image(s)" in report

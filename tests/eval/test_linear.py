@@ -2,6 +2,7 @@
 independent of each other, one trainer run per sweep."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -134,3 +135,26 @@ def test_the_result_line_rounds_the_accuracy(tmp_path, caplog):
         result = linear_probe(train_f, train_y, test_f, test_y, tmp_path, cfg(refit=False))
     line = next(r.getMessage() for r in caplog.records if "test top-1" in r.getMessage())
     assert line.endswith(f"test top-1 {result['test_top1']:.2f}%") and " chosen on 12 held-out" in line
+
+
+def test_the_probe_extends_its_blr_sweep_past_the_edge(tmp_path, monkeypatch):
+    """The sweep's wiring: a fake head trainer whose held-out accuracy peaks at blr 100, above the sweep."""
+    import mimkit.eval.linear as linear
+
+    real = linear.train_heads
+    trained = []
+
+    def fake(features, labels, blrs, cfg, run_dir, num_classes=None):
+        probe = real(features, labels, blrs, cfg, run_dir, num_classes)
+        trained.append((list(blrs), run_dir.name))
+        peak = {b: 100.0 - abs(math.log10(b) - 2) for b in blrs}
+        probe.accuracy = lambda x, y, chunk=8192: torch.tensor([peak[b] for b in blrs])
+        return probe
+
+    monkeypatch.setattr(linear, "train_heads", fake)
+    f, y = clusters(10)
+    result = linear_probe(f, y, f, y, tmp_path, cfg(blrs=[1.0, 10.0], epochs=1))
+    assert trained == [([1.0, 10.0], "select"), ([100.0], "select_100"), ([1000.0], "select_1000"),
+                       ([100.0], "refit")]  # fmt: skip
+    assert result["best_blr"] == 100.0 and sorted(result["holdout_top1"]) == [1.0, 10.0, 100.0, 1000.0]
+    assert result["grid"]["extensions"] == 2 and "100 lies inside" in result["grid"]["stopped"]

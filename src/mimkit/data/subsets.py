@@ -32,10 +32,14 @@ def check_fraction(fraction: float) -> float:
 
 
 def per_class_subset(
-    labels: torch.Tensor, fraction: float | None, seed: int = 0, count: int | None = None
+    labels: torch.Tensor,
+    fraction: float | None,
+    seed: int = 0,
+    count: int | None = None,
+    cap: int | None = None,
 ) -> torch.Tensor:
-    """Indices of ``round(fraction * n_c)`` (at least 1) images of each class ``c``, drawn with ``seed``;
-    or, with ``count`` instead of a fraction, of ``min(count, n_c)`` images of each class.
+    """Indices of ``round(fraction * n_c)`` (at least 1, at most ``cap``) images of each class ``c``, drawn
+    with ``seed``; or, with ``count`` instead of a fraction, of ``min(count, n_c)`` images of each class.
 
     Each class's images are put in a random order drawn from ``torch.Generator().manual_seed(seed)`` (one
     permutation per class, classes in increasing order) and the first ones are taken, so for one seed the
@@ -53,6 +57,8 @@ def per_class_subset(
         raise ValueError("per-class subsets take a fraction or a count per class, exactly one of them")
     if count is not None and count < 1:
         raise ValueError(f"images per class must be at least 1, got {count}")
+    if cap is not None and cap < 1:
+        raise ValueError(f"the cap on images per class must be at least 1, got {cap}")
     fraction = None if fraction is None else check_fraction(fraction)
     if labels.numel() and int(labels.min()) < 0:
         raise ValueError("per-class subsets need labeled data; some labels are -1 (unlabeled)")
@@ -62,6 +68,7 @@ def per_class_subset(
         members = torch.nonzero(labels == c).flatten()
         order = members[torch.randperm(members.numel(), generator=generator)]
         take = count if fraction is None else max(1, math.floor(fraction * members.numel() + 0.5))
+        take = take if cap is None else min(take, cap)
         chosen.append(order[:take])
     if not chosen:
         return torch.zeros(0, dtype=torch.long)
@@ -69,11 +76,15 @@ def per_class_subset(
 
 
 def holdout_split(
-    labels: torch.Tensor, fraction: float | None, seed: int = 0, count: int | None = None
+    labels: torch.Tensor,
+    fraction: float | None,
+    seed: int = 0,
+    count: int | None = None,
+    cap: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(fit, holdout)`` sorted indices: ``fraction`` (or ``count`` images) of each class held out (to
-    choose hyper-parameters)."""
-    held = per_class_subset(labels, fraction, seed, count)
+    """``(fit, holdout)`` sorted indices: ``fraction`` (at most ``cap``, or ``count`` images) of each class
+    held out (to choose hyper-parameters): :func:`per_class_subset`'s draw."""
+    held = per_class_subset(labels, fraction, seed, count, cap)
     keep = torch.ones(labels.shape[0], dtype=torch.bool)
     keep[held] = False
     return torch.nonzero(keep).flatten(), held

@@ -24,6 +24,7 @@ from mimkit.eval.cache import cached_pooled_features, feature_key
 from mimkit.eval.features import FeaturePass
 from mimkit.eval.knn import knn_accuracy
 from mimkit.eval.linear import LinearProbeConfig, linear_probe
+from mimkit.eval.records import chance_level
 from mimkit.eval.tsne import TsneOptions, save_tsne
 
 
@@ -99,8 +100,9 @@ def evaluate_frozen(
         linear_dir: where the probe's runs live, ``<linear_dir>/<slug(encoder.name)>_<pool>``.
 
     Returns:
-        ``{pool: {"knn": {k: top-1 %} or None, "linear": linear_probe's result or None,
-        "seconds_features", "seconds_knn", "seconds_linear"}}`` (the feature time is shared by the pools).
+        ``{pool: {"knn": {k: top-1 %} or None, "linear": linear_probe's result or None, "chance",
+        "seconds_features", "seconds_knn", "seconds_linear"}}`` (the feature time is shared by the pools;
+        ``chance``: the test set's :func:`~mimkit.eval.records.chance_level`).
 
     Raises:
         ValueError: a ``k`` outside the memory bank, checked before any feature is computed.
@@ -123,6 +125,7 @@ def evaluate_frozen(
         results[pool] = {
             "knn": knn,
             "linear": probe,
+            "chance": chance_level(test_y),
             "seconds_features": t_features,
             "seconds_knn": t_knn,
             "seconds_linear": time.perf_counter() - t - t_knn,

@@ -6,6 +6,13 @@ runs (another method, another budget) fine-tune on exactly the same images. One 
 ``{pretrained, random init} x fractions`` through :func:`mimkit.eval.finetune.finetune` and writes a
 markdown table, a CSV and a PNG plot.
 
+Each fraction's recipe can follow its own subset (``plan_overrides``: planned by
+:func:`~mimkit.eval.planner.choose_finetune` from the images the fraction leaves, the user's settings on
+top), as ``mimkit eval label-efficiency`` does: 1% of a small set is a few images per class, and a recipe
+made for the whole set starves it. A fraction that leaves a class under a few images says so in the
+report, as does one that rounds a class to no image (it gets one, and the run has more labels than the
+fraction says).
+
 The random-init rows train with a from-scratch recipe (:func:`scratch_recipe`): the pretrained recipe
 without layer-wise lr decay. The decay exists to keep pretrained lower layers close to what they learned;
 on a random encoder it only leaves those layers nearly untrained (``0.75 ** 13``, about 2% of the lr, for
@@ -24,14 +31,24 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from mimkit.data.datasets import ImageDataset
 from mimkit.data.subsets import DEFAULT_FRACTIONS, check_fraction, label_subsets, subset_dataset
+from mimkit.engine.config import parse_overrides
+from mimkit.engine.dist import is_main_process, resolve_device
 from mimkit.eval.classifier import build_classifier
 from mimkit.eval.finetune import finetune
+from mimkit.eval.planner import EncoderShape, LabeledSet, choose_finetune, few_images_note, write_plan
 from mimkit.eval.recipe import FinetuneConfig
-from mimkit.eval.records import at_chance, final_train_loss, recipe_changes, recipe_record
+from mimkit.eval.records import (
+    at_chance,
+    final_train_loss,
+    recipe_changes,
+    recipe_record,
+    within_chance,
+)
 
 log = logging.getLogger("mimkit")
 
@@ -41,6 +58,11 @@ CHANCE_WHY = (
     "the training loss ended at chance level (ln of the class count, the loss of a uniform prediction): "
     "the classifier collapsed, so its accuracy says nothing of the encoder; its lr was likely too high for "
     "this init."
+)
+WITHIN_MARK = "(within chance)"  # a cell whose test top-1 a constant guess could reach: see within_chance
+WITHIN_WHY = (
+    "the test top-1 is within 2 standard errors of what always naming the largest class scores "
+    "(mimkit.eval.records.within_chance)."
 )
 
 
@@ -89,7 +111,20 @@ def _report_row(init: str, fraction: float, result: Mapping[str, Any]) -> dict[s
         "steps": result["steps"],
         "epochs": result["epochs"],
         "at_chance": at_chance(result),
+        "within_chance": within_chance(result["test_top1"], result.get("chance")),
     }
+
+
+def fraction_note(labels: torch.Tensor, fraction: float, taken: int) -> str | None:
+    """A line when ``fraction`` rounds some class to no image (each such class got one), else None."""
+    counts = torch.bincount(labels[labels >= 0])
+    empty = int(((counts > 0) & (torch.floor(fraction * counts + 0.5) == 0)).sum())
+    if not empty:
+        return None
+    return (
+        f"{pct(fraction)}% of the labels would leave {empty} class(es) without an image: each got 1, so the "
+        f"run has {taken} labels, {100 * taken / int(counts.sum()):.2g}% of the set"
+    )
 
 
 def scratch_recipe(cfg: FinetuneConfig) -> FinetuneConfig:
@@ -111,6 +146,9 @@ class LabelEfficiencyOptions:
         scratch: the random-init rows' recipe; default :func:`scratch_recipe` of ``recipe``.
         pretrained_label: the ``init`` that the pretrained rows get in the returned rows and the report
             (e.g. ``"teacher"``); their run folders keep ``pretrained_<fraction>``.
+        plan_overrides: plan each fraction's recipe from its own subset
+            (:func:`~mimkit.eval.planner.choose_finetune`, recorded in the run's ``plan.json``) with these
+            ``key=value`` settings on top, instead of ``recipe``; None: ``recipe`` for every fraction.
     """
 
     fractions: Sequence[float] = DEFAULT_FRACTIONS
@@ -120,6 +158,7 @@ class LabelEfficiencyOptions:
     include_random: bool = True
     scratch: FinetuneConfig | None = None
     pretrained_label: str = "pretrained"
+    plan_overrides: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fractions", tuple(check_fraction(f) for f in self.fractions))
@@ -150,9 +189,10 @@ def run_label_efficiency(
         config: extra entries for the runs' stored config (e.g. the checkpoint it came from).
 
     Returns:
-        One row per run: ``{"init", "fraction", "labels", "test_top1", "steps", "epochs", "at_chance"}``
-        (``at_chance``: the run's training loss ended at chance level, see
-        :func:`~mimkit.eval.records.at_chance`).
+        One row per run: ``{"init", "fraction", "labels", "test_top1", "steps", "epochs", "at_chance",
+        "within_chance"}`` (``at_chance``: the run's training loss ended at chance level, see
+        :func:`~mimkit.eval.records.at_chance`; ``within_chance``: its test top-1 is, see
+        :func:`~mimkit.eval.records.within_chance`).
     """
     o = options or LabelEfficiencyOptions()
     fractions, cfg, seed, include_random = o.fractions, o.recipe, o.seed, o.include_random
@@ -164,17 +204,31 @@ def run_label_efficiency(
     if not inits:
         raise ValueError("nothing to run: no pretrained encoder and include_random=False")
     recipes = {"pretrained": cfg, "random init": o.scratch or scratch_recipe(cfg)}
-    rows = []
+    shape = EncoderShape.of(encoder_cfg, pretrained) if o.plan_overrides is not None else None
+    rows, notes = [], []
     for fraction in fractions:
+        train = subset_dataset(train_set, subsets[fraction]) if fraction < 1 else train_set
+        said = [fraction_note(train_set.labels, fraction, len(train)), few_images_note(LabeledSet.of(train))]
+        for line in filter(None, said):
+            log.warning("label efficiency, %s%% of the labels: %s", pct(fraction), line)
+            notes.append(f"{pct(fraction)}% of the labels: {line}.")
+        planned = None
+        if shape is not None:
+            device = resolve_device(cfg.train.device).type
+            planned, plan = choose_finetune(train, shape, o.plan_overrides, device)
         for init in inits:
             recipe = recipes[init]
+            if planned is not None:
+                own_decay = init == "pretrained" or "layer_decay" in parse_overrides(list(o.plan_overrides))
+                recipe = planned if own_decay else scratch_recipe(planned)
+                if is_main_process():
+                    write_plan(out_dir / run_name(init, fraction), plan)
             run_epochs = int((o.epochs or {}).get(fraction, recipe.train.epochs))
             # the same share of the schedule as in the recipe
             warmup = recipe.train.warmup_epochs * run_epochs / recipe.train.epochs
             run_cfg = replace(
                 recipe, train=replace(recipe.train, epochs=run_epochs, warmup_epochs=warmup, seed=seed)
             )
-            train = subset_dataset(train_set, subsets[fraction]) if fraction < 1 else train_set
             classifier = build_classifier(
                 encoder_cfg,
                 train_set.num_classes,
@@ -211,7 +265,7 @@ def run_label_efficiency(
             [dict(r, init=o.pretrained_label) if r["init"] == "pretrained" else r for r in group]
             for group in (rows, earlier)
         )
-    note = ""
+    note = "".join(f"{line}\n" for line in notes)
     if earlier:
         note = (
             "Read back from runs an earlier call finished in this folder: "
@@ -244,7 +298,7 @@ def write_label_efficiency_report(
 
     csv_path = out_dir / "label_efficiency.csv"
     with open(csv_path, "w", newline="") as f:
-        fields = ["init", "fraction", "labels", "test_top1", "steps", "epochs", "at_chance"]
+        fields = ["init", "fraction", "labels", "test_top1", "steps", "epochs", "at_chance", "within_chance"]
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in rows:
@@ -259,8 +313,11 @@ def write_label_efficiency_report(
         for f in fractions:
             r = table.get((init, f))
             mark = " " + CHANCE_MARK if r and r.get("at_chance") else ""
+            mark += " " + WITHIN_MARK if r and r.get("within_chance") else ""
             cells.append(f"{r['test_top1']:.2f}{mark} ({r['labels']} img)" if r else "-")
         lines.append(f"| {init} | " + " | ".join(cells) + " |")
+    if any(r.get("within_chance") for r in rows):
+        note = f"{WITHIN_MARK}: {WITHIN_WHY}" + (f"\n{note}" if note else "")
     if any(r.get("at_chance") for r in rows):
         note = f"{CHANCE_MARK}: {CHANCE_WHY}" + (f"\n{note}" if note else "")
     md_path = out_dir / "label_efficiency.md"

@@ -5,8 +5,11 @@
 cosine. The fast path: the features are extracted once (no crop / flip augmentation: the price of
 caching), and one head per base lr is trained at the same time on the same batches (the heads share the
 BatchNorm, which has no parameters). The lr is chosen on a per-class held-out part of the *training*
-features; the test features are only used to score the chosen head, after the choice. By default the
-chosen lr is then trained again on all the training features (``refit``) before the test.
+features; the test features are only used to score the chosen head, after the choice. A best lr at an end
+of the sweep is not taken as found: the sweep goes on past that end, x10 at a time, up to
+:data:`~mimkit.eval.grid.MAX_EXTENSIONS` values (:func:`~mimkit.eval.grid.search_grid`), and the result
+says where it stopped. By default the chosen lr is then trained again on all the training features
+(``refit``) before the test.
 
 Training goes through :class:`~mimkit.engine.Trainer` (checkpoints, exact resume, metrics, progress) on
 a loader of feature batches.
@@ -34,6 +37,8 @@ from mimkit.engine.config import TrainConfig
 from mimkit.engine.dist import resolve_device
 from mimkit.engine.lars import LARS
 from mimkit.engine.trainer import Trainer
+from mimkit.eval.grid import search_grid
+from mimkit.eval.records import chance_level
 
 log = logging.getLogger("mimkit")
 
@@ -43,7 +48,8 @@ class LinearProbeConfig:
     """The linear-probe recipe; defaults as docs/methods.md ("Evaluation protocols") except the blr sweep.
 
     Attributes:
-        blrs: base learning rates trained at once (lr = blr * batch / 256); MAE uses 0.1.
+        blrs: base learning rates trained at once (lr = blr * batch / 256); MAE uses 0.1. When the best is
+            the smallest or largest, one more x10 beyond it is tried, a few times at most.
         epochs, warmup_epochs: schedule (per-iteration warm-up, then half-cosine to 0).
         batch_size: features per step.
         weight_decay: LARS weight decay on the weight matrices (MAE: 0).
@@ -239,6 +245,90 @@ def train_heads(
     return probe
 
 
+def fit_probe(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    run_dir: str | os.PathLike,
+    cfg: LinearProbeConfig | None = None,
+    num_classes: int | None = None,
+    refit: bool | None = None,
+) -> tuple[LinearProbe, int, dict[str, Any]]:
+    """Choose the base lr on held-out training features and train the chosen head (again on all of them
+    when ``refit``, default ``cfg.refit``).
+
+    Args:
+        train_features: ``[N, D]`` frozen features; ``train_labels`` ``[N]``.
+        run_dir: ``select/`` (all blrs on the fit part) and ``refit/`` (the chosen blr on everything) runs.
+        num_classes: classes of the heads (default: from the labels).
+
+    Returns:
+        ``(probe, head, result)``: the trained probe and the index of the chosen blr's head in it;
+        ``result`` is :func:`linear_probe`'s without ``test_top1``.
+
+    Raises:
+        ValueError: unlabeled features; every blr diverged; the chosen one diverged when re-trained.
+    """
+    cfg = cfg or LinearProbeConfig()
+    refit = cfg.refit if refit is None else refit
+    if train_labels.numel() == 0 or int(train_labels.min()) < 0:
+        raise ValueError("the linear probe needs labeled training features; some labels are -1 (unlabeled)")
+    run_dir = Path(run_dir)
+    num_classes = num_classes or _num_classes(train_labels)
+    fit_idx, held_idx = holdout_split(train_labels, cfg.holdout, cfg.seed)
+    if fit_idx.numel() == 0:
+        raise ValueError(
+            f"holdout={cfg.holdout} leaves no training features to fit on ({train_labels.shape[0]} in all)"
+        )
+    fit_x, fit_y = train_features[fit_idx], train_labels[fit_idx]
+    trained: dict[float, tuple[LinearProbe, int]] = {}  # blr -> (its probe, its head)
+    held: dict[float, float] = {}
+
+    def score(blrs: list[float]) -> list[float | None]:
+        """Train one head per blr on the fit part (a run directory per call); top-1 on the held-out part."""
+        name = "select" if not trained else f"select_{blrs[0]:g}"  # an extension: one blr
+        probe = train_heads(fit_x, fit_y, blrs, cfg, run_dir / name, num_classes)
+        accuracy = probe.accuracy(train_features[held_idx], train_labels[held_idx]).tolist()
+        diverged = probe.diverged()
+        for i, blr in enumerate(blrs):
+            trained[blr], held[blr] = (probe, i), accuracy[i]
+        return [None if i in diverged else accuracy[i] for i in range(len(blrs))]
+
+    try:  # the grid extends past the end its best blr sits at (x10 at a time, a few times at most)
+        search = search_grid(cfg.blrs, score)
+    except ValueError:
+        raise ValueError(
+            f"linear probe: every blr of {cfg.blrs} diverged (the heads' weights became NaN/inf); "
+            "try smaller ones"
+        ) from None
+    diverged = [b for b, a in search.scores.items() if a is None]
+    if diverged:
+        log.warning(
+            "linear probe: blr %s diverged (weights NaN/inf); chosen among the others",
+            ", ".join(f"{b:g}" for b in diverged),
+        )
+    best_blr = search.best
+    log.info("linear probe: blrs %s tried; %s", ", ".join(f"{b:g}" for b in search.scores), search.stopped)
+    result: dict[str, Any] = {
+        "best_blr": best_blr,
+        "lr": best_blr * min(cfg.batch_size, train_features.shape[0]) / 256,
+        "holdout_top1": {b: held[b] for b in sorted(held)},
+        "diverged_blrs": diverged,
+        "grid": {"tried": sorted(search.scores), "extensions": search.extensions, "stopped": search.stopped},
+        "fit_images": int(fit_idx.numel()),
+        "holdout_images": int(held_idx.numel()),
+        "refit": refit,
+    }
+    if not refit:
+        return (*trained[best_blr], result)
+    final = train_heads(train_features, train_labels, [best_blr], cfg, run_dir / "refit", num_classes)
+    if final.diverged():
+        raise ValueError(
+            f"linear probe: blr {best_blr:g} diverged when re-trained on all the training features "
+            "(weights NaN/inf); give smaller blrs or refit=false"
+        )
+    return final, 0, result
+
+
 def linear_probe(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -257,75 +347,36 @@ def linear_probe(
         cfg: the recipe.
 
     Returns:
-        ``{"best_blr", "lr", "holdout_top1": {blr: %}, "diverged_blrs", "test_top1": % or None,
-        "fit_images", "holdout_images", "refit"}``; a blr whose head diverged (weights NaN/inf) is listed
-        in ``diverged_blrs`` and never chosen.
+        ``{"best_blr", "lr", "holdout_top1": {blr: %}, "diverged_blrs", "grid", "test_top1": % or None,
+        "chance", "fit_images", "holdout_images", "refit"}`` (``chance``: the test set's
+        :func:`~mimkit.eval.records.chance_level`, None without a test); ``holdout_top1`` has every blr
+        tried (the sweep and its extensions), ``grid`` is ``{"tried", "extensions", "stopped"}`` (where
+        the search stopped and why); a blr whose head diverged (weights NaN/inf) is listed in
+        ``diverged_blrs`` and never chosen.
 
     Raises:
         ValueError: unlabeled features; every blr diverged; the chosen one diverged when re-trained.
     """
     cfg = cfg or LinearProbeConfig()
-    if train_labels.numel() == 0 or int(train_labels.min()) < 0:
-        raise ValueError("the linear probe needs labeled training features; some labels are -1 (unlabeled)")
     if test_labels is not None and test_labels.numel() and int(test_labels.min()) < 0:
         raise ValueError("the linear probe needs labeled test features; some labels are -1 (unlabeled)")
-    run_dir = Path(run_dir)
+    testing = test_features is not None and test_labels is not None
     num_classes = _num_classes(train_labels, *(() if test_labels is None else (test_labels,)))
-    fit_idx, held_idx = holdout_split(train_labels, cfg.holdout, cfg.seed)
-    if fit_idx.numel() == 0:
-        raise ValueError(
-            f"holdout={cfg.holdout} leaves no training features to fit on ({train_labels.shape[0]} in all)"
-        )
-    probe = train_heads(
-        train_features[fit_idx], train_labels[fit_idx], cfg.blrs, cfg, run_dir / "select", num_classes
+    probe, head, result = fit_probe(
+        train_features, train_labels, run_dir, cfg, num_classes, refit=cfg.refit and testing
     )
-    held = probe.accuracy(train_features[held_idx], train_labels[held_idx])
-    diverged = probe.diverged()
-    if len(diverged) == len(cfg.blrs):
-        raise ValueError(
-            f"linear probe: every blr of {cfg.blrs} diverged (the heads' weights became NaN/inf); "
-            "try smaller ones"
-        )
-    if diverged:
-        log.warning(
-            "linear probe: blr %s diverged (weights NaN/inf); chosen among the others",
-            ", ".join(f"{cfg.blrs[i]:g}" for i in diverged),
-        )
-    candidates = held.clone()
-    candidates[diverged] = -1.0
-    best = int(torch.argmax(candidates))  # the first of equals: the smallest blr among the best
-    best_blr = float(cfg.blrs[best])
-    if len(cfg.blrs) > 1 and best_blr in (min(cfg.blrs), max(cfg.blrs)):
-        log.warning("linear probe: the best blr %g is at the edge of the sweep %s", best_blr, cfg.blrs)
-    result: dict[str, Any] = {
-        "best_blr": best_blr,
-        "lr": best_blr * min(cfg.batch_size, train_features.shape[0]) / 256,
-        "holdout_top1": {float(b): float(a) for b, a in zip(cfg.blrs, held.tolist(), strict=True)},
-        "diverged_blrs": [float(cfg.blrs[i]) for i in diverged],
-        "test_top1": None,
-        "fit_images": int(fit_idx.numel()),
-        "holdout_images": int(held_idx.numel()),
-        "refit": cfg.refit,
-    }
-    if test_features is not None and test_labels is not None:
-        if cfg.refit:
-            final = train_heads(train_features, train_labels, [best_blr], cfg, run_dir / "refit", num_classes)
-            head = 0
-            if final.diverged():
-                raise ValueError(
-                    f"linear probe: blr {best_blr:g} diverged when re-trained on all the training features "
-                    "(weights NaN/inf); give smaller blrs or refit=false"
-                )
-        else:
-            final, head = probe, best
-        result["test_top1"] = float(final.accuracy(test_features, test_labels)[head])
+    result["refit"] = cfg.refit
+    result["test_top1"] = float(probe.accuracy(test_features, test_labels)[head]) if testing else None
+    result["chance"] = chance_level(test_labels) if testing else None
+    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "linear_probe.json").write_text(json.dumps(result, indent=2) + "\n")
+    best_blr = result["best_blr"]
     log.info(
-        "linear probe: blr %g chosen on %d held-out features (%.2f%%); test top-1 %.2f%%",
+        "linear probe: blr %g chosen on %d held-out features (%.2f%%); test top-1 %s",
         best_blr,
-        held_idx.numel(),
-        float(held[best]),
-        result["test_top1"],
+        result["holdout_images"],
+        result["holdout_top1"][best_blr],
+        "-" if result["test_top1"] is None else f"{result['test_top1']:.2f}%",
     )
     return result

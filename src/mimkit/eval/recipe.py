@@ -46,6 +46,12 @@ class FinetuneConfig:
         img_size: fine-tune at another input size (position embeddings resampled bicubically); None keeps
             the data's size.
         eval_batch_size: batch size of the test-set evaluation.
+        holdout: fraction of each class of the *training* images held out to choose the checkpoint
+            (``best.pt``, scored at each epoch end; at least 1 image per class); 0 = none (the last
+            weights are kept). Never more than half a class.
+        holdout_max: at most this many images of a class are held out.
+        compare_probe: also train the linear probe of the starting encoder on the same images, scored on
+            the same held-out and test images (:mod:`mimkit.eval.selection`).
     """
 
     train: TrainConfig = field(default_factory=_finetune_train)
@@ -64,6 +70,9 @@ class FinetuneConfig:
     train_blocks: int | None = None
     img_size: int | list[int] | None = None
     eval_batch_size: int = 512
+    holdout: float = 0.1
+    holdout_max: int = 100
+    compare_probe: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.layer_decay <= 1:
@@ -91,5 +100,10 @@ class FinetuneConfig:
             )
         if self.img_size is not None:
             size_pair(self.img_size, "img_size")
+        number = isinstance(self.holdout, (int, float)) and not isinstance(self.holdout, bool)
+        if not number or not 0 <= self.holdout <= 0.5:
+            raise ValueError(f"holdout must be a fraction in [0, 0.5] (0 = none), got {self.holdout!r}")
+        if not isinstance(self.holdout_max, int) or self.holdout_max < 1:
+            raise ValueError(f"holdout_max must be an int >= 1 (images per class), got {self.holdout_max!r}")
         if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be a positive int, got {self.eval_batch_size!r}")

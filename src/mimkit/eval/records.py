@@ -1,21 +1,29 @@
-"""The record a fine-tuning run keeps of itself: the recipe it started with, and whether it learned.
+"""The record a fine-tuning run keeps of itself: the recipe it started with, and whether it learned; and
+whether any top-1 is distinguishable from chance.
 
 ``recipe.json`` keeps a run directory to one recipe (a later call with other settings is an error, not a
-silent mix); the final training loss next to ln(classes) tells a run that collapsed to chance.
+silent mix); the final training loss next to ln(classes) tells a run that collapsed to chance;
+:func:`chance_level` and :func:`chance_note` mark a test score that a constant guess could have reached
+(kNN, linear probe, fine-tuning: wherever a top-1 is printed).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from mimkit.choices import flatten
 from mimkit.engine import checkpoint as ckpt
 from mimkit.eval.recipe import FinetuneConfig
 
 AT_CHANCE = 0.99  # a final training loss above this share of ln(classes) is a run that did not learn
+CHANCE_Z = 2.0  # a top-1 within this many standard errors above the chance level is "within chance"
 
 
 def final_train_loss(run_dir: str | os.PathLike, tail: float = 0.1) -> float | None:
@@ -56,10 +64,47 @@ def at_chance(result: dict[str, Any]) -> bool:
     return loss is not None and chance is not None and loss >= AT_CHANCE * chance
 
 
+def chance_level(labels: torch.Tensor) -> dict[str, float]:
+    """The top-1 of the best constant guess on a test set: ``{"top1": % of its largest class, "images"}``."""
+    labels = labels[labels >= 0]
+    if labels.numel() == 0:
+        return {"top1": 0.0, "images": 0}
+    largest = int(torch.bincount(labels).max())
+    return {"top1": 100.0 * largest / labels.numel(), "images": int(labels.numel())}
+
+
+def chance_se(chance: dict[str, float]) -> float:
+    """The binomial standard error (percentage points) of a top-1 at the chance level on its test images:
+    ``100 sqrt(p (1 - p) / n)``."""
+    p, n = chance["top1"] / 100, max(int(chance["images"]), 1)
+    return 100.0 * math.sqrt(p * (1 - p) / n)
+
+
+def within_chance(top1: float, chance: dict[str, float] | None) -> bool:
+    """Whether ``top1`` (%) is at most ``CHANCE_Z`` (2) standard errors above ``chance`` (a guess that
+    always names the largest class would score that well about 98% of the time)."""
+    if not chance or not chance.get("images"):
+        return False
+    return top1 <= chance["top1"] + CHANCE_Z * chance_se(chance)
+
+
+def chance_note(top1: float, chance: dict[str, float] | None) -> str:
+    """``" (within chance: ...)"`` to follow a printed top-1 that :func:`within_chance` flags, else ``""``."""
+    return f" (within chance: {chance_reason(chance)})" if within_chance(top1, chance) else ""
+
+
+def chance_reason(chance: dict[str, float]) -> str:
+    """What the chance level of a test set is, in words."""
+    return (
+        f"the largest class is {chance['top1']:.1f}% of the {int(chance['images'])} test images, "
+        f"+/- {CHANCE_Z:g} x {chance_se(chance):.1f} points"
+    )
+
+
 # What may change between the calls of one run: where and how it runs, and its length (a longer schedule
 # goes on from the checkpoint). Every other recipe setting must stay that of the run's first call.
 RESUMABLE_CHANGES = frozenset(
-    ["eval_batch_size"]
+    ["eval_batch_size", "compare_probe"]
     + [
         f"train.{key}"
         for key in ("device", "compile", "progress", "log_every", "save_every_steps", "tensorboard", "resume")
@@ -100,21 +145,10 @@ def check_recipe(run_dir: str | os.PathLike, cfg: FinetuneConfig, write: bool = 
 def recipe_record(cfg: FinetuneConfig) -> dict[str, Any]:
     """The settings of ``cfg`` that make a recipe, flat (``"train.blr"``) and as JSON reads them back:
     everything but :data:`RESUMABLE_CHANGES`."""
-    flat = _flat(json.loads(json.dumps(asdict(cfg))))
+    flat = flatten(json.loads(json.dumps(asdict(cfg))))
     return {key: value for key, value in flat.items() if key not in RESUMABLE_CHANGES}
 
 
 def recipe_changes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The sorted keys on which two :func:`recipe_record` records differ."""
     return sorted(key for key in set(a) | set(b) if a.get(key) != b.get(key))
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"blr": 1}}`` -> ``{"train.blr": 1}``."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
