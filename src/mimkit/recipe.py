@@ -248,8 +248,8 @@ def _method(fp: Fingerprint, hw: Machine) -> tuple[str, str]:
     if hw.device == "cuda" or fp.images >= SIT_MAX_IMAGES:
         return "mae", "MAE (He et al., 2021): the paper's method at scale, and the one to fine-tune from"
     return "sit", (
-        f"under {SIT_MAX_IMAGES:,} images on a CPU: SiT's contrastive part gives frozen features that "
-        "beat a random init within minutes (MAE's do not: docs/own-images.md)"
+        f"under {SIT_MAX_IMAGES:,} images on a CPU: SiT's frozen features beat a random init on small "
+        "folders (+5.5 kNN points on photo crops) where MAE's fell below it (-8): docs/own-images.md"
     )
 
 
