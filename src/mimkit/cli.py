@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -265,5 +266,23 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def run() -> None:
+    """The ``mimkit`` program: :func:`main`, then the exit with its code.
+
+    Under torchrun a process leaves with ``os._exit`` once :func:`main` has torn its process group down and
+    its output is flushed: gloo's threads outlive ``destroy_process_group`` while a DDP module still holds
+    the group (checked on torch 2.13), and the interpreter's own teardown then destroys them while they
+    are joinable, which aborts the process ("terminate called without an active exception", SIGABRT, so
+    torchrun reports a failed run after a finished one; seen in CI on a loaded 2-core machine).
+    """
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

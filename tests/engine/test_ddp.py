@@ -298,7 +298,8 @@ def test_finetuning_under_torchrun_equals_one_process(tmp_path):
     pretrain("mae", tmp_path / "run", 1, 16)
     settings = ["train.epochs=2", "train.warmup_epochs=0", "train.precision=fp32", "train.progress=false",
                 "train.tensorboard=false", "train.log_every=1", "mixup=0", "cutmix=0", "randaug_n=0",
-                "reprob=0", "crop_scale=[1.0,1.0]", "hflip=false", "train.device=cpu"]  # fmt: skip
+                "reprob=0", "crop_scale=[1.0,1.0]", "hflip=false", "train.device=cpu",
+                "holdout=0"]  # no held-out labels: every training image in the steps counted  # fmt: skip
     base = ["eval", "finetune", str(tmp_path / "run"), "--train-limit", "64", "--test-limit", "32", "--set"]
     cli(1, *base, *settings, "train.batch_size=16", "--out", str(tmp_path / "one"))
     two = cli(2, *base, *settings, "train.batch_size=8", "--out", str(tmp_path / "two"))
@@ -327,7 +328,8 @@ def test_label_efficiency_under_torchrun_equals_one_process(tmp_path):
     pretrain("mae", tmp_path / "run", 1, 16)
     settings = ["train.epochs=2", "train.warmup_epochs=0", "train.precision=fp32", "train.progress=false",
                 "train.tensorboard=false", "train.log_every=1", "mixup=0", "cutmix=0", "randaug_n=0",
-                "reprob=0", "crop_scale=[1.0,1.0]", "hflip=false", "train.device=cpu"]  # fmt: skip
+                "reprob=0", "crop_scale=[1.0,1.0]", "hflip=false", "train.device=cpu",
+                "holdout=0"]  # no held-out labels: every training image in the steps counted  # fmt: skip
     base = ["eval", "label-efficiency", str(tmp_path / "run"), "--train-limit", "64", "--test-limit", "32",
             "--fractions", "0.5", "--no-random", "--set", *settings]  # fmt: skip
     cli(1, *base, "train.batch_size=16", "--out", str(tmp_path / "one"))

@@ -139,12 +139,18 @@ def _regularisation(facts: LabeledSet, device: str) -> list[Choice]:
 
 
 def plan_finetune(
-    facts: LabeledSet, encoder: EncoderShape, device: str = "cpu", given: dict[str, Any] | None = None
+    facts: LabeledSet,
+    encoder: EncoderShape,
+    device: str = "cpu",
+    given: dict[str, Any] | None = None,
+    processes: int = 1,
 ) -> list[Choice]:
     """The fine-tuning settings for ``facts`` and ``encoder``, each with its reason.
 
     ``given``: values the user set (flat dotted keys); the choices that follow from them use them (the
-    epochs from the batch given, no planned ``train.lr`` over a ``train.blr`` given).
+    epochs from the batch given, no planned ``train.lr`` over a ``train.blr`` given). ``processes``: under
+    torchrun, ``train.batch_size`` is per process; the steps and the lr follow the batch of a step, all
+    processes together, so 2 processes x 8 plan as 1 x 16.
     """
     given = given or {}
     choices = []
@@ -158,7 +164,7 @@ def plan_finetune(
     fit = max(1, facts.images - max(held, facts.classes if holdout else 0))
     batch, why_batch = _batch(fit, device)
     choices.append(Choice("train.batch_size", batch, why_batch))
-    batch = min(given.get("train.batch_size", batch), fit)
+    batch = min(given.get("train.batch_size", batch) * processes, fit)
     steps_per_epoch = max(1, fit // batch)
     epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))
     choices.append(
@@ -213,7 +219,8 @@ def choose_finetune(
     given = parse_overrides(list(overrides))
     flat = flatten(given)
     facts = LabeledSet.of(dataset)
-    choices = plan_finetune(facts, encoder, device, flat)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # as torchrun sets it (mimkit.engine.dist.setup)
+    choices = plan_finetune(facts, encoder, device, flat, processes)
     cfg = _build(FinetuneConfig, merge(merge(to_dict(FinetuneConfig()), as_overrides(choices)), given), "")
     small = few_images_note(facts)
     log.info(
