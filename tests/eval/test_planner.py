@@ -37,10 +37,12 @@ def test_a_hundred_images_get_small_batches_many_epochs_and_no_mixing():
 
 
 def test_regularisation_grows_with_the_images_per_class_and_the_device():
-    below = values(plan_finetune(facts(990), TINY))  # 99 per class
-    some = values(plan_finetune(facts(1000), TINY))  # 100 per class
+    below = values(plan_finetune(facts(990), TINY, "cuda"))  # 99 per class
+    some = values(plan_finetune(facts(1000), TINY, "cuda"))  # 100 per class
     assert below["randaug_n"] == 0 and below["drop_path"] == 0.0
     assert some["randaug_n"] == 1 and some["drop_path"] == 0.1 and some["mixup"] == 0.0
+    on_cpu = values(plan_finetune(facts(1000), TINY, "cpu"))  # a CPU's minutes: light at every size
+    assert on_cpu["randaug_n"] == 0 and on_cpu["drop_path"] == 0.0
     many_cpu = values(plan_finetune(facts(60_000), TINY, "cpu"))
     many_gpu = values(plan_finetune(facts(60_000), TINY, "cuda"))
     assert many_cpu["mixup"] == 0.0 and many_cpu["train.max_minutes"] == planner.CPU_MINUTES
