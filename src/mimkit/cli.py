@@ -35,7 +35,7 @@ from mimkit.eval_cli import (
 from mimkit.eval_sources import eval_data_config
 from mimkit.models import create_encoder
 from mimkit.pretrain import load_pretrained, pretrain, resolve_checkpoint
-from mimkit.recipe import RECIPE_RECORD, choose
+from mimkit.recipe import RECIPE_RECORD, choose, default_run_dir
 from mimkit.viz import DEFAULT_STRETCH, display_bands, draw_reconstructions
 from mimkit.weights import export_encoder_safetensors, load_weights
 
@@ -48,18 +48,19 @@ def run_pretrain(config: str | None, overrides: list[str], folder: str | None = 
     if config is not None:
         where = ["data.source=folder", f"data.root={folder}"] if folder else []
         return pretrain(load_config(config, where + overrides))
-    data = parse_overrides(overrides).get("data", {})
+    given = parse_overrides(overrides)
+    data = given.get("data", {})
     folder = folder or (data.get("root") if data.get("source") == "folder" else None)
     if folder is None:
         raise ValueError(
             "give a folder of images (mimkit pretrain DIR: a recipe is chosen for it) or a recipe "
             "(mimkit pretrain --config configs/<recipe>.yaml)"
         )
-    cfg, record = choose(folder, overrides)
-    saved = Path(cfg.output_dir) / "config.yaml"
+    saved = Path(given.get("output_dir") or default_run_dir(folder)) / "config.yaml"
     if saved.is_file():  # a run of this folder exists: resume it with its own recipe, never a new plan
-        log.info("%s has a recipe already: resuming with it (its config.yaml)", cfg.output_dir)
+        log.info("%s has a recipe already: resuming with it", saved)
         return pretrain(load_config(saved, overrides))
+    cfg, record = choose(folder, overrides)
     return pretrain(cfg, records={RECIPE_RECORD: record})
 
 

@@ -298,6 +298,11 @@ def plan(fp: Fingerprint, hw: Machine, given: dict[str, Any] | None = None) -> l
     ]
 
 
+def default_run_dir(root: str | os.PathLike) -> str:
+    """Where a run on the folder ``root`` lives unless ``output_dir`` says so: ``runs/<folder name>``."""
+    return str(Path("runs") / Path(root).resolve().name)
+
+
 def choose(root: str | os.PathLike, overrides: list[str]) -> tuple[PretrainConfig, dict[str, Any]]:
     """The planned config for pretraining on ``root`` with the user's ``key=value`` overrides on top, and
     the record of how it was chosen (``{"fingerprint", "machine", "choices"}``)."""
@@ -306,7 +311,7 @@ def choose(root: str | os.PathLike, overrides: list[str]) -> tuple[PretrainConfi
     fp = fingerprint(root, flat.get("data.labeled", "auto"), flat.get("data.holdout", 0.2))
     hw = machine(flat.get("train.device", "auto"))
     choices = plan(fp, hw, flat)
-    base = {"output_dir": str(Path("runs") / Path(root).resolve().name), "data": {"root": str(root)}}
+    base = {"output_dir": default_run_dir(root), "data": {"root": str(root)}}
     cfg = _build(PretrainConfig, merge(merge(base, as_overrides(choices)), given), "")
     log.info("recipe chosen for %s (override any value with KEY=VALUE):\n%s", root, table(choices, flat))
     record = {"fingerprint": asdict(fp), "machine": asdict(hw), "choices": [asdict(c) for c in choices]}
