@@ -321,3 +321,19 @@ def test_formats_that_cannot_hold_the_classifier_are_refused_in_one_line(run, tm
         export_run(str(ft_run), str(tmp_path / "e"), ["onnx"])
     assert main(["export", str(ft_run), str(tmp_path / "e.safetensors")]) == 2
     assert "is a fine-tuning run: export its classifier with --format" in one_error_line(capsys)
+
+
+def test_frozen_protocols_read_a_fine_tuned_runs_encoder(run, tmp_path):
+    """``mimkit knn FT_RUN`` evaluates the fine-tuned encoder (not its config: once an unknown-key error),
+    on the data of the pretraining run it started from: its tokens are those of the encoder built here."""
+    from mimkit.eval_sources import EncoderChoice, load_encoder
+
+    pretrain_run, ft_run, _ = run
+    loaded = load_encoder(EncoderChoice(str(ft_run)))
+    assert loaded.data.root == str(pretrain_run.parent.parent / "imgs")
+    x = torch.randn(3, 3, 24, 24)
+    with torch.no_grad():
+        ours = loaded.encoder.eval().forward_features(x)
+        theirs = independent_classifier(ft_run).forward_features(x)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert main(["eval", "knn", str(ft_run), "--k", "3", "--device", "cpu", "--no-cache"]) == 0

@@ -23,6 +23,7 @@ from mimkit.engine.precision import PRECISIONS, resolve_precision
 from mimkit.eval.cache import default_cache_dir
 from mimkit.eval.features import FeaturePass
 from mimkit.eval.frozen import Encoder, Split
+from mimkit.eval.saved import is_classifier_run, load_classifier
 from mimkit.models.hf_names import encoder_config
 from mimkit.pretrain import build_encoder, load_pretrained, resolve_checkpoint
 from mimkit.weights import extract_state_dict, is_model_dir, load_weights, read_checkpoint
@@ -146,6 +147,10 @@ def load_encoder(choice: EncoderChoice, data: DataChoice | None = None) -> Loade
         _check_has_encoder(path)
     if teacher and (path is None or encoder_name is not None):
         raise ValueError("--teacher needs a mimkit pretraining run or checkpoint (without --encoder)")
+    if encoder_name is None and path is not None and is_classifier_run(path):
+        if teacher:
+            raise ValueError(f"{path} is a fine-tuning run: it has no teacher encoder; drop --teacher")
+        return _fine_tuned_encoder(path, source, root)
     arch: dict[str, Any] | None = None
     if encoder_name is None and path is not None and is_model_dir(path):  # transformers / timm: its config
         arch = encoder_config(path)
@@ -178,6 +183,28 @@ def load_encoder(choice: EncoderChoice, data: DataChoice | None = None) -> Loade
         encoder = build_encoder(encoder_cfg)
         load_weights(encoder, path, adapt_channels=choice.adapt_channels)
     return LoadedEncoder(encoder, encoder_cfg, data, path, None)
+
+
+def _fine_tuned_encoder(path: Path, source: str | None, root: str | None) -> LoadedEncoder:
+    """The encoder of a fine-tuned classifier (``classifier.json`` beside the checkpoint), evaluated on the
+    data of the pretraining run it started from, or on ``source`` / ``root`` when given."""
+    saved = load_classifier(path)
+    encoder = saved.classifier.encoder
+    encoder_cfg = {**saved.record["encoder"], "num_classes": 0}
+    started = saved.config.get("checkpoint")
+    if not started or not Path(started).exists():
+        if not root:
+            raise ValueError(
+                f"{saved.run_dir} was fine-tuned from {started or 'an encoder file'}, which is not here to say "
+                "what data it read: give the data with --data-root"
+            )
+        stats = {key: saved.record[key] for key in ("img_size", "mean", "std")}
+        stats["channels"] = saved.record["encoder"].get("in_chans", len(saved.record["mean"]))
+        data = eval_data_config(DataConfig(source=source or "folder", root=root), stats, source, root)
+    else:
+        _, cfg, stats = load_pretrained(started)
+        data = eval_data_config(cfg.data, stats, source, root)
+    return LoadedEncoder(encoder, encoder_cfg, data, saved.checkpoint, saved.run_dir)
 
 
 def eval_data_config(
