@@ -21,6 +21,8 @@ from mimkit.data import DataConfig
 from mimkit.data.datasets import holdout_folder
 from mimkit.data.splits import draw_split, read_split
 
+from .data.test_groups import scans
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "encoder.embed_dim=32",
@@ -206,3 +208,60 @@ def test_two_processes_draw_one_split_and_read_it(tmp_path):
     assert read_split(run / "split.json") == draw_split(*holdout_folder(cfg), 0.2, 0)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 2  # 24 training images, 2 x 6 per step
+
+
+# ----------------------------------------------------------------------------- by patient
+
+
+def test_a_split_by_patient_is_drawn_recorded_and_read_by_every_protocol(tmp_path, caplog, capsys):
+    """2 classes x 3 patients x 2 DICOM slices: round(0.2 * 3) = 1 patient of each class held out, its 2
+    slices with it; knn and embed read exactly the recorded parts."""
+    patients = {"P1": "ct", "P2": "ct", "P3": "ct", "P4": "mr", "P5": "mr", "P6": "mr"}
+    root = scans(tmp_path / "scans", patients)
+    run, path = tmp_path / "run", tmp_path / "run" / "split.json"
+    data = ["data.source=folder", f"data.root={root}", "data.img_size=16", "encoder.patch_size=4"]
+    code, lines = pretrain([*data, "data.group_by=patient", "train.batch_size=4", f"output_dir={run}"])
+    assert code == 0
+    said = (
+        "held out 2 of 6 patients (4 of 12 images; 20% of each class's patients, stratified over 2 classes, "
+        f"seed 0) -> {path}; pretraining leaves them out"
+    )
+    assert said in lines
+    split = read_split(path)
+    held = {split.groups[rel] for rel in split.test}
+    assert split.group_by == "patient" and len(held) == 2
+    assert not held & {split.groups[r] for r in split.train}
+    assert held & {"P1", "P2", "P3"} and held & {"P4", "P5", "P6"}
+    assert all(rel.split("/")[1].split("_")[0] == split.groups[rel] for rel in split.test + split.train)
+    assert embedded(run, tmp_path, "test") == [str(root / rel) for rel in split.test]
+    assert embedded(run, tmp_path, "train") == [str(root / rel) for rel in split.train]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mimkit"):
+        assert main(["knn", str(run), "--k", "3"]) == 0
+    held_out = f"folder test split: 4 images from {root} (held-out part of {path})"
+    assert any(r.getMessage().startswith(held_out) for r in caplog.records)
+    assert "k=3:" in capsys.readouterr().out
+
+
+def test_grouping_bad_input_is_one_line(tmp_path, capsys):
+    leaky = tmp_path / "leaky"
+    scans(leaky / "train", {"P1": "ct", "P2": "mr"})
+    scans(leaky / "test", {"P1": "ct", "P3": "mr"})  # P1 on both sides
+    plain = rgb_folder(tmp_path / "plain", {"x": 3, "y": 3})
+    (tmp_path / "short.csv").write_text("file,group\nx/0.png,g0\nx/1.png,g1\n")
+    cases = [
+        (
+            [f"data.root={leaky}", "data.group_by=patient"],
+            "puts 1 of its 3 patients (data.group_by=patient) on both sides, e.g. 'P1': train/ct/P1_0.dcm "
+            "(training) and test/ct/P1_0.dcm (held out)",
+        ),
+        ([f"data.root={plain}", f"data.group_by={tmp_path / 'short.csv'}"], "misses 4 of the 6 files"),
+        ([f"data.root={plain}", "data.group_by=patient"], "x/0.png under"),
+        (["data.source=fashion_mnist", "data.group_by=file"], "data.source='fashion_mnist' has none"),
+        ([f"data.root={plain}", "data.group_by=patients"], "data.group_by must be none, patient"),
+    ]
+    for i, (argv, message) in enumerate(cases):
+        code, _ = pretrain(["data.source=folder", *argv, f"output_dir={tmp_path / f'run{i}'}"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("mimkit: error:") and message in err, (argv, err)
+        assert "\n" not in err

@@ -19,9 +19,10 @@ import torch.nn as nn
 
 from mimkit.data import DataConfig, build_augment, build_dataset
 from mimkit.data.datasets import check_labeled_kind, holdout_folder
+from mimkit.data.groups import check_explicit_split, check_recorded_split, draw_for
 from mimkit.data.loader import process_loader
 from mimkit.data.shards import ShardLoader, ShardSet
-from mimkit.data.splits import SPLIT_FILE, draw_split, read_split, write_split
+from mimkit.data.splits import SPLIT_FILE, read_split, write_split
 from mimkit.engine import dist
 from mimkit.engine.checkpoint import last_checkpoint, seed_everything
 from mimkit.engine.config import PretrainConfig, _build, named_options, save_config, to_dict
@@ -153,23 +154,29 @@ def prepare_split(cfg: PretrainConfig, is_main: bool = True) -> DataConfig:
     """The data config a run pretrains with: when its labeled folder (``data.labeled_root``, else a folder
     ``data.root``) has no test/ or val/, ``split_file`` names the file that records its held-out part,
     read if it exists (never redrawn), else drawn from ``train.seed`` and written by the main process.
+    With ``data.group_by``, an explicit split (test/ or val/, an existing split file) that puts a group on
+    both sides is refused, and a drawn one is drawn by group (:mod:`mimkit.data.groups`).
     """
     data = cfg.data
+    check_explicit_split(data)
     found = holdout_folder(data) if data.holdout is not None else None
     if found is None:
         return data
     path = Path(data.split_file) if data.split_file else Path(cfg.output_dir) / SPLIT_FILE
     if path.exists():
         split = read_split(path)
-        if (split.holdout, split.seed) != (data.holdout, cfg.train.seed):
+        check_recorded_split(split, data, path, found[0], found[1])
+        drawn = (split.holdout, split.seed, split.group_by or "none")
+        asked = (data.holdout, cfg.train.seed, data.group_by or "none")
+        if drawn != asked:
             log.warning(
-                "%s was drawn with data.holdout=%s and seed %d; it is reused as it is (delete it, or give "
-                "another data.split_file, to draw data.holdout=%s with seed %d)",
-                path, split.holdout, split.seed, data.holdout, cfg.train.seed,
+                "%s was drawn with data.holdout=%s, seed %d, data.group_by=%s; it is reused as it is (delete "
+                "it, or give another data.split_file, to draw data.holdout=%s, seed %d, data.group_by=%s)",
+                path, *drawn, *asked,
             )  # fmt: skip
         log.info("%s, as drawn before in %s", split.summary(), path)
     else:
-        split = draw_split(*found, data.holdout, cfg.train.seed)
+        split = draw_for(data, *found, cfg.train.seed)
         if is_main:
             split = write_split(split, path)
             pretraining = "reads them too" if data.holdout_in_pretraining else "leaves them out"

@@ -12,6 +12,7 @@ SOURCES = ("fashion_mnist", "mnist", "idx", "folder", "shards")
 NORMALIZE_NAMES = ("dataset", "imagenet", "none")
 AUGMENT_PRESETS = ("mae", "simmim", "none")
 RESIZE_MODES = ("center_crop", "stretch")
+GROUPINGS = ("patient", "study", "series", "file")  # or a CSV file (data.group_by; mimkit.data.groups)
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
 
@@ -92,6 +93,13 @@ class DataConfig:
             pretraining reads ``root``: many unlabeled images and a small labeled set.
         holdout_in_pretraining: pretraining also reads the held-out images (without their labels); by
             default it leaves them out, so the scores are on images the encoder never saw.
+        group_by: the unit of the held-out part (:mod:`mimkit.data.groups`): ``None`` / ``"none"``
+            (images), ``"patient"``, ``"study"`` or ``"series"`` (the DICOM tags PatientID,
+            StudyInstanceUID, SeriesInstanceUID of each file), ``"file"`` (a sample's source file: the
+            slices of a volume, the chips of a scene) or the path of a ``.csv`` file with the columns
+            ``file`` (relative to ``root``, or ``labeled_root`` when set) and ``group``. ``holdout`` then
+            counts groups per class, every group lies on one side, and an explicit split (``test/`` or
+            ``val/``, a ``split_file``) that puts a group on both sides is refused.
     """
 
     source: str = "fashion_mnist"
@@ -117,6 +125,7 @@ class DataConfig:
     split_file: str | None = None
     labeled_root: str | None = None
     holdout_in_pretraining: bool = False
+    group_by: str | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -188,6 +197,16 @@ class DataConfig:
         if not isinstance(self.holdout_in_pretraining, bool):
             raise ValueError(
                 f"data.holdout_in_pretraining must be true or false, got {self.holdout_in_pretraining!r}"
+            )
+        if isinstance(self.group_by, os.PathLike):
+            self.group_by = os.fspath(self.group_by)
+        if self.group_by == "none":
+            self.group_by = None
+        by = self.group_by
+        if by is not None and not (by in GROUPINGS or (isinstance(by, str) and by.lower().endswith(".csv"))):
+            raise ValueError(
+                f"data.group_by must be none, {', '.join(GROUPINGS)} or a .csv file with the columns file "
+                f"and group; got {by!r}"
             )
 
     def _check_bands_window_clip(self) -> None:

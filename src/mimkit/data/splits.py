@@ -14,6 +14,10 @@ The draw is recorded as a file list (:class:`Split`, ``split.json`` in the run d
 the folder later are in neither part (counted, left out); files of the record that are gone are counted and
 skipped.
 
+Drawn by group (``data.group_by``: patient, study, series, source file, a CSV's groups), the unit is the
+group instead of the image: :mod:`mimkit.data.groups` draws it, and the :class:`Split` records the group
+of every sample.
+
 Also here: a folder's layout (which sub-folder is train, which is test) and the view of a run's separate
 labeled folder (``data.labeled_root``), which the datasets read through.
 """
@@ -26,7 +30,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +51,17 @@ def held_out_count(n: int, holdout: float | int) -> int:
     return max(1, min(k, n - 1))
 
 
-def _rank(seed: int, rel: str) -> bytes:
-    return hashlib.sha256(f"{seed}\0{rel}".encode()).digest()
+def rank(seed: int, name: str) -> bytes:
+    """The draw's order of a sample (or a group) named ``name``: the SHA-256 of the seed and the name."""
+    return hashlib.sha256(f"{seed}\0{name}".encode()).digest()
+
+
+GROUP_NOUNS = {"patient": "patients", "study": "studies", "series": "series", "file": "files"}
+
+
+def group_noun(group_by: str | None) -> str:
+    """``"patients"`` for ``group_by="patient"``, ..., ``"groups"`` for a CSV's groups."""
+    return GROUP_NOUNS.get(group_by or "", "groups")
 
 
 def _class_of(rel: str) -> str:
@@ -66,6 +79,8 @@ class Split:
         classes: the class names, index = label.
         train: the training part, sorted.
         test: the held-out part, sorted.
+        group_by: the grouping it was drawn by (``DataConfig.group_by``), ``None`` for images.
+        groups: the group of each sample of both parts (drawn by group), else ``None``.
     """
 
     root: str
@@ -74,6 +89,8 @@ class Split:
     classes: tuple[str, ...]
     train: tuple[str, ...]
     test: tuple[str, ...]
+    group_by: str | None = None
+    groups: dict[str, str] | None = field(default=None, hash=False)
 
     def part(self, name: str) -> tuple[str, ...]:
         """``"train"``, ``"test"`` or ``"all"`` (both, sorted)."""
@@ -92,22 +109,35 @@ class Split:
                 out[_class_of(rel)][part] += 1
         return out
 
+    def group_counts(self) -> dict[str, int]:
+        """``{"train": groups, "test": groups}`` (drawn by group)."""
+        groups = self.groups or {}
+        return {part: len({groups[rel] for rel in getattr(self, part)}) for part in ("train", "test")}
+
     def summary(self) -> str:
-        """``held out 60 of 300 images (20%, stratified over 3 classes, seed 0)``."""
-        n = len(self.train) + len(self.test)
-        rule = f"{self.holdout:.0%}" if isinstance(self.holdout, float) else f"{self.holdout} per class"
+        """``held out 60 of 300 images (20%, stratified over 3 classes, seed 0)``; by group: ``held out 12
+        of 60 patients (41 of 200 images; 20% of each class's patients, stratified over 3 classes, ...)``."""
+        n, stratified = len(self.train) + len(self.test), f"stratified over {len(self.classes)} classes"
+        if self.group_by is None:
+            rule = f"{self.holdout:.0%}" if isinstance(self.holdout, float) else f"{self.holdout} per class"
+            return f"held out {len(self.test)} of {n} images ({rule}, {stratified}, seed {self.seed})"
+        noun, count = group_noun(self.group_by), self.group_counts()
+        rule = (
+            f"{self.holdout:.0%} of each class's {noun}"
+            if isinstance(self.holdout, float)
+            else f"{self.holdout} {noun} per class"
+        )
         return (
-            f"held out {len(self.test)} of {n} images ({rule}, stratified over {len(self.classes)} classes, "
-            f"seed {self.seed})"
+            f"held out {count['test']} of {count['train'] + count['test']} {noun} ({len(self.test)} of {n} "
+            f"images; {rule}, {stratified}, seed {self.seed})"
         )
 
     def to_json(self) -> dict[str, Any]:
-        rule = (
-            f"per class of n images: round({self.holdout} * n)"
-            if isinstance(self.holdout, float)
-            else f"per class of n images: {self.holdout}"
-        ) + ", at least 1 and at most n - 1, the lowest SHA-256(seed, path) ranks"
-        return {
+        unit, rank_of = (group_noun(self.group_by), "group") if self.group_by else ("images", "path")
+        take = f"round({self.holdout} * n)" if isinstance(self.holdout, float) else f"{self.holdout}"
+        rule = f"per class of n {unit}: {take}, at least 1 and at most n - 1"
+        rule += f", the lowest SHA-256(seed, {rank_of}) ranks"
+        record = {
             "version": SPLIT_VERSION,
             "root": self.root,
             "seed": self.seed,
@@ -117,6 +147,18 @@ class Split:
             "counts": self.counts(),
             "test": list(self.test),
             "train": list(self.train),
+        }
+        if self.group_by is None:
+            return record
+        record["rule"] += (
+            "; a group goes with the majority class of its samples (a tie: the class of fewer samples in the "
+            "folder, then the first), every sample of a group on its side"
+        )
+        groups = self.groups or {}
+        return record | {
+            "group_by": self.group_by,
+            "group_counts": self.group_counts(),
+            "groups": {rel: groups[rel] for rel in sorted(groups)},
         }
 
 
@@ -164,7 +206,7 @@ def draw_split(
         if not found:
             continue
         k = held_out_count(len(found), holdout)
-        ranked = sorted(found, key=lambda rel: _rank(seed, rel))
+        ranked = sorted(found, key=lambda rel: rank(seed, rel))
         test += ranked[:k]
         train += ranked[k:]
     root = str(folder.resolve())
@@ -190,8 +232,12 @@ def read_split(path: str | os.PathLike) -> Split:
             tuple(raw["classes"]),
             tuple(raw["train"]),
             tuple(raw["test"]),
+            raw.get("group_by"),
+            raw.get("groups"),
         )
         version = raw["version"]
+        if split.group_by is not None and not all(rel in split.groups for rel in split.train + split.test):
+            raise KeyError("groups: the group of every file")
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a mimkit split file ({type(err).__name__}: {err})") from None
     if version != SPLIT_VERSION:
