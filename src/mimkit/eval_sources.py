@@ -195,8 +195,8 @@ def _fine_tuned_encoder(path: Path, source: str | None, root: str | None) -> Loa
     if not started or not Path(started).exists():
         if not root:
             raise ValueError(
-                f"{saved.run_dir} was fine-tuned from {started or 'an encoder file'}, which is not here to say "
-                "what data it read: give the data with --data-root"
+                f"{saved.run_dir} was fine-tuned from {started or 'an encoder file'}, which is not here to "
+                "say what data it read: give the data with --data-root"
             )
         stats = {key: saved.record[key] for key in ("img_size", "mean", "std")}
         stats["channels"] = saved.record["encoder"].get("in_chans", len(saved.record["mean"]))
