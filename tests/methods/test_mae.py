@@ -111,3 +111,22 @@ def test_encoder_never_sees_mask_tokens():
     mae.encoder.blocks[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
     mae(torch.randn(2, 1, 8, 8))
     assert seen == [torch.Size([2, 2, 16])]  # cls + 1 kept of 4
+
+
+def test_reconstruct_with_a_given_mask():
+    torch.manual_seed(0)
+    mae = tiny_mae().eval()  # 8x8 images, 4x4 patches: a 2x2 grid
+    x = torch.randn(2, 1, 8, 8)
+    mask = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]).expand(2, -1, -1)  # patches 0 and 3 hidden
+    out = mae.reconstruct(x, mask=mask)
+    hidden = torch.zeros(2, 1, 8, 8)
+    hidden[..., :4, :4] = hidden[..., 4:, 4:] = 1.0
+    torch.testing.assert_close(out["mask"], hidden)
+    torch.testing.assert_close(out["masked"], x * (1 - hidden))
+    torch.testing.assert_close(out["pasted"], torch.where(hidden.bool(), out["reconstruction"], x))
+    # the encoder never sees a hidden patch: changing its pixels changes nothing
+    changed = x + 5.0 * hidden
+    torch.testing.assert_close(mae.reconstruct(changed, mask=mask)["reconstruction"], out["reconstruction"])
+    assert mae.reconstruct(x, mask=torch.ones(2, 4))["reconstruction"].shape == x.shape  # nothing visible
+    with pytest.raises(ValueError, match="same number of patches"):
+        mae.reconstruct(x, mask=torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 0, 0]]))

@@ -228,3 +228,19 @@ def test_cosine_momentum_end_points_and_formula():
     assert cosine_momentum(150, 100) == cosine_momentum(100, 100)
     with pytest.raises(ValueError, match="total_steps.*0"):
         cosine_momentum(0, 0)
+
+
+def test_reconstruct_with_a_given_mask():
+    x = torch.randn(1, 1, 16, 16)  # one image: no 'replace' fill with a given mask
+    mask = torch.zeros(1, 4, 4)
+    mask[0, 1, 2] = 1.0  # the patch at rows 4-7, columns 8-11
+    hidden = torch.zeros(1, 1, 16, 16)
+    hidden[..., 4:8, 8:12] = 1.0
+    zeros = _sit(fill="zeros").eval().reconstruct(x, mask=mask)
+    torch.testing.assert_close(zeros["mask"], hidden)
+    torch.testing.assert_close(zeros["corrupted"], x * (1 - hidden))
+    noisy = _sit(fill=("noise", "replace")).eval().reconstruct(x, mask=mask)
+    keep = hidden == 0
+    assert torch.equal(noisy["corrupted"][keep], x[keep]) and not torch.equal(
+        noisy["corrupted"][~keep], x[~keep]
+    )

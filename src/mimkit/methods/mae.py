@@ -13,7 +13,7 @@ import torch.nn as nn
 from mimkit.heads import MAEDecoder
 from mimkit.hub import Pretrained
 from mimkit.losses import masked_mse, normalize_patches
-from mimkit.masking import random_token_mask
+from mimkit.masking import TokenMask, check_token_mask, random_token_mask, token_mask_from
 from mimkit.masking.random_tokens import check_ratio
 from mimkit.methods.panels import reconstruction_panels
 from mimkit.methods.registry import METHODS
@@ -73,7 +73,10 @@ class MAE(Pretrained, nn.Module):
             ``loss`` (scalar), ``pred`` [N, L, p*p*C] (in target space), ``mask`` [N, L] (1 = removed).
         """
         n, (gh, gw) = images.shape[0], self.encoder.grid_size
-        token_mask = random_token_mask(n, gh * gw, self.mask_ratio, noise, images.device)
+        return self._masked_pass(images, random_token_mask(n, gh * gw, self.mask_ratio, noise, images.device))
+
+    def _masked_pass(self, images: torch.Tensor, token_mask: TokenMask) -> dict[str, torch.Tensor]:
+        """:meth:`forward` with its mask drawn: ``loss``, ``pred``, ``mask``."""
         latent = self.encoder.forward_encoder(images, ids_keep=token_mask.ids_keep)  # [N, 1 + K, D]
         pred = self.decoder(latent, token_mask.ids_restore)  # [N, L, p*p*C]
         loss = masked_mse(pred, self.target(images), token_mask.mask)
@@ -100,10 +103,23 @@ class MAE(Pretrained, nn.Module):
         return meaning, {"loss": self.target(batch[0]).float().pow(2).mean()}
 
     @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def reconstruct(
+        self, images: torch.Tensor, noise: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """:func:`~mimkit.methods.panels.reconstruction_panels` in pixel space (with ``norm_pix_loss`` each
-        patch de-normalised with the input's own mean and std, else it looks like noise)."""
-        out = self(images, noise=noise)
+        patch de-normalised with the input's own mean and std, else it looks like noise).
+
+        Args:
+            images: ``[N, C, H, W]``.
+            noise: ``[N, L]``, replaces the random draw of the mask.
+            mask: ``[N, L]`` or ``[N, gh, gw]``, 1 = removed: the mask itself (every image removing the same
+                number of patches); the loss is NaN when it removes none.
+        """
+        if mask is None:
+            out = self(images, noise=noise)
+        else:
+            tokens = check_token_mask(mask.to(images.device), images.shape[0], self.encoder.grid_size)
+            out = self._masked_pass(images, token_mask_from(tokens))
         pred = out["pred"].float()
         if self.norm_pix_loss:
             _, mean, std = normalize_patches(patchify(images.float(), self.patch_size))

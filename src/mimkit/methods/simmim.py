@@ -17,7 +17,7 @@ import torch.nn as nn
 from mimkit.heads import PixelShuffleHead
 from mimkit.hub import Pretrained
 from mimkit.losses import masked_l1
-from mimkit.masking import BlockMaskGenerator
+from mimkit.masking import BlockMaskGenerator, check_token_mask
 from mimkit.methods.panels import reconstruction_panels
 from mimkit.methods.registry import METHODS
 from mimkit.models.masked import check_masked_encoder
@@ -58,15 +58,9 @@ class SimMIM(Pretrained, nn.Module):
     def _token_mask(self, images: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``[N, L]`` float token mask: drawn, or the caller's ``[N, L]`` / ``[N, gh, gw]`` checked."""
         n = images.shape[0]
-        gh, gw = self.encoder.grid_size
         if mask is None:
             return self.mask_generator(n, device=images.device).flatten(1)
-        if tuple(mask.shape) not in ((n, gh * gw), (n, gh, gw)):
-            raise ValueError(
-                f"mask must be [N, L] = {(n, gh * gw)} or [N, gh, gw] = {(n, gh, gw)}, "
-                f"got {tuple(mask.shape)}"
-            )
-        return mask.reshape(n, gh * gw).to(device=images.device, dtype=torch.float32)
+        return check_token_mask(mask.to(images.device), n, self.encoder.grid_size)
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``images`` [N, C, H, W] (normalised); ``mask`` optional [N, L] or [N, gh, gw], 1 = masked.
@@ -103,7 +97,10 @@ class SimMIM(Pretrained, nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """:func:`~mimkit.methods.panels.reconstruction_panels` in the input's (normalised) space."""
+        """:func:`~mimkit.methods.panels.reconstruction_panels` in the input's (normalised) space.
+
+        ``mask`` (``[N, L]`` or ``[N, gh, gw]``, 1 = masked) replaces the drawn one (any tokens, not only
+        whole cells)."""
         out = self(images, mask=mask)
         mask = pixel_mask(out["mask"], self.patch_size, self.encoder.grid_size)
         return reconstruction_panels(images, out["pred"].float(), mask, out["loss"])

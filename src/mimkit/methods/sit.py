@@ -27,14 +27,17 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from mimkit import rng
 from mimkit.heads.sit import ProjectionHead, SiTReconstructionHead
 from mimkit.hub import Pretrained
 from mimkit.losses.contrastive import nt_xent
 from mimkit.losses.l1 import masked_l1
+from mimkit.masking.explicit import check_token_mask
 from mimkit.masking.gmml import MAX_RECTS, check_fills, check_geometry, check_max_ratios, gmml_corrupt
 from mimkit.methods.registry import METHODS
 from mimkit.methods.views import TwoViewAugment
 from mimkit.models.masked import check_masked_encoder
+from mimkit.models.patches import pixel_mask
 
 RECON_LOSSES = ("masked", "full")
 
@@ -198,6 +201,19 @@ class SiT(Pretrained, nn.Module):
             return masked_l1(pred, target, mask)
         return (pred.float() - target.float()).abs().mean()
 
+    def _corrupt_patches(
+        self, images: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The patches of a token ``mask`` filled: ``(corrupted [N, C, H, W], pixel mask [N, 1, H, W])``."""
+        grid, p = self.encoder.grid_size, self.encoder.patch_size
+        pixels = pixel_mask(check_token_mask(mask.to(images.device), images.shape[0], grid), p, grid)
+        fill = torch.zeros_like(images)
+        if "noise" in self.fills:
+            rand_device = generator.device if generator is not None else images.device
+            noise = rng.randn(*images.shape, generator=generator, device=rand_device)
+            fill = noise.to(images.device, images.dtype) * self.noise_std
+        return images * (1 - pixels) + fill * pixels, pixels
+
     def _student(self, corrupted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Corrupted images ``[B, C, H, W]`` -> (reconstruction ``[B, C, H, W]``, class token ``[B, D]``)."""
         tokens = self.encoder.forward_encoder(corrupted)  # [B, 1 + L, D]
@@ -302,19 +318,27 @@ class SiT(Pretrained, nn.Module):
 
     @torch.no_grad()
     def reconstruct(
-        self, images: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+        mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Corrupt and rebuild ``images`` (no view augmentation), for pictures.
 
         Args:
-            images: ``[N, C, H, W]`` normalised; ``N >= 2`` when a fill is ``"replace"``.
+            images: ``[N, C, H, W]`` normalised; ``N >= 2`` when a fill is ``"replace"`` (and no ``mask``).
             generator: fixes the corruption.
+            mask: ``[N, L]`` or ``[N, gh, gw]`` patches to corrupt (1) instead of drawn groups: filled with
+                the noise fill when the method has one, else zeros (``"replace"`` would need a second image).
 
         Returns:
             ``corrupted``, ``reconstruction`` ``[N, C, H, W]`` (in the input's normalised space),
             ``mask`` ``[N, 1, H, W]`` (1 = corrupted) and ``loss_recon``.
         """
-        corrupted, mask = self.corrupt(images.float(), generator)
+        if mask is None:
+            corrupted, mask = self.corrupt(images.float(), generator)
+        else:
+            corrupted, mask = self._corrupt_patches(images.float(), mask, generator)
         pred, _ = self._student(corrupted)
         pred = pred.float()
         return {

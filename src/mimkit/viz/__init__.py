@@ -5,7 +5,9 @@ from mimkit.viz.reconstruction import (
     ReconstructionPictures,
     display_bands,
     draw_reconstructions,
+    reconstruct,
     save_reconstruction_grid,
+    stretch_range,
 )
 
 __all__ = [
@@ -13,5 +15,7 @@ __all__ = [
     "ReconstructionPictures",
     "display_bands",
     "draw_reconstructions",
+    "reconstruct",
     "save_reconstruction_grid",
+    "stretch_range",
 ]

@@ -102,6 +102,26 @@ def save_reconstruction_grid(
     return path
 
 
+def reconstruct(
+    method: nn.Module, images: torch.Tensor, seed: int = 0, mask: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """``method.reconstruct(images)`` in eval mode, its random draws (masks, noise fills) from ``seed``; the
+    caller's random generator is left as it was.
+
+    Args:
+        method: has ``reconstruct(images, mask=None) -> {panel: [N, C, H, W], "mask": [N, 1, H, W]}``
+            (MAE, SimMIM, SiT).
+        images: normalised ``[N, C, H, W]`` on the method's device.
+        seed: the same seed draws the same masks.
+        mask: ``[N, L]`` or ``[N, gh, gw]`` patches to hide (1) instead of a drawn mask.
+    """
+    devices = [images.device] if images.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(seed)
+        method.eval()
+        return method.reconstruct(images) if mask is None else method.reconstruct(images, mask=mask)
+
+
 def draw_reconstructions(
     method: nn.Module,
     images: torch.Tensor,
@@ -113,19 +133,14 @@ def draw_reconstructions(
     stretch: tuple[float, float] | None = None,
     seed: int = 0,
 ) -> Path:
-    """``method.reconstruct(images)`` in eval mode with its masks drawn from ``seed`` (the caller's random
-    generator is left as it was), written as a grid by :func:`save_reconstruction_grid`.
+    """:func:`reconstruct` written as a grid by :func:`save_reconstruction_grid`.
 
     Args:
         method: has ``reconstruct(images) -> {panel: [N, C, H, W]}`` (MAE, SimMIM, SiT).
         images: normalised ``[N, C, H, W]`` on the method's device.
         seed: the same seed draws the same masks, so pictures of one run at different steps compare.
     """
-    devices = [images.device] if images.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        torch.manual_seed(seed)
-        method.eval()
-        outputs = method.reconstruct(images)
+    outputs = reconstruct(method, images, seed)
     return save_reconstruction_grid(
         images, outputs, path, mean, std, title=title, bands=bands, stretch=stretch
     )
