@@ -1,6 +1,6 @@
 # Two entry points for a newcomer on a fresh machine (Debian/Ubuntu, Python >= 3.10):
 #   make demo   # environment + Fashion-MNIST + MAE pretraining + reconstruction PNG + kNN scores
-#   make test   # environment + Fashion-MNIST + the docs built strictly + the test suite
+#   make test   # environment + Fashion-MNIST + chromium + the docs built strictly + the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +10,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= runs/demo
 
-.PHONY: env data demo test docs bench clean
+.PHONY: env data browser demo test docs bench clean
 
 env: $(VENV)/.installed
 
@@ -21,22 +21,27 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test,tensorboard,eval,docs,field]"
 	touch $@
 
-# the test suite's extras on top: the peers of the export round trips (transformers, onnxruntime) and
-# the experiment trackers (MLflow, W&B offline)
+# the test suite's extras on top: the peers of the export round trips (transformers, onnxruntime), the
+# experiment trackers (MLflow, W&B offline) and the explorer's server
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(PY) -m pip install -q -e ".[interop,mlflow,wandb]"
+	$(PY) -m pip install -q -e ".[interop,mlflow,wandb,explore]"
 	touch $@
 
 data:
 	@[ -f $(FMNIST)/t10k-labels-idx1-ubyte.gz ] || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
 
+# the browser of the explorer's end-to-end test (tests/explore): Debian's chromium and its driver
+browser:
+	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+
 demo: env data
 	$(VENV)/bin/mimkit pretrain --config configs/mae_fashion_mnist_demo.yaml output_dir=$(DEMO_DIR)
 	$(VENV)/bin/mimkit reconstruct $(DEMO_DIR) --out $(DEMO_DIR)/reconstruction.png
 	$(VENV)/bin/mimkit knn $(DEMO_DIR) --compare-random --train-limit 5000 --test-limit 1000
 
-test: env $(VENV)/.installed-test data docs
+test: env $(VENV)/.installed-test data browser docs
 	$(PY) -m pytest -q
 
 # the documentation site, built strictly: a broken link, anchor or API reference is an error

@@ -5,6 +5,7 @@ mimkit reconstruct runs/mae --out recon.png
 mimkit knn runs/mae --compare-random
 mimkit eval finetune runs/mae && mimkit predict runs/mae new_images/ --out predictions.csv
 mimkit export runs/mae encoder.safetensors
+mimkit explore runs/mae     # a local web page: reconstructions, attention, neighbours
 """
 
 from __future__ import annotations
@@ -187,6 +188,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the packing order's shuffle (default 0)")
     p.add_argument("--force", action="store_true", help="write into an OUT_DIR that is not empty")
 
+    p = sub.add_parser(
+        "explore", help="a local web page: reconstructions with clickable masks, attention, neighbours"
+    )
+    p.add_argument("checkpoint", metavar="RUN", help="run directory, checkpoint, or encoder file (--encoder)")
+    p.add_argument("--encoder", dest="encoder_name", help="encoder name, for an encoder-only file")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine)"
+    )
+    p.add_argument("--port", type=int, default=8765, help="port to serve on (default 8765)")
+    p.add_argument("--data-root", help="read the images from here instead of the run's data root")
+    p.add_argument("--train-limit", type=int, default=2000, help="training images browsed and embedded")
+    p.add_argument("--test-limit", type=int, default=1000, help="held-out images browsed and embedded")
+    p.add_argument(
+        "--pool", choices=["token", "avg"], default="token", help="the embedding of the neighbours"
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--no-cache",
+        dest="use_cache",
+        action="store_false",
+        help="do not read or write the run's feature cache",
+    )
+
     add_embed_parser(sub)
     add_eval_parsers(sub)
     add_predict_parser(sub)
@@ -227,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
             track_results(args.checkpoint, {}, [str(path)])  # the picture, to the run's trackers
         elif args.command in ("knn", "eval"):
             code = run_eval(args)
+        elif args.command == "explore":
+            from mimkit.explore.app import explore
+            from mimkit.explore.session import ExploreOptions
+
+            keys = ("encoder_name", "data_root", "train_limit", "test_limit", "pool", "device", "use_cache")
+            explore(
+                args.checkpoint, ExploreOptions(**{k: getattr(args, k) for k in keys}), args.host, args.port
+            )
         elif args.command == "embed":
             code = run_embed(args)
         elif args.command == "predict":
