@@ -139,3 +139,13 @@ def test_an_encoder_file_explores_without_reconstruction(tmp_path, caplog):
     with pytest.raises(ValueError, match="reconstruction is off"):
         explorer.reconstruction("test", 0)
     assert explorer.neighbours("test", 2, 1)[0]["index"] == 2
+
+
+def test_the_embeddings_come_from_knns_feature_cache(explore_run, caplog):
+    from mimkit.explore import ExploreOptions, Explorer
+
+    assert main(["knn", str(explore_run), "--k", "5", "--train-limit", "48", "--test-limit", "16"]) == 0
+    with caplog.at_level("INFO", logger="mimkit"):
+        Explorer(str(explore_run), ExploreOptions(train_limit=48, test_limit=16))
+    assert sum("features from the cache" in r.message for r in caplog.records) == 2  # both splits
+    assert not [r for r in caplog.records if "features cached" in r.message]

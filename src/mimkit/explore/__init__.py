@@ -10,9 +10,11 @@ would fix it, and everything is served from this package, with no build step and
 works offline. The server binds 127.0.0.1 unless ``--host`` says otherwise; it needs the ``explore``
 extra (``pip install 'mimkit[explore]'``).
 
-:mod:`~mimkit.explore.session` holds the run and computes what the page shows (usable without the
-server); :mod:`~mimkit.explore.app` is the web app; each method reconstructs with a given patch mask
-behind one interface, ``method.reconstruct(images, mask=...)`` (:func:`mimkit.viz.reconstruct`).
+``mimkit.explore.session`` holds the run and computes what the page shows
+(:class:`~mimkit.explore.session.Explorer`, usable without the server); ``mimkit.explore.app`` is the web
+app; each method reconstructs with a given patch mask behind one interface,
+``method.reconstruct(images, mask=...)`` (:func:`~mimkit.viz.reconstruction.reconstruct`), so the server
+knows no method.
 """
 
 from mimkit.explore.session import ExploreOptions, Explorer

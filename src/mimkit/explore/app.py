@@ -154,5 +154,7 @@ def explore(
         where = f"[{bound_host}]" if ":" in bound_host else bound_host
         log.info("explore: serving %s at http://%s:%d/ (Ctrl+C stops)", run, where, bound_port)
         serve(create_app(explorer), sock)
+    except KeyboardInterrupt:  # uvicorn shuts down on Ctrl+C, then raises it again: nothing to resume
+        log.info("explore: stopped")
     finally:
         sock.close()

@@ -1,5 +1,5 @@
 """Masks given by the caller instead of drawn: a user's clicks in ``mimkit explore``, a test's hand-made
-mask. Each method's ``reconstruct(images, mask=...)`` takes one (:mod:`mimkit.methods`)."""
+mask. Each method's ``reconstruct(images, mask=...)`` takes one."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def check_token_mask(mask: torch.Tensor, batch_size: int, grid_size: tuple[int, 
 
 
 def token_mask_from(mask: torch.Tensor) -> TokenMask:
-    """An explicit ``[N, L]`` mask (1 = removed) as MAE's :class:`~mimkit.masking.TokenMask`: the kept tokens
+    """An explicit ``[N, L]`` mask (1 = removed) as MAE's ``TokenMask``: the kept tokens
     in patch order, then the removed ones.
 
     Raises:
