@@ -19,8 +19,9 @@ import logging
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from mimkit.data.arrays import reason_kind
 from mimkit.data.dicom import dicom_frame_count, read_dicom
-from mimkit.data.images import list_images, reason_kind
+from mimkit.data.images import list_images
 
 
 def test_files() -> Path:

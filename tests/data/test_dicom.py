@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from mimkit.data import DataConfig, build_dataset
+from mimkit.data.arrays import reason_kind, skipped_by_reason
 from mimkit.data.dicom import WINDOW_PRESETS, dicom_frame_count, dicom_window, read_dicom
-from mimkit.data.images import list_images, reason_kind, skipped_by_reason
+from mimkit.data.images import list_images
 from mimkit.data.readers import ReadError, read_array
 
 pydicom = pytest.importorskip("pydicom")

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from mimkit.data.arrays import skipped_by_reason
 from mimkit.data.config import DataConfig
 from mimkit.data.idx import find_idx_file, load_idx, read_idx
 from mimkit.data.images import (
@@ -42,7 +43,6 @@ from mimkit.data.images import (
     image_info,
     is_image_file,
     list_images,
-    skipped_by_reason,
 )
 from mimkit.data.shards import ShardSet
 from mimkit.data.splits import (

@@ -6,15 +6,17 @@ given; colour frames as RGB at their stored dtype (pydicom converts YBR). ``dico
 reads only the header.
 
 **Compressed pixel data** is decoded by pydicom's plugins (``pip install 'mimkit[dicom]'``, which
-``mimkit[field]`` includes). The extra holds python-gdcm (its Python wrapper Apache-2.0, GDCM itself
-BSD-3-Clause): one package that decodes JPEG baseline and 8-bit extended, JPEG lossless, JPEG-LS lossless
-and near-lossless and JPEG 2000; Pillow (already a dependency) decodes JPEG baseline and JPEG 2000 too,
-and pydicom decodes RLE itself. pylibjpeg's plugins were weighed and left out: pylibjpeg-openjpeg and
--rle (MIT) add nothing GDCM and pydicom do not decode on these syntaxes, and pylibjpeg-libjpeg, the one
-that decodes JPEG lossless and JPEG-LS there, wraps a GPL-3 library, which an Apache-2.0 package should
-not pull in. GDCM refuses 12-bit JPEG Extended (process 4, lossy CT and NM archives), so
-:mod:`mimkit.data.dicom_codecs` adds a decoder for it through imagecodecs (BSD-3-Clause, in both extras).
-A file whose syntax has no decoder installed is refused in one line naming the extra.
+``mimkit[field]`` includes). The extra holds python-gdcm (Apache-2.0 in its package metadata; the GDCM
+library it bundles is BSD-style): one package that decodes JPEG baseline and 8-bit extended, JPEG
+lossless, JPEG-LS lossless and near-lossless and JPEG 2000; Pillow (already a dependency) decodes JPEG
+baseline and JPEG 2000 too, and pydicom decodes RLE itself. pylibjpeg's plugins were weighed and left
+out: pylibjpeg-openjpeg and -rle (MIT) add nothing on these syntaxes (HTJ2K aside, which only
+pylibjpeg-openjpeg decodes), and pylibjpeg-libjpeg, its decoder for JPEG lossless and JPEG-LS, wraps a
+GPL-3 library, which an Apache-2.0 package should not pull in. GDCM refuses 12-bit JPEG Extended
+(process 4: lossy CT and NM archives), so ``mimkit.data.dicom_codecs`` decodes it through imagecodecs
+(BSD-3-Clause, in both extras). A file whose syntax has no decoder installed is refused in one line
+naming the extra. (python-gdcm's ``gdcm.py`` runs ``import dl``: a folder named ``dl`` on ``sys.path``,
+such as the working directory, breaks pydicom's import; the files are then refused saying so.)
 
 **Multi-frame objects** (RT dose grids, enhanced CT / MR, multi-frame colour) are read frame by frame:
 ``read_dicom(path, frame=k)``, with the rescale and window of the frame's own functional groups where an
@@ -77,7 +79,7 @@ def _setup_pydicom() -> None:
     """Once per process: pydicom's logger set to CRITICAL and its UserWarnings filtered out (it reports each
     odd file itself, with decoder tracebacks; mimkit counts and reports the files it skips:
     ``logging.getLogger("pydicom").setLevel(...)`` and ``warnings.resetwarnings()`` bring them back), and
-    the 12-bit JPEG Extended decoder of :mod:`mimkit.data.dicom_codecs` added to pydicom's registry
+    the 12-bit JPEG Extended decoder of ``mimkit.data.dicom_codecs`` added to pydicom's registry
     (pydicom's ``add_plugin`` is not thread-safe: a lock, as folders are decoded in threads)."""
     with _setup_lock:
         if _setup_done:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,7 +42,6 @@ UNIT_MAX = {torch.uint8: 255.0, torch.uint16: 65535.0, torch.float32: 1.0}  # th
 _SKIP_DIRS = {"__MACOSX"}
 # Transparent pixels are laid over white, as a browser shows them.
 ALPHA_BACKGROUND = 255
-_KINDS_SHOWN = 6  # reasons counted by name in a skipped-files line; the rest summed
 _GREY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 
 
@@ -57,31 +55,6 @@ class UnreadableImageError(ValueError):
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
-
-
-def reason_kind(path: str, reason: str) -> str:
-    """What a skip reason says without its details: the file's name dropped, the text up to the first
-    ``" ("`` (readers word their reasons ``"kind (details)"``), quoted names dropped."""
-    reason = reason.removeprefix(f"{path}: ")
-    kind = re.sub(r"'[^']*'|\"[^\"]*\"", "", reason.split(" (", 1)[0])
-    return re.sub(r"\s+", " ", kind).strip(" :;,.") or reason
-
-
-def skipped_by_reason(failures: Sequence[tuple[str, str]], where: str = "") -> str:
-    """``"5 without pixel data (e.g. a.dcm), 3 multi-frame (e.g. b.dcm), ..."``: the skipped files
-    counted by the kind of their reason (:func:`reason_kind`), most first, each with its first file (relative
-    to ``where``)."""
-    kinds: dict[str, list[str]] = {}
-    for path, reason in failures:
-        kinds.setdefault(reason_kind(path, reason), []).append(path)
-    ranked = sorted(kinds.items(), key=lambda item: -len(item[1]))
-    parts = []
-    for kind, paths in ranked[:_KINDS_SHOWN]:
-        example = Path(paths[0])
-        example = example.relative_to(where) if where and example.is_relative_to(where) else example
-        parts.append(f"{len(paths)} {kind} (e.g. {example})")
-    rest = sum(len(paths) for _, paths in ranked[_KINDS_SHOWN:])
-    return ", ".join(parts) + (f", {rest} for {len(ranked) - _KINDS_SHOWN} other reason(s)" if rest else "")
 
 
 def is_image_file(name: str) -> bool:

@@ -16,7 +16,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mimkit.data.images import UnreadableImageError, skipped_by_reason
+from mimkit.data.arrays import skipped_by_reason
+from mimkit.data.images import UnreadableImageError
 
 logger = logging.getLogger(__name__)
 
