@@ -5,6 +5,7 @@ mimkit reconstruct runs/mae --out recon.png
 mimkit knn runs/mae --compare-random
 mimkit eval finetune runs/mae && mimkit predict runs/mae new_images/ --out predictions.csv
 mimkit export runs/mae encoder.safetensors
+mimkit compare runs/mae runs/simmim && mimkit attention runs/mae --block all
 mimkit explore runs/mae     # a local web page: reconstructions, attention, neighbours
 """
 
@@ -34,6 +35,7 @@ from mimkit.eval_cli import (
     track_results,
 )
 from mimkit.eval_sources import eval_data_config
+from mimkit.inspect_runs import add_inspect_parsers, run_inspect
 from mimkit.models import create_encoder
 from mimkit.pretrain import load_pretrained, pretrain, resolve_checkpoint
 from mimkit.recipe import RECIPE_RECORD, choose, default_run_dir
@@ -214,6 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     add_embed_parser(sub)
     add_eval_parsers(sub)
     add_predict_parser(sub)
+    add_inspect_parsers(sub)  # compare, attention
     return parser
 
 
@@ -263,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             code = run_embed(args)
         elif args.command == "predict":
             code = run_predict(args)
+        elif args.command in ("compare", "attention"):
+            code = run_inspect(args)
         elif args.command == "shards":
             from mimkit.data.packing import pack_shards
 

@@ -60,6 +60,8 @@ def _frozen(
     train, test = load_splits(loaded.data, data.train_limit, data.test_limit, protocol)
     run = settle(features, cache_dir_for(loaded, features))
     options.setdefault("linear_dir", out_dir_for(loaded, options.pop("out_dir", None), "linear"))
+    if loaded.run_dir is not None:  # kNN scores are recorded in the run, for mimkit compare
+        options.setdefault("knn_dir", out_dir_for(loaded, None, "knn"))
     return {
         e.name: evaluate_frozen(e, train, test, run, pools=(features.pool,), **options)[features.pool]
         for e in encoders(loaded, compare_random, encoder.seed)

@@ -11,7 +11,7 @@ import torch
 
 from mimkit.data import DataConfig, build_dataset
 from mimkit.data.images import DecodeOptions, decode_image, fit_bands, to_store
-from mimkit.data.readers import ReadError, dicom_window, read_array
+from mimkit.data.readers import ReadError, read_array
 from mimkit.data.stats import apply_clip, channel_percentiles, channel_stats
 from mimkit.data.subsets import subset_dataset
 
@@ -174,15 +174,15 @@ def test_a_band_out_of_range_or_another_band_count_is_a_counted_skip(tmp_path, c
     ds = build_dataset(folder(tmp_path, bands=[12, 0], labeled=False), "train")
     assert len(ds) == 1 and ds.skipped == 2
     reasons = " ".join(r.getMessage() for r in caplog.records)
-    assert "b.npy: band index 12 out of range: the file has 4 band(s) (0-3)" in reasons
+    assert "skipped 2 of 3 unreadable image file(s)" in reasons  # counted by reason, an example each
+    assert "2 band index 12 out of range (e.g. b.npy)" in reasons
     with pytest.raises(ReadError, match="1 band\\(s\\), the data has 13: mixed channel counts"):
         fit_bands(np.zeros((32, 24, 1), dtype=np.uint16), 13, None, torch.uint16)
     caplog.clear()
     plain = build_dataset(folder(tmp_path, labeled=False), "train")  # 13 bands from the first file
     assert plain.channels == 13 and plain.skipped == 2
     reasons = " ".join(r.getMessage() for r in caplog.records)
-    assert "b.npy: 4 band(s), the data has 13: mixed channel counts" in reasons
-    assert "c.npy: 1 band(s), the data has 13" in reasons
+    assert "2 another band count (e.g. b.npy)" in reasons
 
 
 def test_every_file_failing_is_one_line_naming_the_reason(tmp_path):
@@ -196,63 +196,6 @@ def test_object_npy_is_refused_without_running_it(tmp_path):
     np.save(tmp_path / "x.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ReadError, match="not a plain numeric .npy"):
         read_array(tmp_path / "x.npy")
-
-
-# ----------------------------------------------------------------------------- DICOM
-
-
-def pydicom_files() -> Path:
-    pydicom = pytest.importorskip("pydicom")
-    return Path(pydicom.__file__).parent / "data" / "test_files"
-
-
-def test_dicom_rescale_and_window_by_hand(tmp_path):
-    import pydicom
-
-    path = pydicom_files() / "CT_small.dcm"
-    ds = pydicom.dcmread(path)
-    stored = ds.pixel_array.astype(np.float64)
-    slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-    hounsfield = stored * slope + intercept
-    assert np.allclose(read_array(path)[:, :, 0], hounsfield)
-    # a soft-tissue window, c = 40, w = 400: -160 and below -> 0, above 239 -> 1, linear between
-    c, w = 40.0, 400.0
-    expected = np.where(
-        hounsfield <= c - 0.5 - (w - 1) / 2,
-        0.0,
-        np.where(hounsfield > c - 0.5 + (w - 1) / 2, 1.0, (hounsfield - (c - 0.5)) / (w - 1) + 0.5),
-    )
-    assert np.allclose(read_array(path, (c, w))[:, :, 0], expected, atol=1e-6)
-    assert dicom_window(np.array([-160.0, 39.5, 239.0]), c, w).tolist() == [0.0, 0.5, 1.0]
-    # MONOCHROME1 (low values bright): the windowed image is inverted
-    ds.PhotometricInterpretation = "MONOCHROME1"
-    ds.save_as(tmp_path / "inverted.dcm")
-    assert np.allclose(read_array(tmp_path / "inverted.dcm", (c, w))[:, :, 0], 1.0 - expected, atol=1e-6)
-    # the file's own window ("voi"): none in CT_small.dcm, then the same window written into its tags
-    with pytest.raises(ReadError, match="no WindowCenter / WindowWidth"):
-        read_array(path, "voi")
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.WindowCenter, ds.WindowWidth = c, w
-    ds.save_as(tmp_path / "voi.dcm")
-    assert np.allclose(read_array(tmp_path / "voi.dcm", "voi")[:, :, 0], expected, atol=1e-6)
-
-
-def test_dicom_without_pixel_data_and_multiframe_are_refused_in_one_line():
-    files = pydicom_files()
-    with pytest.raises(ReadError, match="without pixel data"):
-        read_array(files / "rtplan.dcm")
-    with pytest.raises(ReadError, match="multi-frame DICOM \\(\\d+ frames\\)"):
-        read_array(files / "rtdose.dcm")
-
-
-def test_pydicom_test_files_are_read_or_counted(caplog):
-    root = pydicom_files()
-    ds = build_dataset(folder(root, labeled=False, channels=1, img_size=32, clip=[1, 99]), "train")
-    assert ds.dtype == torch.float32 and ds.channels == 1
-    assert len(ds) >= 40 and ds.skipped >= 40  # decodable without plugins; the rest skipped and counted
-    assert all(Path(f).name != "CT_small.dcm" for f in ds.skipped_files)
-    assert torch.isfinite(ds.images).all()
-    assert not any(r.exc_info for r in caplog.records)  # pydicom's decoder tracebacks are not shown
 
 
 # ----------------------------------------------------------------------------- augmentation, weights
@@ -315,11 +258,6 @@ def test_non_square_16bit_tiffs_decode_to_their_size(tmp_path):
     ds = build_dataset(folder(tmp_path, labeled=False), "train")
     assert ds.img_size == (64, 96) and ds.channels == 2 and len(ds) == 2
     assert torch.equal(ds.images[0].to(torch.int32), torch.from_numpy(arr.astype(np.int32)))
-
-
-def test_dicom_window_width_below_one_is_refused():
-    with pytest.raises(ValueError, match="width must be >= 1"):
-        dicom_window(np.zeros(2), 0.0, 0.5)
 
 
 def test_picture_bands_and_stretch():

@@ -183,6 +183,28 @@ def test_steps_that_slow_down_refit_the_schedule_to_end_at_min_lr(tmp_path, imag
     assert any(m.startswith("steps slowed to 1.500 s each since step 12") for m in messages(caplog))
 
 
+def test_steps_that_speed_up_stretch_the_schedule_to_spend_the_budget(tmp_path, images, caplog):
+    trainer = mae_trainer(tmp_path, images, epochs=40, max_minutes=1.0, log_every=2)  # 200 steps, 60 s
+    # 2 s per step while timed (a busy machine), 0.5 s after: the plan, 12 + floor(36 * 0.97) = 46 steps,
+    # would end at 41 s
+    trainer.clock = lambda: float(2 * min(trainer.step, 12) + 0.5 * max(trainer.step - 12, 0))
+    with caplog.at_level("INFO", logger="mimkit"):
+        trainer.fit()
+    # at step 14 (25 s): 0.5 s a step; 35 s left less 3% buy 67 more: 81 steps (> 46 * 1.1, and 14 < 23)
+    assert trainer.planned_steps == 81 and trainer.step == 81
+    assert rows(tmp_path)[-1]["lr"] == pytest.approx(MIN_LR)
+    assert any(m.startswith("steps sped up to 0.500 s each since step 12") for m in messages(caplog))
+
+
+def test_a_late_speed_up_keeps_the_plan(tmp_path, images):
+    trainer = mae_trainer(tmp_path, images, epochs=40, max_minutes=1.0, log_every=2)  # 200 steps, 60 s
+    # 1 s per step until step 40 (past half of the plan, 12 + floor(48 * 0.97) = 58), then 0.1 s: the
+    # schedule is not raised again near its end
+    trainer.clock = lambda: float(min(trainer.step, 40) + 0.1 * max(trainer.step - 40, 0))
+    trainer.fit()
+    assert trainer.planned_steps == 58 and trainer.step == 58
+
+
 def test_a_budgeted_finetuning_ends_at_min_lr(tmp_path):
     """The reported run: 1 step an epoch, 5 warm-up epochs; it stopped with its lr near the peak."""
     from mimkit.eval.classifier import build_classifier

@@ -1,6 +1,7 @@
 """``mimkit eval ...`` end to end on a few hundred Fashion-MNIST images, and its one-line errors."""
 
 import argparse
+import json
 import math
 import os
 
@@ -67,7 +68,18 @@ def test_linear_probe(run_dir, tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "linear probe (token features)" in out and "chosen on 30 held-out" in out
-    assert (tmp_path / "pretrained_token" / "linear_probe.json").is_file()
+    result = json.loads((tmp_path / "pretrained_token" / "linear_probe.json").read_text())
+    # the record mimkit compare reads: the score, the settings that change it, the images it is on
+    record = json.loads((tmp_path / "pretrained_token" / "evaluation.json").read_text())
+    assert (record["protocol"], record["encoder"], record["variant"]) == (
+        "linear",
+        "pretrained",
+        {"pool": "token"},
+    )
+    assert record["scores"] == {"top1": result["test_top1"]}
+    assert record["settings"]["epochs"] == 2 and record["settings"]["blrs"] == [0.1, 1.0]
+    assert "device" not in record["settings"] and "log_every" not in record["settings"]
+    assert (record["data"]["train"]["images"], record["data"]["test"]["images"]) == (300, 100)
 
 
 def test_partial_finetune_on_a_label_fraction(run_dir, tmp_path, capsys):
@@ -99,6 +111,11 @@ def test_partial_finetune_on_a_label_fraction(run_dir, tmp_path, capsys):
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ckpt["config"]["method"] == {"name": "finetune", "train_blocks": 1, "train_images": expected}
     assert (tmp_path / "label_subsets.json").is_file()
+    record = json.loads((tmp_path / "evaluation.json").read_text())
+    assert record["variant"] == {"label_fraction": 0.5, "train_blocks": 1}
+    assert record["scores"] == {"top1": json.loads((tmp_path / "finetune.json").read_text())["test_top1"]}
+    assert (record["data"]["train"]["images"], record["data"]["test"]["images"]) == (expected, 100)
+    assert record["settings"]["train.epochs"] == 1 and record["settings"]["train_blocks"] == 1
 
 
 @pytest.mark.parametrize("extra, decay", [([], 1.0), (["layer_decay=0.5"], 0.5)])

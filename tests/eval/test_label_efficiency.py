@@ -144,6 +144,12 @@ def test_pretrained_and_random_rows_written(tmp_path):
     with Image.open(tmp_path / "label_efficiency.png") as img:
         assert img.size[0] > 100
     assert json.loads((tmp_path / "label_subsets.json").read_text())["counts"] == {"0.25": 10, "1.0": 40}
+    # each run's record for mimkit compare: its row, fraction, score and the images it trained on
+    names = ("pretrained_25pct", "random_25pct", "pretrained_100pct", "random_100pct")
+    for r, run in zip(rows, names, strict=True):
+        record = json.loads((tmp_path / run / "evaluation.json").read_text())
+        assert (record["encoder"], record["variant"]["label_fraction"]) == (r["init"], r["fraction"])
+        assert (record["scores"]["top1"], record["data"]["train"]["images"]) == (r["test_top1"], r["labels"])
     # a later call for one fraction keeps the other fraction's finished run in the table, said so
     options = LabelEfficiencyOptions(fractions=[0.25], recipe=cfg, epochs={0.25: 2})
     run_label_efficiency(enc_cfg, encoder, train, test, tmp_path, options=options)

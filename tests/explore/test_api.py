@@ -90,7 +90,7 @@ def test_attention_maps_are_pictures_of_the_image(client, explorer):
     maps = client.get("/api/attention", params={"split": "test", "index": 0, "block": 1}).json()["maps"]
     assert len(maps) == 1 + 2  # the mean of the heads, then each of the 2 heads
     assert all(decode(m).shape == (28, 28, 3) for m in maps)
-    from mimkit.explore.attention import attention_maps
+    from mimkit.viz import attention_maps
 
     weights = attention_maps(explorer.encoder, explorer._image("test", 0), -1)
     # softmax rows over 1 + 49 tokens: the patches' share is positive and below 1
@@ -104,7 +104,7 @@ def test_refusals_are_one_line(client):
     r = client.post("/api/reconstruct", json={"index": 0, "mask": [0, 1]})
     assert r.status_code == 400 and "49 values" in r.json()["error"]
     r = client.get("/api/attention", params={"index": 0, "block": 2})
-    assert r.status_code == 400 and "block must be in [-2, 1]" in r.json()["error"]
+    assert r.status_code == 400 and "an index in [-2, 1]" in r.json()["error"]
 
 
 def test_port_in_use_and_missing_run(capsys, tmp_path):

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from mimkit.data.dicom import WINDOW_PRESETS
 from mimkit.plain import pair
 
 SOURCES = ("fashion_mnist", "mnist", "idx", "folder", "shards")
@@ -59,8 +60,12 @@ class DataConfig:
         bands: 0-based band indices picked from each file before anything else (``[3, 2, 1]``: an RGB
             composite of a multispectral tile); ``channels`` defaults to their number.
         window: DICOM only: ``[center, width]`` (width >= 1) maps the modality values to [0, 1] with
-            DICOM's linear window; ``"voi"`` takes each file's own WindowCenter / WindowWidth; ``None``
-            keeps the modality values (rescale slope / intercept applied).
+            DICOM's linear window; a CT preset by name, ``(center, width)`` in HU (Radiopaedia's typical
+            values, :data:`mimkit.data.dicom.WINDOW_PRESETS`): ``brain`` (40, 80), ``lung`` (-600, 1500),
+            ``mediastinum`` (50, 350), ``abdomen`` (50, 400), ``liver`` (30, 150), ``soft_tissue``
+            (40, 400), ``bone`` (400, 1800); ``"voi"`` takes each file's own WindowCenter / WindowWidth (an
+            enhanced multi-frame object's per frame); ``None`` keeps the modality values (rescale slope /
+            intercept applied).
         clip: values outside a range are clipped before the normalisation: ``[low, high]`` percentiles
             (e.g. ``[0.5, 99.5]``, per channel, from the sampled training images) or ``[[lows], [highs]]``
             per channel in stored units (what a run records in its ``data_stats``).
@@ -216,9 +221,14 @@ class DataConfig:
         ):
             raise ValueError(f"data.bands must be a non-empty list of band indices >= 0, got {bands!r}")
         window = self.window
-        if window is not None and window != "voi":
+        if window is not None and not (
+            isinstance(window, str) and (window == "voi" or window in WINDOW_PRESETS)
+        ):
             if not isinstance(window, (list, tuple)) or len(window) != 2 or not all(map(_is_number, window)):
-                raise ValueError(f"data.window must be [center, width], 'voi' or null, got {window!r}")
+                raise ValueError(
+                    f"data.window must be [center, width], 'voi', a preset ({', '.join(WINDOW_PRESETS)}) "
+                    f"or null, got {window!r}"
+                )
             if window[1] < 1:
                 raise ValueError(f"data.window width must be >= 1 (DICOM's rule), got {window!r}")
         clip = self.clip

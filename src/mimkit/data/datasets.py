@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from mimkit.data.arrays import skipped_by_reason
 from mimkit.data.config import DataConfig
 from mimkit.data.idx import find_idx_file, load_idx, read_idx
 from mimkit.data.images import (
@@ -62,7 +63,6 @@ FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
 MNIST_CLASSES = [str(i) for i in range(10)]
-_SHOWN = 3  # unreadable files named in a warning
 
 
 class ImageDataset(ImageSet, Dataset):
@@ -417,13 +417,13 @@ def _decode_many(
 
 
 def warn_skipped(failures: Sequence[tuple[str, str]], where: str, total: int | None = None) -> None:
-    """One warning line: how many files were skipped and why, for the first few."""
+    """One warning line: how many files were skipped, counted by reason (:func:`skipped_by_reason`)."""
     if not failures:
         return
-    shown = "; ".join(reason for _, reason in failures[:_SHOWN])
-    more = f" (and {len(failures) - _SHOWN} more)" if len(failures) > _SHOWN else ""
     count = f"{len(failures)} of {total}" if total is not None else f"{len(failures)}"
-    logger.warning("skipped %s unreadable image file(s) under %s: %s%s", count, where, shown, more)
+    logger.warning(
+        "skipped %s unreadable image file(s) under %s: %s", count, where, skipped_by_reason(failures, where)
+    )
 
 
 def _stats_sample(

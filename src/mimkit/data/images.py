@@ -207,13 +207,15 @@ def fit_bands(arr: np.ndarray, channels: int, bands: Sequence[int] | None, dtype
     if bands is not None:
         bad = [b for b in bands if not 0 <= b < n]
         if bad:
-            raise ReadError(f"band index {bad[0]} out of range: the file has {n} band(s) (0-{n - 1})")
+            raise ReadError(f"band index {bad[0]} out of range (the file has {n} band(s): 0-{n - 1})")
         arr = arr[:, :, list(bands)]
         n = arr.shape[2]
     if n == channels:
         return arr
     if n not in (1, 3, 4) or channels not in (1, 3, 4):
-        raise ReadError(f"{n} band(s), the data has {channels}: mixed channel counts in one folder")
+        raise ReadError(
+            f"another band count ({n} band(s), the data has {channels}: mixed channel counts in one folder)"
+        )
     top = UNIT_MAX[dtype]
     x = arr.astype(np.float64)
     if n == 4:  # alpha over white

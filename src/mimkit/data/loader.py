@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mimkit.data.arrays import skipped_by_reason
 from mimkit.data.images import UnreadableImageError
 
 logger = logging.getLogger(__name__)
@@ -202,9 +203,10 @@ class BatchLoader(EpochCursor):
                 yield images, labels
         if epoch_failures and self._reported > _WARN_EACH_UNTIL and self.report_skipped:
             logger.warning(
-                "skipped %d unreadable image file(s) this epoch (%d in all so far)",
+                "skipped %d unreadable image file(s) this epoch (%d in all so far): %s",
                 len(epoch_failures),
                 self._reported,
+                skipped_by_reason(epoch_failures),
             )
 
     def _record(self, failures: list[tuple[str, str]], epoch_failures: list[tuple[str, str]]) -> None:

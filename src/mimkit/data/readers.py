@@ -7,10 +7,9 @@ Formats and the library that reads each:
   ``[C, C, C]``); bool, integer or float values, never pickled objects.
 - ``.tif`` / ``.tiff``: ``tifffile`` (``pip install 'mimkit[field]'``; with ``imagecodecs`` for compressed
   files) reads any band count and bit depth; without it Pillow reads 1/3/4-band 8/16-bit files.
-- ``.dcm`` / ``.dicom``: ``pydicom`` (``mimkit[field]``): the modality LUT (rescale slope / intercept)
-  applied, then a window if asked (``[center, width]``, or ``"voi"`` for the file's own window tags),
-  MONOCHROME1 inverted. Files without pixel data and multi-frame files are refused (one line, skipped and
-  counted in a folder): a multi-frame series is a volume, not one image.
+- ``.dcm`` / ``.dicom`` (and extension-less files with DICOM's preamble): :mod:`mimkit.data.dicom`
+  (pydicom and its decoder plugins, ``mimkit[dicom]``): modality values, a window if asked (``[center,
+  width]``, ``"voi"`` or a preset name), compressed transfer syntaxes, frame ``k`` of a multi-frame file.
 - 16-bit colour PNG: ``imagecodecs`` (Pillow would read it at 8 bits); any other file: Pillow (the
   8-bit fast path in :mod:`mimkit.data.images` handles 8-bit files without coming here).
 
@@ -21,21 +20,18 @@ only the glue (axis order, window, refusals) is ours.
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from mimkit.data.arrays import ReadError, to_hwc
+from mimkit.data.dicom import read_dicom
+
 NUMPY_EXTENSIONS = (".npy",)
 TIFF_EXTENSIONS = (".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 FIELD_HINT = "pip install 'mimkit[field]'"
-
-
-class ReadError(ValueError):
-    """A file that cannot be read as an image; the message is the reason (the caller names the file)."""
 
 
 def suffix(path: Path) -> str:
@@ -55,18 +51,6 @@ def is_dicom_file(path: Path) -> bool:
 def needs_array_reader(path: Path) -> bool:
     """Files Pillow cannot read at full depth: NumPy, TIFF (any band count), DICOM (extension-less too)."""
     return suffix(path) in NUMPY_EXTENSIONS + TIFF_EXTENSIONS + DICOM_EXTENSIONS or not path.suffix
-
-
-def to_hwc(arr: np.ndarray, what: str = "array", guess_axis: bool = False) -> np.ndarray:
-    """``[H, W]`` -> ``[H, W, 1]``; ``[H, W, C]`` as it is, or, with ``guess_axis`` (arrays that do not say
-    their layout), ``[C, H, W]`` -> ``[H, W, C]`` when the first axis is shorter than both others."""
-    if arr.ndim == 2:
-        return arr[:, :, None]
-    if arr.ndim != 3:
-        raise ReadError(f"{what} has shape {tuple(arr.shape)}; expected [H, W], [H, W, C] or [C, H, W]")
-    if guess_axis and arr.shape[0] < min(arr.shape[1], arr.shape[2]):
-        arr = np.moveaxis(arr, 0, 2)
-    return arr
 
 
 def read_npy(path: Path) -> np.ndarray:
@@ -143,89 +127,20 @@ def read_pillow(path: Path) -> np.ndarray:
     return to_hwc(arr, "the image")
 
 
-# ----------------------------------------------------------------------------- DICOM
-
-
-def dicom_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
-    """DICOM's linear VOI window (PS3.3 C.11.2.1.2.1) to [0, 1]: below ``c - 0.5 - (w - 1) / 2`` -> 0,
-    above ``c - 0.5 + (w - 1) / 2`` -> 1, linear ``((x - (c - 0.5)) / (w - 1) + 0.5)`` between."""
-    if width < 1:
-        raise ReadError(f"a DICOM window width must be >= 1, got {width!r}")
-    if width == 1:
-        return (values > center - 0.5).astype(np.float32)
-    return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0).astype(np.float32)
-
-
-def _first(value) -> float:
-    """A DICOM value that may be multi-valued (several windows): the first."""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        value = value[0]
-    return float(value)
-
-
-def _quiet_pydicom() -> None:
-    """pydicom reports each odd file itself (log lines with decoder tracebacks, UserWarnings about padding
-    or VRs); mimkit counts and reports the files it skips, so on the first DICOM read pydicom's logger is
-    set to CRITICAL and its UserWarnings are filtered out (``logging.getLogger("pydicom").setLevel(...)``
-    and ``warnings.resetwarnings()`` bring them back)."""
-    logger = logging.getLogger("pydicom")
-    if not getattr(logger, "_mimkit_quiet", False):
-        logger.setLevel(logging.CRITICAL)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
-        logger._mimkit_quiet = True
-
-
-def read_dicom(path: Path, window: Sequence[float] | str | None = None) -> np.ndarray:
-    """One DICOM image as float32 ``[H, W, C]`` (modality values; in [0, 1] when ``window`` is given)
-    or uint8 ``[H, W, 3]`` for colour files."""
-    try:
-        import pydicom
-        from pydicom.pixels import apply_modality_lut
-    except ImportError:
-        raise ReadError(f"a DICOM file; reading it needs pydicom ({FIELD_HINT})") from None
-    _quiet_pydicom()
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as err:  # noqa: BLE001 - pydicom's InvalidDicomError and friends
-        raise ReadError(f"not a readable DICOM file ({str(err).splitlines()[0]})") from None
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise ReadError("a DICOM file without pixel data (a report or structured data, not an image)")
-    try:
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
-        raise ReadError(f"a DICOM NumberOfFrames that is not a number: {ds.NumberOfFrames!r}") from None
-    if frames > 1:
-        raise ReadError(f"a multi-frame DICOM ({frames} frames): a volume, not one image; refused")
-    try:
-        pixels = ds.pixel_array
-    except Exception as err:  # noqa: BLE001 - a compressed transfer syntax without its decoder
-        raise ReadError(f"DICOM pixel data not decodable here ({str(err).splitlines()[0]})") from None
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    if int(getattr(ds, "SamplesPerPixel", 1)) > 1:  # colour (RGB; pydicom converts YBR to RGB)
-        return to_hwc(np.asarray(pixels), "the DICOM image")
-    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
-    if window == "voi":
-        if "WindowCenter" not in ds or "WindowWidth" not in ds:
-            raise ReadError("data.window='voi' but the file has no WindowCenter / WindowWidth tags")
-        window = (_first(ds.WindowCenter), _first(ds.WindowWidth))
-    if window is not None:
-        values = dicom_window(values, float(window[0]), float(window[1]))
-        if photometric == "MONOCHROME1":  # low values are bright
-            values = 1.0 - values
-    elif photometric == "MONOCHROME1":
-        values = -values
-    return to_hwc(values, "the DICOM image")
-
-
-def read_array(path: Path, window: Sequence[float] | str | None = None) -> np.ndarray:
-    """Any supported file as ``[H, W, C]`` at its own dtype (see the module docstring)."""
+def read_array(
+    path: Path, window: Sequence[float] | str | None = None, frame: int | None = None
+) -> np.ndarray:
+    """Any supported file as ``[H, W, C]`` at its own dtype (see the module docstring); ``frame``: frame
+    ``k`` of a multi-frame DICOM (:func:`mimkit.data.dicom.read_dicom`), 0 or None for other files."""
     ext = suffix(path)
+    if ext in DICOM_EXTENSIONS or (not ext and is_dicom_file(path)):
+        return read_dicom(path, window, frame)
+    if frame not in (None, 0):
+        raise ReadError(f"frame {frame!r} of a file that holds one image (only DICOM has frames here)")
     if ext in NUMPY_EXTENSIONS:
         return read_npy(path)
     if ext in TIFF_EXTENSIONS:
         return read_tiff(path)
-    if ext in DICOM_EXTENSIONS or (not ext and is_dicom_file(path)):
-        return read_dicom(path, window)
     if is_deep_colour_png(path):
         return read_deep_png(path)
     return read_pillow(path)

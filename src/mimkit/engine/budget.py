@@ -6,7 +6,8 @@ schedule), so that the run's last step runs at ``min_lr`` rather than being cut 
 counts every step of the run, the timed ones too: while the steps are being timed the lr already follows
 a provisional plan made from the time measured so far, and when that shows the budget ending before the
 timing does, it becomes the plan. Later, at the logging steps, a run whose steps have slowed down so much
-that the plan would overrun the budget fits the rest of its schedule to the time left. The budget is
+that the plan would overrun the budget fits the rest of its schedule to the time left, and one whose steps
+sped up by more than :data:`STRETCH_SHARE`, in the first half of its plan, stretches it. The budget is
 training time: evaluations and pictures between steps do not count. The plan, the time spent and the
 budget are stored in the checkpoint, so a resumed run keeps its schedule; one resumed with a larger
 ``train.max_minutes`` plans the rest again.
@@ -25,6 +26,9 @@ CALIBRATION_SKIP, CALIBRATION_STEPS = 2, 10
 # ones (the fp32 demo on a 2-core AMD EPYC capped to AVX2: 207 of 209 planned steps fitted in the budget),
 # and a plan that overruns is cut short of the end of its schedule
 BUDGET_MARGIN = 0.03
+# a run whose steps sped up after its timing (the timing saw a busy machine) is stretched to the steps the
+# budget buys when they are this share more than planned, in the first half of its plan only
+STRETCH_SHARE = 0.1
 # a run whose budget is spent within the last 5% of its planned steps finishes them (its schedule ends at
 # min_lr) unless that would overrun the budget by more than 5%
 FINISH_SHARE = 0.05

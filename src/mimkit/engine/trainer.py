@@ -39,7 +39,7 @@ import torch.nn as nn
 from mimkit import rng
 from mimkit.engine import checkpoint as ckpt
 from mimkit.engine import dist
-from mimkit.engine.budget import FINISH_SHARE, Budget, budget_steps
+from mimkit.engine.budget import FINISH_SHARE, STRETCH_SHARE, Budget, budget_steps
 from mimkit.engine.config import TrainConfig
 from mimkit.engine.health import LossBaseline, Pictures
 from mimkit.engine.host_memory import keep_freed_memory
@@ -537,8 +537,11 @@ class Trainer:
     def _refit(self, budget_s: float) -> bool:
         """At a logging step of a planned run: when its steps since the plan (or since the session's first
         logging step) ran so much slower than timed that the plan would overrun the budget, fit the rest of
-        the schedule to the time left; the lr steps down onto the shorter cosine. Returns whether it did.
-        Distributed: on the slowest rank's clock (one all-reduce per logging step)."""
+        the schedule to the time left; the lr steps down onto the shorter cosine. When they ran so much
+        faster that the budget would buy :data:`~mimkit.engine.budget.STRETCH_SHARE` more steps, and the
+        run is in the first half of its plan (the timing saw a machine busy with other work), stretch the
+        schedule to them; the lr steps up onto the longer cosine, early enough to decay again. Returns
+        whether it refitted. Distributed: on the slowest rank's clock (one all-reduce per logging step)."""
         if self.planned_steps is None or self.step >= self.planned_steps:
             return False
         elapsed = self.elapsed_s
@@ -550,6 +553,20 @@ class Trainer:
         step0, elapsed0 = self._pace_from
         pace = (elapsed - elapsed0) / (self.step - step0)
         steps = budget_steps(self.step, elapsed, pace, budget_s, self.total_steps)
+        if steps > self.planned_steps * (1 + STRETCH_SHARE) and self.step < self.planned_steps / 2:
+            if self.env.is_main:
+                log.info(
+                    "steps sped up to %.3f s each since step %d: the %d planned steps would leave %.1f of "
+                    "the %g budget minutes unspent, so the rest of the schedule is stretched to %d steps",
+                    pace,
+                    step0,
+                    self.planned_steps,
+                    (budget_s - elapsed - (self.planned_steps - self.step) * pace) / 60,
+                    budget_s / 60,
+                    steps,
+                )
+            self.planned_steps = steps
+            return True
         if elapsed + (self.planned_steps - self.step) * pace <= budget_s or steps >= self.planned_steps:
             return False
         if self.env.is_main:

@@ -31,6 +31,7 @@ from mimkit.engine.config import TrainConfig
 from mimkit.engine.precision import auto_to_native
 from mimkit.engine.trainer import Trainer
 from mimkit.eval.classifier import Classifier
+from mimkit.eval.evaluation_record import data_fingerprint, write_evaluation
 from mimkit.eval.features import FeaturePass
 from mimkit.eval.linear import LinearProbeConfig
 from mimkit.eval.recipe import FinetuneConfig
@@ -76,7 +77,9 @@ def finetune(
         cfg: the recipe.
         run_dir: where the run lives.
         config: stored in the checkpoints; its ``encoder`` entry (and the ``method`` entry written here)
-            must match for a run to resume.
+            must match for a run to resume. Its ``encoder.init`` (or ``evaluated``: the row's name, e.g.
+            ``"teacher"``) and ``label_fraction`` name the run in its ``evaluation.json``
+            (:mod:`mimkit.eval.evaluation_record`).
 
     Returns:
         ``{"test_top1": %, "holdout_top1": % or None, "best_epoch", "probe": {"holdout_top1", "test_top1",
@@ -172,6 +175,16 @@ def finetune(
         Path(run_dir, "finetune.json").write_text(json.dumps(result, indent=2) + "\n")
         # the classifier kept with its class names and preprocessing, for mimkit predict / export
         write_classifier_record(run_dir, classifier, train_set, result)
+        given = config or {}  # how the caller names the encoder and the label fraction (1: all labels)
+        write_evaluation(
+            run_dir,
+            protocol="finetune",
+            encoder=given.get("evaluated") or given.get("encoder", {}).get("init") or "pretrained",
+            variant={"label_fraction": given.get("label_fraction", 1.0), "train_blocks": cfg.train_blocks},
+            settings=cfg,
+            data=data_fingerprint(train_set, test_set),
+            scores={"top1": result["test_top1"]},
+        )
     log.info("fine-tuned %d steps on %d images: %s", trainer.step, len(fit_set), summary(result))
     if note is not None:
         log.warning(note)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from mimkit.data import DataConfig, ImageDataset
 from mimkit.eval.cache import cached_pooled_features, feature_key
+from mimkit.eval.evaluation_record import data_fingerprint, write_evaluation
 from mimkit.eval.features import FeaturePass
 from mimkit.eval.knn import knn_accuracy
 from mimkit.eval.linear import LinearProbeConfig, linear_probe
@@ -90,14 +91,19 @@ def evaluate_frozen(
     ks: Sequence[int] = (),
     linear: LinearProbeConfig | None = None,
     linear_dir: str | Path = "linear",
+    knn_dir: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """kNN for every ``k`` and the linear probe for every pooling, from one feature pass per split.
+
+    Each score is recorded for later comparison (:mod:`mimkit.eval.evaluation_record`): the probe's in
+    ``<linear_dir>/<slug(encoder.name)>_<pool>/evaluation.json``, kNN's likewise under ``knn_dir``.
 
     Args:
         pools: poolings, each scored on its own (``"token"``, ``"avg"``, or what the module knows).
         ks: kNN neighbour counts, each in ``[1, training images]`` (none: no kNN).
         linear: the linear-probe recipe (None: no probe).
         linear_dir: where the probe's runs live, ``<linear_dir>/<slug(encoder.name)>_<pool>``.
+        knn_dir: where the kNN records go (None: not recorded).
 
     Returns:
         ``{pool: {"knn": {k: top-1 %} or None, "linear": linear_probe's result or None, "chance",
@@ -114,6 +120,10 @@ def evaluate_frozen(
     t = time.perf_counter()
     (train_f, test_f) = (features(encoder, split, run, pools) for split in (train, test))
     t_features = time.perf_counter() - t
+    recorded = run.rank == 0 and (linear is not None or (ks and knn_dir is not None))  # one process writes
+    record = (
+        dict(encoder=encoder.name, data=data_fingerprint(train.dataset, test.dataset)) if recorded else None
+    )
     results = {}
     for pool in pools:
         (train_x, train_y), (test_x, test_y) = train_f[pool], test_f[pool]
@@ -122,6 +132,19 @@ def evaluate_frozen(
         t_knn = time.perf_counter() - t
         out = Path(linear_dir, f"{slug(encoder.name)}_{pool}")
         probe = linear_probe(train_x, train_y, test_x, test_y, out, linear) if linear is not None else None
+        if record is not None and knn is not None and knn_dir is not None:
+            scores = {f"k={k}": acc for k, acc in knn.items()}
+            where = Path(knn_dir, f"{slug(encoder.name)}_{pool}")
+            settings = {"precision": run.precision}
+            write_evaluation(
+                where, protocol="knn", variant={"pool": pool}, settings=settings, scores=scores, **record
+            )
+        if record is not None and probe is not None:
+            settings = {**asdict(linear), "precision": run.precision}
+            scores = {"top1": probe["test_top1"]}
+            write_evaluation(
+                out, protocol="linear", variant={"pool": pool}, settings=settings, scores=scores, **record
+            )
         results[pool] = {
             "knn": knn,
             "linear": probe,

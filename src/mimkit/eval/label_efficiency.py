@@ -241,6 +241,8 @@ def run_label_efficiency(
                 "encoder": dict(encoder_cfg, init=init),
                 **(config or {}),
                 "label_fraction": fraction,
+                # the row its evaluation.json names: "teacher" for a SiT teacher's runs
+                "evaluated": o.pretrained_label if init == "pretrained" else init,
             }
             log.info(
                 "label efficiency: %s, %s of the labels (%d images), %d epochs",

@@ -26,12 +26,9 @@ AT_CHANCE = 0.99  # a final training loss above this share of ln(classes) is a r
 CHANCE_Z = 2.0  # a top-1 within this many standard errors above the chance level is "within chance"
 
 
-def final_train_loss(run_dir: str | os.PathLike, tail: float = 0.1) -> float | None:
-    """Mean training loss that ``run_dir/metrics.jsonl`` logged over the last ``tail`` of the run's steps.
-
-    Each logged loss is already the mean over its log interval; at least the last one is taken. Lines
-    that are not JSON (a run killed while writing) are skipped. None when no loss was logged.
-    """
+def logged_losses(run_dir: str | os.PathLike) -> list[tuple[int, float]]:
+    """``[(step, loss)]`` that ``run_dir/metrics.jsonl`` logged, in the order logged; lines that are not JSON
+    (a run killed while writing) or that log no loss are skipped."""
     path = Path(run_dir, "metrics.jsonl")
     logged: list[tuple[int, float]] = []
     if path.is_file():
@@ -42,6 +39,16 @@ def final_train_loss(run_dir: str | os.PathLike, tail: float = 0.1) -> float | N
                 continue
             if isinstance(record, dict) and "loss" in record and "step" in record:
                 logged.append((int(record["step"]), float(record["loss"])))
+    return logged
+
+
+def final_train_loss(run_dir: str | os.PathLike, tail: float = 0.1) -> float | None:
+    """Mean training loss that ``run_dir/metrics.jsonl`` logged over the last ``tail`` of the run's steps.
+
+    Each logged loss is already the mean over its log interval; at least the last one is taken. None when
+    no loss was logged (:func:`logged_losses`).
+    """
+    logged = logged_losses(run_dir)
     if not logged:
         return None
     last_step = max(step for step, _ in logged)

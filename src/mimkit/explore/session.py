@@ -35,10 +35,9 @@ from mimkit.eval_sources import (
     load_encoder,
     settle,
 )
-from mimkit.explore.attention import attention_maps
 from mimkit.masking import random_token_mask
 from mimkit.pretrain import load_pretrained
-from mimkit.viz import DEFAULT_STRETCH, display_bands, reconstruct, stretch_range
+from mimkit.viz import DEFAULT_STRETCH, attention_maps, display_bands, reconstruct, stretch_range
 
 log = logging.getLogger("mimkit")
 
