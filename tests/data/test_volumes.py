@@ -137,3 +137,19 @@ def test_nibabels_volumes_pretrain_and_score_as_slices(tmp_path, caplog, tiny_ma
     with open(tmp_path / "e.csv") as f:
         paths = [row["path"] for row in csv.DictReader(f)]
     assert paths and all("#z=" in p and p.split("#", 1)[0].endswith((".nii", ".nii.gz")) for p in paths)
+
+
+def test_pretraining_leaves_out_exactly_the_held_out_slices_of_a_labeled_folder_inside_it(tmp_path):
+    from mimkit.data.datasets import holdout_folder
+    from mimkit.data.splits import draw_split, write_split
+
+    labeled = tmp_path / "labeled"
+    save(labeled / "a" / "v.nii", volume())
+    save(labeled / "b" / "w.nii", volume() * 2)
+    cfg = folder(tmp_path, labeled_root=str(labeled), volume={"skip_empty": False})
+    split = write_split(draw_split(*holdout_folder(cfg)[:4], 0.5, seed=0), tmp_path.parent / "split.json")
+    cfg.split_file = str(tmp_path.parent / "split.json")
+    assert len(split.test) == 6 and all("#z=" in rel for rel in split.test)  # 3 of each volume's 6
+    pretrain = build_dataset(cfg, "pretrain")
+    ids = {sample_id(p, labeled) for p in pretrain.files}
+    assert len(pretrain) == 12 - 6 and not ids & set(split.test) and ids == set(split.train)

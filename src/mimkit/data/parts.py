@@ -6,7 +6,7 @@ A folder dataset holds, per sample, a :class:`~pathlib.Path` (the whole file is 
 a part a suffix after ``#``:
 
 - ``cls/brain.nii.gz#z=41``: slice 41 along the volume's z axis (``x``, ``y``, ``z``: the volume's axes in
-  RAS+ order, see :mod:`mimkit.data.volumes`);
+  RAS+ order, see ``mimkit.data.volumes``);
 - ``scan.dcm#frame=3``: frame 3 of a multi-frame file;
 - ``scene.tif#tile=512,1024``: the chip whose top-left pixel is row 512, column 1024 (its size is the
   run's ``data.tile`` size);

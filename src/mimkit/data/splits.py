@@ -32,7 +32,7 @@ from typing import Any
 
 from mimkit.data.config import DataConfig
 from mimkit.data.images import list_images
-from mimkit.data.parts import Item, sample_id, source, source_of
+from mimkit.data.parts import Item, Part, sample_id, source, source_of
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +339,7 @@ def without_labeled_test(
     held_out = {(os.path.realpath(p), part) for p, part in held}
 
     def key(item: Item) -> tuple[str, str]:
-        return os.path.realpath(source(item)), getattr(item, "suffix", "")
+        return os.path.realpath(source(item)), item.suffix if isinstance(item, Part) else ""
 
     whole = {path for path, part in held_out if not part}
     keep = [i for i, p in enumerate(files) if key(p) not in held_out and key(p)[0] not in whole]
