@@ -189,6 +189,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="the packing order's shuffle (default 0)")
     p.add_argument("--force", action="store_true", help="write into an OUT_DIR that is not empty")
+    p.add_argument(
+        "settings", nargs="*", metavar="data.KEY=VALUE",
+        help="data.tile, data.volume, data.window: pack volumes' slices and large images' chips",
+    )  # fmt: skip
 
     p = sub.add_parser(
         "explore", help="a local web page: reconstructions with clickable masks, attention, neighbours"
@@ -218,6 +222,20 @@ def _parser() -> argparse.ArgumentParser:
     add_predict_parser(sub)
     add_inspect_parsers(sub)  # compare, attention
     return parser
+
+
+def _shard_items(settings: list[str]):
+    """``mimkit shards make``'s ``data.tile=...`` / ``data.volume.axis=...`` / ``data.window=...`` settings
+    as an :class:`~mimkit.data.items.ItemSpec`."""
+    from mimkit.data import DataConfig
+    from mimkit.data.items import spec_of
+
+    values = parse_overrides(settings)
+    data = values.pop("data", None) or {}
+    other = [k for k in data if k not in ("tile", "volume", "window")]
+    if values or other:
+        raise ValueError(f"shards make takes data.tile, data.volume and data.window settings, got {settings}")
+    return spec_of(DataConfig(source="folder", root=".", **data))
 
 
 def _labeled_arg(value: str) -> str | bool:
@@ -271,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "shards":
             from mimkit.data.packing import pack_shards
 
-            index = pack_shards(args.src, args.out, args.shard_size, args.labeled, args.seed, args.force)
+            items = _shard_items(args.settings)
+            index = pack_shards(
+                args.src, args.out, args.shard_size, args.labeled, args.seed, args.force, items
+            )
             skipped = f", {len(index['skipped'])} unreadable skipped" if index["skipped"] else ""
             print(f"wrote {len(index['shards'])} shard(s) of {index['images']} images{skipped} to {args.out}")
         elif args.command == "export" and args.formats:

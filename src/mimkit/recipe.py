@@ -27,6 +27,7 @@ import torch
 from mimkit.choices import Choice, as_overrides, flatten, table
 from mimkit.data.datasets import scan_folder
 from mimkit.data.images import image_info
+from mimkit.data.items import ItemSpec, item_spec
 from mimkit.data.splits import held_out_count
 from mimkit.engine.config import PretrainConfig, _build, merge, parse_overrides
 from mimkit.engine.dist import resolve_device
@@ -94,17 +95,22 @@ class Machine:
 
 
 def fingerprint(
-    root: str | os.PathLike, labeled: str | bool = "auto", holdout: float | int | None = 0.2
+    root: str | os.PathLike,
+    labeled: str | bool = "auto",
+    holdout: float | int | None = 0.2,
+    items: ItemSpec | None = None,
 ) -> Fingerprint:
     """Read the facts of an image folder: file counts per class and the headers of up to
     :data:`SAMPLED` images spread over it (no image is decoded whole unless its format needs it).
-    ``holdout``: the run's ``data.holdout`` (None: nothing held out)."""
+    ``holdout``: the run's ``data.holdout`` (None: nothing held out); ``items``: how volumes and large
+    images are cut into samples (slices, chips: then the facts are theirs)."""
     folder = Path(root)
     if not folder.is_dir():
         raise ValueError(f"no such folder of images: {str(folder)!r}")
     has_test = any((folder / name).is_dir() for name in ("test", "val"))
     train = folder / "train" if (folder / "train").is_dir() else folder
-    files, labels, classes = scan_folder(train, labeled, exclude=("test", "val") if train == folder else ())
+    exclude = ("test", "val") if train == folder else ()
+    files, labels, classes = scan_folder(train, labeled, exclude, spec=items)
     stride = max(1, len(files) // SAMPLED)
     infos = []
     for path in files[::stride][:SAMPLED]:
@@ -308,7 +314,9 @@ def choose(root: str | os.PathLike, overrides: list[str]) -> tuple[PretrainConfi
     the record of how it was chosen (``{"fingerprint", "machine", "choices"}``)."""
     given = parse_overrides(overrides)
     flat = flatten(given)
-    fp = fingerprint(root, flat.get("data.labeled", "auto"), flat.get("data.holdout", 0.2))
+    data = given.get("data") if isinstance(given.get("data"), dict) else {}
+    items = item_spec(data.get("volume"), data.get("tile"), data.get("window"))
+    fp = fingerprint(root, flat.get("data.labeled", "auto"), flat.get("data.holdout", 0.2), items)
     hw = machine(flat.get("train.device", "auto"))
     choices = plan(fp, hw, flat)
     base = {"output_dir": default_run_dir(root), "data": {"root": str(root)}}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mimkit.data.dicom import WINDOW_PRESETS
+from mimkit.data.parts import tile_spec, volume_spec
 from mimkit.plain import pair
 
 SOURCES = ("fashion_mnist", "mnist", "idx", "folder", "shards")
@@ -59,13 +60,13 @@ class DataConfig:
             or array). Grey, RGB and RGBA convert into each other; other counts must match the files.
         bands: 0-based band indices picked from each file before anything else (``[3, 2, 1]``: an RGB
             composite of a multispectral tile); ``channels`` defaults to their number.
-        window: DICOM only: ``[center, width]`` (width >= 1) maps the modality values to [0, 1] with
+        window: DICOM and NIfTI: ``[center, width]`` (width >= 1) maps the modality values to [0, 1] with
             DICOM's linear window; a CT preset by name, ``(center, width)`` in HU (Radiopaedia's typical
             values, :data:`mimkit.data.dicom.WINDOW_PRESETS`): ``brain`` (40, 80), ``lung`` (-600, 1500),
             ``mediastinum`` (50, 350), ``abdomen`` (50, 400), ``liver`` (30, 150), ``soft_tissue``
             (40, 400), ``bone`` (400, 1800); ``"voi"`` takes each file's own WindowCenter / WindowWidth (an
-            enhanced multi-frame object's per frame); ``None`` keeps the modality values (rescale slope /
-            intercept applied).
+            enhanced multi-frame object's per frame; a volume's cal_min / cal_max); ``None`` keeps the
+            modality values (rescale slope / intercept applied).
         clip: values outside a range are clipped before the normalisation: ``[low, high]`` percentiles
             (e.g. ``[0.5, 99.5]``, per channel, from the sampled training images) or ``[[lows], [highs]]``
             per channel in stored units (what a run records in its ``data_stats``).
@@ -105,6 +106,22 @@ class DataConfig:
             ``file`` (relative to ``root``, or ``labeled_root`` when set) and ``group``. ``holdout`` then
             counts groups per class, every group lies on one side, and an explicit split (``test/`` or
             ``val/``, a ``split_file``) that puts a group on both sides is refused.
+        volume: folders: how NIfTI volumes (``.nii``, ``.nii.gz``) become 2-D slices, a mapping (every key
+            optional): ``axis`` (``x``, ``y`` or ``z``, RAS+ axes, default ``z``: axial), ``stride``
+            (every ``stride``-th slice from the first, default 1; a volume with fewer slices is left
+            out), ``skip_empty`` (leave out slices with no voxel above the background: the low level, or
+            the volume's minimum; default true), ``percentiles`` (``[low, high]``: each volume's own
+            percentiles, over the whole volume per band, map linearly to [0, 1]; default null: raw
+            values). ``window`` (``[center, width]``, or ``"voi"``: the header's cal_min / cal_max) sets
+            the levels for every volume instead. A 4-D volume's 4th axis is read as bands. Each slice's
+            id is ``file#z=41`` (:mod:`mimkit.data.parts`).
+        tile: folders: cut every image (and every slice) into chips: ``64`` (64x64 chips, stride 64),
+            ``[64, 32]`` (size 64, stride 32) or a mapping: ``size`` (int or ``[H, W]``), ``stride``
+            (default the size), ``nodata`` (the value of missing pixels; default the GeoTIFF's own
+            ``GDAL_NODATA``, else 0), ``skip_nodata`` (leave out chips that are nodata everywhere, default
+            true). ``floor((H - size) / stride) + 1`` chips per axis, from the top-left corner; tiled TIFFs
+            and ``.npy`` arrays are read a chip at a time; ``img_size`` defaults to the chip size. Each
+            chip's id is ``file#tile=top,left``; an image smaller than a chip is left out (one line).
     """
 
     source: str = "fashion_mnist"
@@ -131,6 +148,8 @@ class DataConfig:
     labeled_root: str | None = None
     holdout_in_pretraining: bool = False
     group_by: str | None = None
+    volume: dict | None = None
+    tile: int | list | dict | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -184,6 +203,12 @@ class DataConfig:
                 f"data.resize_mode must be one of {', '.join(RESIZE_MODES)}; got {self.resize_mode!r}"
             )
         self._check_holdout()
+        if volume_spec(self.volume).percentiles is not None and self.window is not None:
+            raise ValueError(
+                f"data.volume.percentiles and data.window both set a volume's levels; keep one (window "
+                f"{self.window!r}, percentiles {self.volume['percentiles']!r})"
+            )
+        tile_spec(self.tile)  # a one-line ValueError for a bad block
 
     def _check_holdout(self) -> None:
         h = self.holdout

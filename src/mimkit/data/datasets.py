@@ -44,6 +44,8 @@ from mimkit.data.images import (
     is_image_file,
     list_images,
 )
+from mimkit.data.items import ItemSpec, expand, spec_of
+from mimkit.data.parts import Item
 from mimkit.data.shards import ShardSet
 from mimkit.data.splits import (
     drawn_split,
@@ -74,7 +76,8 @@ class ImageDataset(ImageSet, Dataset):
     Attributes:
         images: ``[N, C, H, W]``, or None for a dataset decoded on the fly.
         labels: int64 ``[N]``, -1 where unlabeled.
-        files: the image files, one per item (folders); None for IDX data.
+        files: the samples (folders): an image file, or a part of one (:class:`~mimkit.data.parts.Part`:
+            a volume's slice, a scene's chip), one per item; None for IDX data.
         classes: class names, index = label; empty when unlabeled.
         channels: C.
         img_size: ``(H, W)``.
@@ -96,7 +99,7 @@ class ImageDataset(ImageSet, Dataset):
         mean: Sequence[float],
         std: Sequence[float],
         images: torch.Tensor | None = None,
-        files: Sequence[Path] | None = None,
+        files: Sequence[Item] | None = None,
         resize_mode: str = "center_crop",
         skipped_files: Sequence[str] = (),
         root: str = "",
@@ -271,8 +274,8 @@ def _build_idx(cfg: DataConfig, split: str, train: ImageDataset | None) -> Image
 # ----------------------------------------------------------------------------- folders
 
 
-def holdout_folder(cfg: DataConfig) -> tuple[Path, list[Path], list[int], list[str]] | None:
-    """The labeled folder a held-out part is drawn in, with its image files, their labels and the class
+def holdout_folder(cfg: DataConfig) -> tuple[Path, list[Item], list[int], list[str]] | None:
+    """The labeled folder a held-out part is drawn in, with its samples, their labels and the class
     names: ``cfg.labeled_root``, else a folder ``cfg.root``. None when there is none to draw: IDX or shards
     without ``labeled_root``, a folder with ``test/`` or ``val/`` of its own, or unlabeled images."""
     if cfg.labeled_root:
@@ -282,7 +285,7 @@ def holdout_folder(cfg: DataConfig) -> tuple[Path, list[Path], list[int], list[s
     train_dir, exclude, test_dir = folder_layout(Path(cfg.root).expanduser())
     if test_dir is not None:
         return None
-    files, labels, classes = scan_folder(train_dir, cfg.labeled, exclude)
+    files, labels, classes = scan_folder(train_dir, cfg.labeled, exclude, spec=spec_of(cfg))
     return (train_dir, files, labels, classes) if classes else None
 
 
@@ -304,6 +307,7 @@ def check_labeled_kind(
     files = list_images(folder, exclude)
     if not files:
         raise _no_images(folder)
+    files = expand(files, [-1] * len(files), spec_of(view), str(folder))[0]
     window = tuple(cfg.window) if isinstance(cfg.window, list) else cfg.window
     info = _first_image_info(files, folder, window)
     theirs, _, options = decode_setup(view, info)
@@ -333,9 +337,14 @@ def _no_images(folder: Path) -> ValueError:
 
 
 def scan_folder(
-    folder: Path, labeled: str | bool, exclude: tuple[str, ...] = (), classes: list[str] | None = None
-) -> tuple[list[Path], list[int], list[str]]:
-    """The image files of one split, their labels (-1 if unlabeled) and the class names.
+    folder: Path,
+    labeled: str | bool,
+    exclude: tuple[str, ...] = (),
+    classes: list[str] | None = None,
+    spec: ItemSpec | None = None,
+) -> tuple[list[Item], list[int], list[str]]:
+    """The samples of one split (files, or the parts ``spec`` cuts them into: :func:`~mimkit.data.items.
+    expand`), their labels (-1 if unlabeled) and the class names.
 
     ``classes`` given (test split): the sub-folders must be among them and keep their indices.
     """
@@ -350,7 +359,7 @@ def scan_folder(
         files = list_images(folder, exclude)
         if not files:
             raise _no_images(folder)
-        return files, [-1] * len(files), []
+        return *expand(files, [-1] * len(files), spec, str(folder)), []
     if direct:
         raise ValueError(
             f"labeled data expects one sub-folder per class in {folder}, but it holds images directly "
@@ -372,7 +381,7 @@ def scan_folder(
     for name, found in sorted(per_class.items()):
         files += found
         labels += [classes.index(name)] * len(found)
-    return files, labels, classes
+    return *expand(files, labels, spec, str(folder)), classes
 
 
 def _first_image_info(files: Sequence[Path], folder: Path, window) -> ImageInfo:
@@ -460,7 +469,7 @@ def _build_folder(cfg: DataConfig, split: str, train: ImageDataset | None) -> Im
     if train is not None:
         classes, channels, size, options = train.classes, train.channels, train.img_size, train.decode
     else:
-        found, train_labels, classes = scan_folder(train_dir, cfg.labeled, exclude)
+        found, train_labels, classes = scan_folder(train_dir, cfg.labeled, exclude, spec=spec_of(cfg))
         train_files = found
         if drawn is not None:  # the statistics are the training part's; "test" reports its own part
             own = split if split != "test" else "train"
@@ -486,10 +495,11 @@ def _build_folder(cfg: DataConfig, split: str, train: ImageDataset | None) -> Im
     if split != "test" and train is None:
         files, labels = train_files, train_labels
     elif drawn is not None:
-        found = found if found is not None else scan_folder(train_dir, cfg.labeled, exclude)[0]
+        found = found or scan_folder(train_dir, cfg.labeled, exclude, spec=spec_of(cfg))[0]
         files, labels = split_part(cfg, drawn, train_dir, split, found)
     else:
-        files, labels, _ = scan_folder(folder, cfg.labeled, exclude if split != "test" else (), classes)
+        leave_out = exclude if split != "test" else ()
+        files, labels, _ = scan_folder(folder, cfg.labeled, leave_out, classes, spec_of(cfg))
     if cfg.limit is not None:
         files, labels = files[: cfg.limit], labels[: cfg.limit]
 

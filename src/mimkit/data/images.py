@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from mimkit.data.config import DataConfig
+from mimkit.data.items import ItemSpec, read_item, spec_of
+from mimkit.data.parts import Item, Part
 from mimkit.data.readers import (
     DICOM_EXTENSIONS,
     NUMPY_EXTENSIONS,
@@ -30,12 +32,14 @@ from mimkit.data.readers import (
     is_dicom_file,
     needs_array_reader,
     read_array,
+    to_hwc,
 )
+from mimkit.data.volumes import VOLUME_EXTENSIONS, is_volume_file
 from mimkit.plain import pair
 
 IMAGE_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
-    *NUMPY_EXTENSIONS, *DICOM_EXTENSIONS,
+    *NUMPY_EXTENSIONS, *DICOM_EXTENSIONS, *VOLUME_EXTENSIONS,
 )  # fmt: skip
 STORE_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16, "float32": torch.float32}
 UNIT_MAX = {torch.uint8: 255.0, torch.uint16: 65535.0, torch.float32: 1.0}  # the value that means 1.0
@@ -152,11 +156,14 @@ def store_dtype(arr: np.ndarray) -> torch.dtype:
     return torch.float32
 
 
-def image_info(path: Path, window: Sequence[float] | str | None = None) -> ImageInfo:
-    """Size, native band count and storage dtype of an image file (EXIF rotation applied).
+def image_info(path: Item, window: Sequence[float] | str | None = None) -> ImageInfo:
+    """Size, native band count and storage dtype of an image file or a part of one (EXIF rotation applied).
 
-    8-bit Pillow files are read from their header only; other formats are decoded.
+    8-bit Pillow files are read from their header only; other formats and parts are decoded.
     """
+    if isinstance(path, Part) or is_volume_file(path):
+        arr = read_item(path, window)
+        return ImageInfo(arr.shape[0], arr.shape[1], arr.shape[2], store_dtype(arr))
     if not needs_array_reader(path) and not is_deep_colour_png(path):
         with Image.open(path) as img:
             w, h = img.size
@@ -254,11 +261,13 @@ def resize_array(arr: np.ndarray, size: tuple[int, int], resize_mode: str) -> to
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """How every file of a dataset is decoded: bands, storage dtype, DICOM window."""
+    """How every file of a dataset is decoded: bands, storage dtype, DICOM window; ``items``: how files
+    were cut into samples (volumes, tiles), for whoever reads new files the same way."""
 
     bands: tuple[int, ...] | None = None
     dtype: torch.dtype = torch.uint8
     window: tuple[float, float] | str | None = None
+    items: ItemSpec | None = None
 
 
 class ImageSet:
@@ -293,18 +302,19 @@ def decode_setup(cfg: DataConfig, info: ImageInfo) -> tuple[int, tuple[int, int]
     return (
         cfg.channels or native,
         size,
-        DecodeOptions(tuple(cfg.bands) if cfg.bands else None, info.dtype, window),
+        DecodeOptions(tuple(cfg.bands) if cfg.bands else None, info.dtype, window, spec_of(cfg)),
     )
 
 
 def decode_image(
-    path: Path,
+    path: Item,
     channels: int,
     size: tuple[int, int],
     resize_mode: str = "center_crop",
     options: DecodeOptions | None = None,
 ) -> torch.Tensor:
-    """Decode one file to a tensor ``[channels, H, W]`` at ``size = (H, W)`` (bicubic resampling), in
+    """Decode one file, or a part of one (:class:`~mimkit.data.parts.Part`: a slice, a frame, a chip), to a
+    tensor ``[channels, H, W]`` at ``size = (H, W)`` (bicubic resampling), in
     ``options.dtype`` (uint8 by default), after picking ``options.bands``.
 
     ``resize_mode="center_crop"`` scales the shorter side to fit and crops the centre (keeps the aspect
@@ -315,9 +325,12 @@ def decode_image(
     """
     options = options or DecodeOptions()
     try:
-        if _takes_pillow(options, channels, path, path):
+        if isinstance(path, Part) or is_volume_file(path):
+            arr = to_store(read_item(path, options.window), options.dtype)
+        elif _takes_pillow(options, channels, path, path):
             return _decode_pillow(path, channels, size, resize_mode)
-        arr = to_store(read_array(path, options.window), options.dtype)
+        else:
+            arr = to_store(read_array(path, options.window), options.dtype)
         return resize_array(fit_bands(arr, channels, options.bands, options.dtype), size, resize_mode)
     except Exception as err:  # noqa: BLE001 - any decoder failure means "unreadable", never fatal
         raise _unreadable(path, err) from None
@@ -343,11 +356,21 @@ def decode_bytes(
 ) -> torch.Tensor:
     """:func:`decode_image` for a file's bytes (a member of a tar shard) named ``name``.
 
-    8-bit Pillow formats decode from memory; the others (TIFF, NumPy, DICOM, 16-bit PNG: readers that
-    take a path) go through a temporary file.
+    8-bit Pillow formats and ``.npy`` arrays decode from memory; the others (TIFF, DICOM, 16-bit PNG:
+    readers that take a path) go through a temporary file.
     """
     options = options or DecodeOptions()
     fake = Path(name)
+    if fake.suffix.lower() == ".npy":  # a chip or slice packed by `mimkit shards make`: [H, W, C]
+        try:
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+            if arr.dtype.kind not in "biuf":
+                raise ValueError(f".npy of dtype {arr.dtype}; expected bool, integer or float values")
+            arr = to_hwc(arr, "the .npy array", guess_axis=True)
+            arr = to_store(arr, options.dtype)
+            return resize_array(fit_bands(arr, channels, options.bands, options.dtype), size, resize_mode)
+        except Exception as err:  # noqa: BLE001 - any decoder failure means "unreadable", never fatal
+            raise _unreadable(fake, err) from None
     if _takes_pillow(options, channels, fake, data):
         try:
             return _decode_pillow(io.BytesIO(data), channels, size, resize_mode)

@@ -86,6 +86,8 @@ def read_shard(shard: Shard) -> Iterator[tuple[int, str, bytes, int]]:
                 data = tar.extractfile(member).read()
                 if ext == "cls":
                     label = int(data.decode().strip() or -1)
+                elif ext == "id":  # a slice's or chip's sample id (packing.py): for the record
+                    continue
                 elif image is None:
                     image = (member.name, data)
         item = done()

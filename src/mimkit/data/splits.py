@@ -36,6 +36,7 @@ from typing import Any
 
 from mimkit.data.config import DataConfig
 from mimkit.data.images import list_images
+from mimkit.data.parts import Item, Part, sample_id, source, source_of
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class Split:
 
 def draw_split(
     folder: str | os.PathLike,
-    files: Sequence[str | os.PathLike],
+    files: Sequence[Item | str],
     labels: Sequence[int],
     classes: Sequence[str],
     holdout: float | int,
@@ -174,7 +175,7 @@ def draw_split(
 
     Args:
         folder: the labeled folder (one sub-folder per class).
-        files: its image files, each under ``folder / classes[label]``.
+        files: its samples (files, or parts of files), each under ``folder / classes[label]``.
         labels: the class index of each file.
         classes: the class names.
         holdout: a fraction in (0, 1) or a count per class >= 1.
@@ -186,7 +187,7 @@ def draw_split(
     folder = Path(folder)
     members: dict[int, list[str]] = {c: [] for c in range(len(classes))}
     for path, label in zip(files, labels, strict=True):
-        members[label].append(Path(path).relative_to(folder).as_posix())
+        members[label].append(sample_id(path if not isinstance(path, str) else Path(path), folder))
     single = [classes[c] for c, found in members.items() if len(found) == 1]
     if single:
         names = ", ".join(repr(name) for name in single)
@@ -269,12 +270,13 @@ def write_split(split: Split, path: str | os.PathLike) -> Split:
 def select(
     split: Split,
     folder: str | os.PathLike,
-    found: Sequence[Path],
+    found: Sequence[Item],
     part: str,
     what: str = "split file",
     report: bool = True,
-) -> tuple[list[Path], list[int]]:
-    """The files of ``part`` among ``found`` (the folder's image files now) and their labels.
+) -> tuple[list[Item], list[int]]:
+    """The samples of ``part`` among ``found`` (the folder's samples now, matched by sample id) and their
+    labels.
 
     Files found that are in neither part (added after the draw) and files of the part that are gone are
     counted in one warning line each (``report``); neither is an error unless nothing of the part is left.
@@ -283,11 +285,11 @@ def select(
         ValueError: none of the part's files is under ``folder``.
     """
     folder = Path(folder)
-    present = {Path(p).relative_to(folder).as_posix() for p in found}
+    present = {sample_id(p, folder): p for p in found}
     wanted = split.part(part)
     kept = [rel for rel in wanted if rel in present]
     listed = set(split.train) | set(split.test)
-    new = len(present - listed)
+    new = len(present.keys() - listed)
     if new and report:
         logger.warning(
             "%d image(s) under %s are in neither part of %s (added after it was drawn): left out",
@@ -301,7 +303,7 @@ def select(
     if len(kept) < len(wanted) and report:
         logger.warning("%d of the %d %s images listed in %s are gone from %s: skipped",
                        len(wanted) - len(kept), len(wanted), part, what, folder)  # fmt: skip
-    return [folder / rel for rel in kept], [split.label(rel) for rel in kept]
+    return [present[rel] for rel in kept], [split.label(rel) for rel in kept]
 
 
 # ----------------------------------------------------------------------------- folders and their splits
@@ -350,8 +352,8 @@ def drawn_split(cfg: DataConfig, split: str, test_dir: Path | None) -> Split | N
 
 
 def split_part(
-    cfg: DataConfig, drawn: Split, folder: Path, split: str, found: Sequence[Path], report: bool = True
-) -> tuple[list[Path], list[int]]:
+    cfg: DataConfig, drawn: Split, folder: Path, split: str, found: Sequence[Item], report: bool = True
+) -> tuple[list[Item], list[int]]:
     """The files of ``split`` among ``found`` (the image files under ``folder``) and their labels: the
     held-out part for "test", the training part for "train" and "pretrain" (both parts for "pretrain" with
     ``cfg.holdout_in_pretraining``)."""
@@ -362,10 +364,11 @@ def split_part(
 
 
 def without_labeled_test(
-    cfg: DataConfig, root: Path, files: list[Path], labels: list[int]
-) -> tuple[list[Path], list[int]]:
+    cfg: DataConfig, root: Path, files: list[Item], labels: list[int]
+) -> tuple[list[Item], list[int]]:
     """Pretraining's ``files`` under ``root`` without the test images of ``cfg.labeled_root`` among them
-    (nothing to do when the two folders are apart, the usual case)."""
+    (nothing to do when the two folders are apart, the usual case). A test file held out whole holds out
+    all its parts; a held-out part (a split file's ``file#z=41``) holds out that part."""
     if not cfg.labeled_root or cfg.holdout_in_pretraining:
         return files, labels
     labeled, top = Path(cfg.labeled_root).expanduser().resolve(), root.resolve()
@@ -373,13 +376,19 @@ def without_labeled_test(
         return files, labels
     train_dir, _, test_dir = folder_layout(labeled)
     if test_dir is not None:
-        held = list_images(test_dir)
+        held = [(p, "") for p in list_images(test_dir)]
     elif cfg.split_file:
-        held = [train_dir / rel for rel in read_split(cfg.split_file).test]
+        test = read_split(cfg.split_file).test
+        held = [(train_dir / source_of(rel), rel[len(source_of(rel)) + 1 :]) for rel in test]
     else:
         return files, labels
-    held_out = {os.path.realpath(p) for p in held}
-    keep = [i for i, p in enumerate(files) if os.path.realpath(p) not in held_out]
+    held_out = {(os.path.realpath(p), part) for p, part in held}
+
+    def key(item: Item) -> tuple[str, str]:
+        return os.path.realpath(source(item)), item.suffix if isinstance(item, Part) else ""
+
+    whole = {path for path, part in held_out if not part}
+    keep = [i for i, p in enumerate(files) if key(p) not in held_out and key(p)[0] not in whole]
     if len(keep) < len(files):
         logger.info(
             "left out the %d test image(s) of %s found under %s", len(files) - len(keep), labeled, root

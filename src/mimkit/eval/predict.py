@@ -3,7 +3,8 @@
 Every image under the folder (recursively, labels ignored) is decoded as the classifier's training images
 were (:mod:`mimkit.eval.saved`: size, bands, bit depth, clip, normalisation) and gets its ``k`` most
 probable classes with their softmax probabilities. The CSV has timm's ``inference.py`` columns: the file
-(its path under the folder), then ``label_0, prob_0, label_1, prob_1, ...`` from the most probable down.
+(its path under the folder; for a slice or chip its sample id, ``scene.tif#tile=0,64``), then
+``label_0, prob_0, label_1, prob_1, ...`` from the most probable down.
 
 The pass is the evaluation's batched pass (:func:`~mimkit.eval.features.forward_batches` over the shared
 loader) and resumes as ``mimkit embed`` does (:func:`~mimkit.eval.embed.resumable_rows`): the rows go into
@@ -28,6 +29,8 @@ import torch.nn.functional as F
 
 from mimkit.data.datasets import ImageDataset
 from mimkit.data.images import DecodeOptions, image_info, list_images
+from mimkit.data.items import expand, item_spec
+from mimkit.data.parts import sample_id, source
 from mimkit.eval.cache import file_fingerprint
 from mimkit.eval.embed import resumable_rows
 from mimkit.eval.features import FeaturePass, forward_batches
@@ -76,10 +79,12 @@ def folder_dataset(
     r = saved.record
     dtype, bands, channels = _DTYPES[r["dtype"]], r["bands"], r["channels"]
     window = tuple(r["window"]) if isinstance(r["window"], list) else r["window"]
+    spec = item_spec(r.get("volume"), r.get("tile"), window)  # cut as the training files were
+    files = expand(files, [-1] * len(files), spec, str(root))[0]
     info, example = None, None
     for path in files[:100]:  # the first readable file says what the folder holds
         try:
-            info, example = image_info(path, window), path.relative_to(root)
+            info, example = image_info(path, window), sample_id(path, root)
             break
         except Exception:  # noqa: BLE001 - unreadable: counted in the pass, try the next one
             continue
@@ -117,7 +122,7 @@ def folder_dataset(
         resize_mode=r["resize_mode"],
         root=str(root),
         split="predict",
-        decode=DecodeOptions(tuple(bands) if bands else None, dtype, window),
+        decode=DecodeOptions(tuple(bands) if bands else None, dtype, window, spec),
         clip=clip,
     )
 
@@ -125,7 +130,7 @@ def folder_dataset(
 def _folder_key(saved: SavedClassifier, dataset: ImageDataset, topk: int, run: FeaturePass) -> str:
     """What a resumed pass must match: the classifier (record and checkpoint bytes), the files (names,
     sizes, times), k and the precision."""
-    files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in dataset.files]
+    files = [(str(p), source(p).stat().st_size, source(p).stat().st_mtime_ns) for p in dataset.files]
     record = {
         "classifier": saved.record,
         "checkpoint": file_fingerprint(saved.checkpoint),
@@ -185,7 +190,7 @@ def write_predictions(
         for i in done.kept:
             ranks = zip(done.rows[i]["index"], done.rows[i]["prob"], strict=True)
             cells = [cell for c, p in ranks for cell in (classes[c], f"{p:.6g}")]
-            writer.writerow([dataset.files[i].relative_to(root).as_posix(), *cells])
+            writer.writerow([sample_id(dataset.files[i], root), *cells])
     os.replace(tmp, out)
     done.finish()
     return {"rows": len(done.kept), "topk": k, "skipped": done.skipped, "path": out, "seconds": done.seconds}

@@ -9,7 +9,8 @@ transformers and timm keep class names and preprocessing inside a model's config
   normalisation in unit scale (uint8 / 255, uint16 / 65535, float as is);
 - how files were decoded: ``stored_size`` (the size files are decoded to, resized to ``img_size`` after
   when it differs), ``resize_mode``, ``dtype`` (``uint8``, ``uint16`` or ``float32``), ``bands``,
-  ``window`` (DICOM) and ``clip`` (per-channel ``[lows, highs]`` in stored units, or null);
+  ``window`` (DICOM, NIfTI) and ``clip`` (per-channel ``[lows, highs]`` in stored units, or null); ``volume``
+  and ``tile``: how files were cut into slices and chips (:mod:`mimkit.data.parts`);
 - ``encoder``: the arguments of :func:`mimkit.create_encoder` that build the network with its head;
 - ``scores``: the fine-tuning result (held-out top-1 and its image count, steps, final training loss, the
   loss at chance) and ``trained_on``: the training images' folder and count.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ def classifier_record(classifier: Classifier, train_set, result: dict[str, Any])
             "bands": list(decode.bands) if decode.bands else None,
             "window": decode.window,
             "clip": [list(train_set.clip[0]), list(train_set.clip[1])] if train_set.clip else None,
+            "volume": asdict(decode.items.volume) if decode.items else None,
+            "tile": asdict(decode.items.tile) if decode.items and decode.items.tile else None,
             "encoder": built["encoder"] if built else None,
             "scores": result,
             "trained_on": {"root": str(train_set.root), "images": len(train_set)},
