@@ -338,3 +338,29 @@ def test_bad_group_by_is_one_line(value):
     with pytest.raises(ValueError) as err:
         DataConfig(group_by=value)
     one_line(err, "data.group_by must be none, patient, study, series, file or a .csv file", repr(value))
+
+
+def test_parts_of_a_file_are_drawn_by_file_without_a_grouping(tmp_path, caplog):
+    """A multi-frame DICOM's frames and a scene's chips are samples of one file: with no data.group_by,
+    the held-out part is drawn by file, so no file has a sample on both sides (else near copies would)."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):  # rtdose.dcm: 15 frames of 10 x 10
+            shutil.copy(get_testdata_file("rtdose.dcm"), tmp_path / c / f"dose{i}.dcm")
+    cfg = DataConfig(source="folder", root=str(tmp_path), img_size=10, holdout=0.34)
+    folder, items, labels, classes = holdout_folder(cfg)
+    assert len(items) == 2 * 3 * 15 and {item.frame for item in items} == set(range(15))
+    with caplog.at_level("INFO", logger="mimkit"):
+        split = draw_for(cfg, folder, items, labels, classes, seed=0)
+    assert any("drawn by file" in r.getMessage() for r in caplog.records)
+    train = {source_of(i) for i in split.train}
+    test = {source_of(i) for i in split.test}
+    assert not train & test
+    assert len(test) == 2 and len(split.test) == 2 * 15  # round(0.34 * 3) = 1 file of each class
+    write_split(split, tmp_path / "s.json")
+    built = build_dataset(dataclasses.replace(cfg, split_file=str(tmp_path / "s.json")), "test")
+    assert len(built) == 30 and tuple(built[0][0].shape) == (1, 10, 10)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from mimkit.data.config import DataConfig
 from mimkit.data.images import list_images
+from mimkit.data.parts import Part, sample_id, source_of
 from mimkit.data.splits import (
     Split,
     draw_split,
@@ -48,11 +49,6 @@ logger = logging.getLogger(__name__)
 
 DICOM_TAGS = {"patient": "PatientID", "study": "StudyInstanceUID", "series": "SeriesInstanceUID"}
 _SHOWN = 3  # files named in a message
-
-
-def source_of(sample_id: str) -> str:
-    """The source file of a sample id: ``"scan.nii.gz#z12"`` -> ``"scan.nii.gz"``; a plain id is its own."""
-    return sample_id.split("#", 1)[0]
 
 
 def _few(names: Sequence[str]) -> str:
@@ -223,12 +219,21 @@ def draw_for(
     seed: int,
 ) -> Split:
     """The held-out part of the labeled folder ``folder`` (as ``holdout_folder`` finds it)
-    drawn with ``cfg.holdout`` and ``seed``: by ``cfg.group_by``, else per image."""
-    if cfg.group_by is None:
+    drawn with ``cfg.holdout`` and ``seed``: by ``cfg.group_by``; without it per image, except that the
+    parts of a file (a volume's slices, a DICOM's frames, a scene's chips) are drawn by file
+    (``group_by="file"``, said in one line): otherwise near copies would lie on both sides."""
+    group_by = cfg.group_by
+    if group_by is None and any(isinstance(item, Part) for item in files):
+        logger.info(
+            "the samples are slices, frames or chips of files: the held-out part is drawn by file "
+            "(data.group_by=file), so no file has parts on both sides"
+        )
+        group_by = "file"
+    if group_by is None:
         return draw_split(folder, files, labels, classes, cfg.holdout, seed)
-    ids = [Path(p).relative_to(folder).as_posix() for p in files]
-    groups = sample_groups(folder, ids, _base(cfg), cfg.group_by)
-    return split_by_groups(folder, ids, labels, classes, groups, cfg.holdout, seed, cfg.group_by)
+    ids = [sample_id(item, folder) for item in files]
+    groups = sample_groups(folder, ids, _base(cfg), group_by)
+    return split_by_groups(folder, ids, labels, classes, groups, cfg.holdout, seed, group_by)
 
 
 def _one(group_by: str) -> str:
