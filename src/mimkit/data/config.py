@@ -99,8 +99,9 @@ class DataConfig:
             pretraining reads ``root``: many unlabeled images and a small labeled set.
         holdout_in_pretraining: pretraining also reads the held-out images (without their labels); by
             default it leaves them out, so the scores are on images the encoder never saw.
-        group_by: the unit of the held-out part (:mod:`mimkit.data.groups`): ``None`` / ``"none"``
-            (images), ``"patient"``, ``"study"`` or ``"series"`` (the DICOM tags PatientID,
+        group_by: the unit of the held-out part (:mod:`mimkit.data.groups`): ``None`` (unset: each
+            image, but the slices, frames or chips of one file by file), ``"none"`` (each sample, even
+            parts of one file), ``"patient"``, ``"study"`` or ``"series"`` (the DICOM tags PatientID,
             StudyInstanceUID, SeriesInstanceUID of each file), ``"file"`` (a sample's source file: the
             slices of a volume, the chips of a scene) or the path of a ``.csv`` file with the columns
             ``file`` (relative to ``root``, or ``labeled_root`` when set) and ``group``. ``holdout`` then
@@ -230,10 +231,10 @@ class DataConfig:
             )
         if isinstance(self.group_by, os.PathLike):
             self.group_by = os.fspath(self.group_by)
-        if self.group_by == "none":
-            self.group_by = None
-        by = self.group_by
-        if by is not None and not (by in GROUPINGS or (isinstance(by, str) and by.lower().endswith(".csv"))):
+        by = self.group_by  # None: unset (the parts of a file are held out by file); "none": per sample
+        if by not in (None, "none") and not (
+            by in GROUPINGS or (isinstance(by, str) and by.lower().endswith(".csv"))
+        ):
             raise ValueError(
                 f"data.group_by must be none, {', '.join(GROUPINGS)} or a .csv file with the columns file "
                 f"and group; got {by!r}"

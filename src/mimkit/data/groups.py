@@ -34,7 +34,7 @@ from pathlib import Path
 
 from mimkit.data.config import DataConfig
 from mimkit.data.images import list_images
-from mimkit.data.parts import Part, sample_id, source_of
+from mimkit.data.parts import Part, sample_id, source, source_of
 from mimkit.data.splits import (
     Split,
     draw_split,
@@ -222,8 +222,8 @@ def draw_for(
     drawn with ``cfg.holdout`` and ``seed``: by ``cfg.group_by``; without it per image, except that the
     parts of a file (a volume's slices, a DICOM's frames, a scene's chips) are drawn by file
     (``group_by="file"``, said in one line): otherwise near copies would lie on both sides."""
-    group_by = cfg.group_by
-    if group_by is None and any(isinstance(item, Part) for item in files):
+    group_by = grouping(cfg)
+    if cfg.group_by is None and any(isinstance(item, Part) for item in files):
         logger.info(
             "the samples are slices, frames or chips of files: the held-out part is drawn by file "
             "(data.group_by=file), so no file has parts on both sides"
@@ -261,9 +261,14 @@ def leak_error(
     )
 
 
+def grouping(cfg: DataConfig) -> str | None:
+    """The grouping ``cfg`` asks for: None when ``data.group_by`` is unset or ``"none"``."""
+    return None if cfg.group_by in (None, "none") else cfg.group_by
+
+
 def check_source(cfg: DataConfig) -> None:
     """A one-line ValueError when ``cfg.group_by`` is set for a source without files to group."""
-    if cfg.group_by is not None and cfg.source != "folder" and not cfg.labeled_root:
+    if grouping(cfg) is not None and cfg.source != "folder" and not cfg.labeled_root:
         raise ValueError(
             f"data.group_by={cfg.group_by} groups the files of a folder, and data.source={cfg.source!r} "
             "has none: use a folder (data.source=folder, or data.labeled_root for the labeled images), or "
@@ -275,7 +280,7 @@ def check_explicit_split(cfg: DataConfig) -> None:
     """A one-line ValueError when the labeled folder's own ``test/`` or ``val/`` shares a group with its
     training images (the folder: ``cfg.labeled_root``, else a folder ``cfg.root``)."""
     check_source(cfg)
-    if cfg.group_by is None:
+    if grouping(cfg) is None:
         return
     view = labeled_view(cfg) if cfg.labeled_root else cfg
     if view.source != "folder":
@@ -306,8 +311,8 @@ def check_recorded_split(
     labeled folder ``folder`` now; samples whose file is gone are not checked)."""
     fix = f"delete {path} (or give another data.split_file) to have pretraining draw a split by group"
     checks = [(split.group_by, split.groups or {})]
-    if cfg.group_by is not None and cfg.group_by != split.group_by:
-        by_source = source_groups(_base(cfg), files, cfg.group_by)
+    if grouping(cfg) is not None and cfg.group_by != split.group_by:
+        by_source = source_groups(_base(cfg), list(dict.fromkeys(map(source, files))), cfg.group_by)
         ids = split.train + split.test
         now = {rel: by_source.get(_key(folder / source_of(rel))) for rel in ids}
         checks.append((cfg.group_by, {rel: g for rel, g in now.items() if g is not None}))
