@@ -130,7 +130,8 @@ def test_nibabels_volumes_pretrain_and_score_as_slices(tmp_path, caplog, tiny_ma
     with caplog.at_level(logging.INFO):
         assert main(["pretrain", "--config", "configs/mae_fashion_mnist.yaml", f"output_dir={run}",
                      f"data.root={root}", "data.source=folder", "data.img_size=28", "data.bands=[0]",
-                     "data.group_by=none", "train.batch_size=8", "train.max_steps=2", *tiny]) == 0  # fmt: skip
+                     "data.group_by=none",  # one volume per class: nothing to hold out by volume
+                     "train.batch_size=8", "train.max_steps=2", *tiny]) == 0  # fmt: skip
     assert f"cut into {kept} slices" in caplog.text
     assert main(["knn", str(run), "--k", "3", "--no-cache"]) == 0
     assert main(["embed", str(run), "--out", str(tmp_path / "e.npy"), "--split", "test"]) == 0
