@@ -265,3 +265,22 @@ def test_grouping_bad_input_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 2 and err.startswith("mimkit: error:") and message in err, (argv, err)
         assert "\n" not in err
+
+
+def test_reconstruct_on_an_unlabeled_folder_shows_training_images(tmp_path, capsys, caplog):
+    """An unlabeled folder has no held-out part: the picture shows training images (said in one line),
+    unless --split test asks for held-out ones, which is then the one-line error."""
+    unlabeled = tmp_path / "unlabeled"
+    unlabeled.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(12):
+        Image.fromarray((rng.random((24, 24, 3)) * 255).astype(np.uint8)).save(unlabeled / f"{i}.png")
+    run = tmp_path / "run"
+    code, _ = pretrain(["data.source=folder", f"data.root={unlabeled}", f"output_dir={run}"])
+    assert code == 0
+    with caplog.at_level(logging.INFO, logger="mimkit"):
+        assert main(["reconstruct", str(run), "--num", "2", "--out", str(tmp_path / "r.png")]) == 0
+    assert any(r.getMessage().startswith("no held-out images (no test split under") for r in caplog.records)
+    assert Image.open(tmp_path / "r.png").size[0] > 0
+    assert main(["reconstruct", str(run), "--split", "test", "--out", str(tmp_path / "t.png")]) == 2
+    assert "no test split under" in capsys.readouterr().err

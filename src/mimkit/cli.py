@@ -71,13 +71,15 @@ def run_reconstruct(
     checkpoint: str,
     out: str = "reconstruction.png",
     num: int = 8,
-    split: str = "test",
+    split: str | None = None,
     seed: int = 0,
     data_root: str | None = None,
     bands: list[int] | str | None = None,
     stretch: tuple[float, float] | None = None,
 ) -> Path:
-    """Write a PNG grid (original | masked | reconstruction | reconstruction + visible) of ``num`` images.
+    """Write a PNG grid (original | masked | reconstruction | reconstruction + visible) of ``num`` images:
+    of the ``split`` ("train" / "test"); by default the held-out images, else (an unlabeled folder has
+    none) training images, said in one line.
 
     ``bands`` / ``stretch``: see :func:`mimkit.viz.save_reconstruction_grid`; 16-bit and float data are
     stretched to their 1-99% percentiles unless ``stretch`` says otherwise.
@@ -85,7 +87,14 @@ def run_reconstruct(
     method, cfg, stats = load_pretrained(checkpoint)
     if not hasattr(method, "reconstruct"):
         raise ValueError(f"method {cfg.method['name']!r} cannot show reconstructions")
-    data = build_dataset(eval_data_config(cfg.data, stats, None, data_root), split)
+    data_cfg = eval_data_config(cfg.data, stats, None, data_root)
+    try:
+        data = build_dataset(data_cfg, split or "test")
+    except FileNotFoundError as err:
+        if split is not None:
+            raise
+        data = build_dataset(data_cfg, "train")
+        log.info("no held-out images (%s): the picture shows training images", str(err).split(":")[0])
     if num < 1 or num > len(data):
         raise ValueError(f"--num must be in [1, {len(data)}], got {num}")
     display_bands(data.channels, bands)
@@ -143,7 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="run directory or checkpoint file")
     p.add_argument("--out", "-o", default="reconstruction.png")
     p.add_argument("--num", "-n", type=int, default=8, help="number of images (rows)")
-    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument(
+        "--split", choices=["train", "test"], help="default: the held-out images, else (none) training images"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the masks shown")
     p.add_argument("--data-root", help="read the images from here instead of the run's data root")
     p.add_argument(
