@@ -22,9 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # the test suite's extras on top: the peers of the export round trips (transformers, onnxruntime) and
-# the experiment trackers (MLflow, W&B offline)
+# the experiment trackers (MLflow, W&B offline), and Optuna for the sweeps
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(PY) -m pip install -q -e ".[interop,mlflow,wandb]"
+	$(PY) -m pip install -q -e ".[interop,mlflow,wandb,sweep]"
 	touch $@
 
 data:

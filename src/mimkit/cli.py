@@ -5,6 +5,7 @@ mimkit reconstruct runs/mae --out recon.png
 mimkit knn runs/mae --compare-random
 mimkit eval finetune runs/mae && mimkit predict runs/mae new_images/ --out predictions.csv
 mimkit export runs/mae encoder.safetensors
+mimkit sweep --config configs/mae_fashion_mnist.yaml method.mask_ratio=0.5,0.75,0.9 --minutes 5
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from mimkit.eval_sources import eval_data_config
 from mimkit.models import create_encoder
 from mimkit.pretrain import load_pretrained, pretrain, resolve_checkpoint
 from mimkit.recipe import RECIPE_RECORD, choose, default_run_dir
+from mimkit.sweep.command import add_sweep_parser, run_sweep_command
 from mimkit.viz import DEFAULT_STRETCH, display_bands, draw_reconstructions
 from mimkit.weights import export_encoder_safetensors, load_weights
 
@@ -189,6 +191,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_embed_parser(sub)
     add_eval_parsers(sub)
+    add_sweep_parser(sub)
     add_predict_parser(sub)
     return parser
 
@@ -227,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             track_results(args.checkpoint, {}, [str(path)])  # the picture, to the run's trackers
         elif args.command in ("knn", "eval"):
             code = run_eval(args)
+        elif args.command == "sweep":
+            run_sweep_command(args)
         elif args.command == "embed":
             code = run_embed(args)
         elif args.command == "predict":
