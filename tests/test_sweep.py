@@ -166,6 +166,7 @@ def test_the_store_keeps_each_online_knn_curve_and_the_table_names_the_best(swep
         ("method.mask_ratio=0.5,0.5", "0.5 is listed twice"),
         ("train.seed=0,1", "train.seed is set by the sweep"),
         ("method.name=mae,simmim", "method.name=simmim has no recipe"),
+        ("data.root=/nonexistent/dir", "data.root '/nonexistent/dir' does not exist"),
     ],
 )
 def test_bad_settings_are_one_line_before_any_directory(setting, message, tmp_path, capsys):
@@ -175,6 +176,22 @@ def test_bad_settings_are_one_line_before_any_directory(setting, message, tmp_pa
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_bad_scoring_setting_is_one_line_before_any_directory(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = [
+        "sweep",
+        "method.mask_ratio=0.5,0.9",
+        "--config",
+        MAE,
+        "--linear-set",
+        "epoch=2",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 2
+    assert "unknown config key 'epoch'" in capsys.readouterr().err and not out.exists()
 
 
 def test_settings_read_as_axes_ranges_or_fixed_values():

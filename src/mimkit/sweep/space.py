@@ -24,7 +24,10 @@ from typing import Any
 import torch
 
 from mimkit.data.splits import SPLIT_FILE
+from mimkit.data.subsets import check_fraction
 from mimkit.engine.config import PretrainConfig, load_config, parse_overrides, read_yaml
+from mimkit.eval.linear import LinearProbeConfig
+from mimkit.eval.recipe import FinetuneConfig, load_recipe
 from mimkit.pretrain import build_method
 from mimkit.recipe import RECIPE_RECORD, choose
 
@@ -128,6 +131,10 @@ class EvalSpec:
     objective: str = "linear"
 
     def __post_init__(self) -> None:
+        for fraction in self.finetune:
+            check_fraction(fraction)
+        load_recipe(LinearProbeConfig, self.linear)  # a bad setting is named before any trial runs
+        load_recipe(FinetuneConfig, self.finetune_set)
         if self.objective not in OBJECTIVES:
             raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.objective == "finetune" and not self.finetune:
@@ -273,6 +280,8 @@ def check(spec: SweepSpec, out: str | Path) -> int:
                 cfg, _ = trial_config(
                     spec, params, spec.seeds[0], Path(out) / "check", Path(out) / SPLIT_FILE
                 )
+                if cfg.data.root and not Path(cfg.data.root).expanduser().exists():
+                    raise ValueError(f"data.root {cfg.data.root!r} does not exist")
                 model = json.dumps(
                     [cfg.encoder, cfg.method, cfg.data.img_size, cfg.data.channels], default=str
                 )
