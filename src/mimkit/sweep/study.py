@@ -13,12 +13,13 @@ import logging
 import multiprocessing
 import os
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from mimkit.engine.runctl import Preempted, RunLock
 from mimkit.sweep.space import Axis, SweepSpec
@@ -36,7 +37,9 @@ class _Grid(optuna.samplers.GridSampler):
     """GridSampler without its ``study.stop()`` after the last point, which only ``study.optimize`` allows:
     the loop here stops when every point has a trial."""
 
-    def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001 - Optuna's signature
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
         return None
 
 
@@ -53,7 +56,7 @@ def _suggest(trial: optuna.Trial, axes: tuple[Axis, ...]) -> dict[str, Any]:
     return params
 
 
-def _reporter(trial: optuna.Trial, prune: bool):
+def _reporter(trial: optuna.Trial, prune: bool) -> Callable[[int, float], None]:
     """``(epoch, knn) -> None``: the online kNN curve into the store; raises Pruned when the pruner says."""
 
     def report(epoch: int, knn: float) -> None:
@@ -126,7 +129,7 @@ def _in_worker(
         return {"state": "error", "message": str(err)}
 
 
-def _pin_gpu(queue) -> None:  # noqa: ANN001 - a multiprocessing queue
+def _pin_gpu(queue: Any) -> None:
     """A worker's start: it sees one GPU, and dies with the sweep (Linux: PR_SET_PDEATHSIG)."""
     os.environ["CUDA_VISIBLE_DEVICES"] = str(queue.get())
     try:
@@ -168,6 +171,7 @@ def run_sweep(
         stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))  # the lock says: interrupted
         for t in stale:
             log.info("sweep: trial %d was interrupted; it resumes", t.number)
+        # (a trial's storage id is what Optuna's Trial is built from; FrozenTrial keeps it as _trial_id)
         resumes = [optuna.Trial(study, t._trial_id) for t in stale]
         ran = _loop(study, spec, out, resumes, total, prune, gpus)
         rows, paths = write_tables(study.get_trials(deepcopy=False), spec, out)
