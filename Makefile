@@ -22,9 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # the test suite's extras on top: the peers of the export round trips (transformers, onnxruntime), the
-# experiment trackers (MLflow, W&B offline) and the explorer's server
+# experiment trackers (MLflow, W&B offline), the explorer's server and Optuna for the sweeps
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(PY) -m pip install -q -e ".[interop,mlflow,wandb,explore]"
+	$(PY) -m pip install -q -e ".[interop,mlflow,wandb,explore,sweep]"
 	touch $@
 
 data:

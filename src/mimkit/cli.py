@@ -7,6 +7,7 @@ mimkit eval finetune runs/mae && mimkit predict runs/mae new_images/ --out predi
 mimkit export runs/mae encoder.safetensors
 mimkit compare runs/mae runs/simmim && mimkit attention runs/mae --block all
 mimkit explore runs/mae     # a local web page: reconstructions, attention, neighbours
+mimkit sweep --config configs/mae_fashion_mnist.yaml method.mask_ratio=0.5,0.75,0.9 --minutes 5
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from mimkit.inspect_runs import add_inspect_parsers, run_inspect
 from mimkit.models import create_encoder
 from mimkit.pretrain import load_pretrained, pretrain, resolve_checkpoint
 from mimkit.recipe import RECIPE_RECORD, choose, default_run_dir
+from mimkit.sweep.command import add_sweep_parser, run_sweep_command
 from mimkit.viz import DEFAULT_STRETCH, display_bands, draw_reconstructions
 from mimkit.weights import export_encoder_safetensors, load_weights
 
@@ -230,6 +232,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_embed_parser(sub)
     add_eval_parsers(sub)
+    add_sweep_parser(sub)
     add_predict_parser(sub)
     add_inspect_parsers(sub)  # compare, attention
     return parser
@@ -291,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             explore(
                 args.checkpoint, ExploreOptions(**{k: getattr(args, k) for k in keys}), args.host, args.port
             )
+        elif args.command == "sweep":
+            run_sweep_command(args)
         elif args.command == "embed":
             code = run_embed(args)
         elif args.command == "predict":

@@ -11,6 +11,7 @@ import inspect
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -199,22 +200,33 @@ def _with_stats(data: DataConfig, dataset) -> DataConfig:
     )
 
 
-def pretrain(cfg: PretrainConfig, records: dict[str, Any] | None = None) -> Path:
+def pretrain(
+    cfg: PretrainConfig,
+    records: dict[str, Any] | None = None,
+    on_knn: Callable[[int, float], None] | None = None,
+) -> Path:
     """Run (or resume) the pretraining described by ``cfg``; returns the run directory.
 
     ``records``: JSON files written into the run directory once its lock is held (file name -> value),
-    e.g. how the recipe was chosen (:mod:`mimkit.recipe`).
+    e.g. how the recipe was chosen (:mod:`mimkit.recipe`). ``on_knn(epoch, top1)``: hears each online kNN
+    score (``online_knn.every``) as it is made; an exception it raises stops the run (a sweep's pruning).
     """
     env = dist.setup(cfg.train.device)
     run_dir = Path(cfg.output_dir)
     # one writer per run directory, from before any data is read (a second run stops at once) to its last
     # checkpoint (the trainer re-enters)
     with RunLock(run_dir, enabled=env.is_main):
-        _pretrain(cfg, env, run_dir, records or {})
+        _pretrain(cfg, env, run_dir, records or {}, on_knn)
     return run_dir
 
 
-def _pretrain(cfg: PretrainConfig, env: dist.DistEnv, run_dir: Path, records: dict[str, Any]) -> None:
+def _pretrain(
+    cfg: PretrainConfig,
+    env: dist.DistEnv,
+    run_dir: Path,
+    records: dict[str, Any],
+    on_knn: Callable[[int, float], None] | None,
+) -> None:
     seed_everything(cfg.train.seed + env.rank)
     cfg = dataclasses.replace(cfg, data=prepare_split(cfg, env.is_main))
     if env.world_size > 1 and cfg.data.split_file:  # the others read the split file the main process wrote
@@ -241,7 +253,7 @@ def _pretrain(cfg: PretrainConfig, env: dist.DistEnv, run_dir: Path, records: di
         if cfg.data.labeled_root or (cfg.data.holdout_in_pretraining and cfg.data.split_file):
             bank = build_dataset(_with_stats(cfg.data, dataset), "train")
         test_set = build_dataset(cfg.data, "test", train_dataset=bank)
-        callbacks.append(OnlineKNN(bank, test_set, **dataclasses.asdict(cfg.online_knn)))
+        callbacks.append(OnlineKNN(bank, test_set, **dataclasses.asdict(cfg.online_knn), on_score=on_knn))
     if cfg.init_weights and last_checkpoint(run_dir) is None:  # a resumed run has its own weights
         load_weights(method.encoder, resolve_checkpoint(cfg.init_weights), adapt_channels=cfg.adapt_channels)
         log.info("encoder initialised from %s", cfg.init_weights)

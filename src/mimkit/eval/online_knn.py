@@ -4,10 +4,13 @@
     Trainer(method, loader, cfg, run_dir, callbacks=[knn]).fit()   # logs "knn_top1" with the metrics
 
 The bank and the queries are fixed per-class samples of the training and test splits (drawn once, with
-``seed``), so the numbers of successive epochs are comparable.
+``seed``), so the numbers of successive epochs are comparable. ``on_score(epoch, top1)`` hears each score as
+it is made (a sweep's pruner: :mod:`mimkit.sweep`); an exception it raises ends the run there.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -44,6 +47,7 @@ class OnlineKNN:
         bank_size, query_size: sample sizes (None: the whole split).
         batch_size: extraction batch size.
         seed: the samples.
+        on_score: called with ``(epoch, top1 %)`` after each evaluation; what it raises stops the training.
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class OnlineKNN:
         query_size: int | None = 1000,
         batch_size: int = 512,
         seed: int = 0,
+        on_score: Callable[[int, float], None] | None = None,
     ):
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"online kNN every must be a positive number of epochs, got {every!r}")
@@ -72,6 +77,7 @@ class OnlineKNN:
         self.k = k
         self.pool = pool
         self.batch_size = batch_size
+        self.on_score = on_score
         self.history: list[tuple[int, float]] = []
 
     def __call__(self, model: nn.Module) -> float:
@@ -92,4 +98,6 @@ class OnlineKNN:
             return None
         accuracy = self(model)
         self.history.append((epoch, accuracy))
+        if self.on_score is not None:
+            self.on_score(epoch, accuracy)
         return {"knn_top1": accuracy}
