@@ -188,7 +188,9 @@ def add_knn_parser(subparsers: argparse._SubParsersAction, name: str, help: str 
     p = subparsers.add_parser(
         name, help=help, parents=[_encoder_parent(), _data_parent(), _features_parent()]
     )
-    p.add_argument("--k", dest="ks", type=int, nargs="+", default=[10, 20, 100, 200])
+    p.add_argument(
+        "--k", dest="ks", type=int, nargs="+", help="k values (default 10 20 100 200, those the bank holds)"
+    )
     p.add_argument("--compare-random", action="store_true", help="also score the encoder at random init")
     p.set_defaults(protocol="knn")
 

@@ -12,6 +12,7 @@ Each resolves its inputs into modules and datasets (:mod:`mimkit.eval_sources`) 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,24 @@ from mimkit.eval_sources import (
     settle,
 )
 
+log = logging.getLogger(__name__)
+
+# kNN's k by default (DINO's 10 and 20, and 100 / 200 for the large banks of ImageNet-size sets); those a
+# small memory bank cannot hold are left out, said in one line
+DEFAULT_KS = (10, 20, 100, 200)
+
+
+def default_ks(bank: int) -> list[int]:
+    """:data:`DEFAULT_KS` that a memory bank of ``bank`` training images holds (at least ``[bank]``)."""
+    kept = [k for k in DEFAULT_KS if k <= bank] or [bank]
+    dropped = [k for k in DEFAULT_KS if k > bank]
+    if dropped:
+        log.info(
+            "kNN with k=%s; k=%s left out: the memory bank has %d training images (--k sets k)",
+            ", ".join(map(str, kept)), ", ".join(map(str, dropped)), bank,
+        )  # fmt: skip
+    return kept
+
 
 def _frozen(
     encoder: EncoderChoice,
@@ -58,6 +77,8 @@ def _frozen(
     data, features = data or DataChoice(), features or FeatureOptions()
     loaded = load_encoder(encoder, data)
     train, test = load_splits(loaded.data, data.train_limit, data.test_limit, protocol)
+    if "ks" in options and options["ks"] is None:
+        options["ks"] = default_ks(len(train.dataset))
     run = settle(features, cache_dir_for(loaded, features))
     options.setdefault("linear_dir", out_dir_for(loaded, options.pop("out_dir", None), "linear"))
     if loaded.run_dir is not None:  # kNN scores are recorded in the run, for mimkit compare
@@ -73,10 +94,10 @@ def evaluate_knn(
     data: DataChoice | None = None,
     features: FeatureOptions | None = None,
     *,
-    ks: Sequence[int] = (10, 20, 100, 200),
+    ks: Sequence[int] | None = None,
     compare_random: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Weighted kNN top-1 (%) for every ``k`` from one feature pass.
+    """Weighted kNN top-1 (%) for every ``k`` from one feature pass (``ks`` None: :func:`default_ks`).
 
     Returns:
         ``{"pretrained": {"knn": {k: %}, "chance": ...}, "random init": ...}`` (each when asked for /

@@ -254,6 +254,17 @@ def test_k_larger_than_bank(run_dir):
         evaluate_knn(EncoderChoice(str(run_dir)), DataChoice(train_limit=300, test_limit=100), ks=(20, 500))
 
 
+def test_default_ks_follow_a_small_bank(run_dir, caplog):
+    """The defaults 10 / 20 / 100 / 200 on a bank of 150 images: 10, 20 and 100 scored, 200 left out in a
+    line (an explicit k over the bank is still the error above)."""
+    with caplog.at_level("INFO", logger="mimkit"):
+        results = evaluate_knn(EncoderChoice(str(run_dir)), DataChoice(train_limit=150, test_limit=50))
+    assert sorted(results["pretrained"]["knn"]) == [10, 20, 100]
+    assert any(
+        "k=200 left out: the memory bank has 150 training images" in r.getMessage() for r in caplog.records
+    )
+
+
 def test_shared_inputs_are_checked_when_made():
     with pytest.raises(ValueError, match="pool must be one of token, avg, got 'max'"):
         FeatureOptions(pool="max")
