@@ -338,6 +338,14 @@ def _figure(width: float = 6.0, height: float = 3.8):
     return fig, fig.add_subplot()
 
 
+def _save(fig, ax, path: Path) -> Path:
+    """The legend beside the axes (it covered bars inside them), then the PNG."""
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def _plot_losses(runs: Sequence[RunRecords], path: Path) -> Path:
     fig, ax = _figure()
     for run in runs:
@@ -347,10 +355,7 @@ def _plot_losses(runs: Sequence[RunRecords], path: Path) -> Path:
     ax.set_xlabel("step")
     ax.set_ylabel("pretraining loss (each method's own)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return _save(fig, ax, path)
 
 
 def _plot_bars(comparison: Comparison, columns: list[str], path: Path) -> Path:
@@ -363,10 +368,7 @@ def _plot_bars(comparison: Comparison, columns: list[str], path: Path) -> Path:
     ax.set_xticks(range(len(columns)), [_header(c, comparison) for c in columns], rotation=20, ha="right")
     ax.set_ylabel("test top-1 (%)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return _save(fig, ax, path)
 
 
 def _plot_curves(comparison: Comparison, columns: list[str], path: Path) -> Path:
@@ -382,7 +384,4 @@ def _plot_curves(comparison: Comparison, columns: list[str], path: Path) -> Path
     ax.set_xlabel("labels used")
     ax.set_ylabel("fine-tuning test top-1 (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return _save(fig, ax, path)

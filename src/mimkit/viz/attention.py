@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mimkit.data.transforms import denormalize
-from mimkit.viz.reconstruction import display_bands
+from mimkit.viz.reconstruction import display_bands, save_figure
 
 
 def vit_encoder(model: nn.Module) -> nn.Module:
@@ -164,10 +164,4 @@ def save_attention_picture(
                 ax.imshow(values[r].numpy(), cmap="inferno", alpha=0.6)
             if r == 0:
                 ax.set_title(name, fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path, title)

@@ -93,13 +93,7 @@ def save_reconstruction_grid(
                     ax.set_title(name, fontsize=8)
                 if col == 0 and (len(rows) > 1 or bands is not None):
                     ax.set_ylabel("band " + "/".join(map(str, shown)), fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path, title)
 
 
 def reconstruct(
@@ -172,3 +166,14 @@ class ReconstructionPictures:
         path = self.dir / f"reconstruction_step{step:06d}.png"
         title = f"{self.title}  step {step}".strip()
         return draw_reconstructions(method, images, path, self.mean, self.std, title, stretch=self.stretch)
+
+
+def save_figure(fig, path: str | os.PathLike, title: str | None = None) -> Path:
+    """A figure of panels written as a PNG at ``path`` (its folder made), under ``title`` if given."""
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
