@@ -54,7 +54,7 @@ DEFAULT_KS = (10, 20, 100, 200)
 
 
 def default_ks(bank: int) -> list[int]:
-    """:data:`DEFAULT_KS` that a memory bank of ``bank`` training images holds (at least ``[bank]``)."""
+    """``DEFAULT_KS`` that a memory bank of ``bank`` training images holds (at least ``[bank]``)."""
     kept = [k for k in DEFAULT_KS if k <= bank] or [bank]
     dropped = [k for k in DEFAULT_KS if k > bank]
     if dropped:
