@@ -181,12 +181,14 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         ([f"data.root={rgb}", "data.holdout=1.5"], "data.holdout must be a fraction in (0, 1)"),
         ([f"data.root={rgb}", "data.holdout=0"], "a count of images per class >= 1"),
         ([f"data.root={rgb}", f"data.labeled_root={grey}"], "holds 1-channel images (x/0.png, ...)"),
+        ([f"data.root={rgb}", "method.name=mea"], "unknown method 'mea'; valid: gmml, mae, simmim, sit"),
     ]
     for i, (argv, message) in enumerate(cases):
         code, _ = pretrain(["data.source=folder", *argv, f"output_dir={tmp_path / f'run{i}'}"])
         err = capsys.readouterr().err.strip()
         assert code == 2 and err.startswith("mimkit: error:") and message in err, (argv, err)
         assert "\n" not in err
+    assert not (tmp_path / f"run{len(cases) - 1}").exists()  # a misspelt method: refused before any file
 
 
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))

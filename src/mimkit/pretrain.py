@@ -32,7 +32,7 @@ from mimkit.engine.runctl import RunLock
 from mimkit.engine.trainer import Trainer
 from mimkit.hub import CONFIG, FORMAT, WEIGHTS
 from mimkit.methods import METHODS, create_method
-from mimkit.models import create_encoder
+from mimkit.models import ENCODERS, create_encoder
 from mimkit.viz import DEFAULT_STRETCH, ReconstructionPictures
 from mimkit.weights import is_model_dir, load_weights, read_checkpoint
 
@@ -211,6 +211,8 @@ def pretrain(
     e.g. how the recipe was chosen (:mod:`mimkit.recipe`). ``on_knn(epoch, top1)``: hears each online kNN
     score (``online_knn.every``) as it is made; an exception it raises stops the run (a sweep's pruning).
     """
+    METHODS.get(cfg.method.get("name"))  # a misspelt name: one line before a run directory exists
+    ENCODERS.get(cfg.encoder.get("name"))
     env = dist.setup(cfg.train.device)
     run_dir = Path(cfg.output_dir)
     # one writer per run directory, from before any data is read (a second run stops at once) to its last
