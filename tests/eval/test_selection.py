@@ -123,3 +123,17 @@ def test_a_batch_larger_than_the_set_is_cut_and_said(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if "train.batch_size=64" in r.getMessage()]
     assert len(lines) == 1 and "the 18 images" in lines[0] and "cut to 18" in lines[0]
     assert result["steps"] == 1 and result["probe"] is None
+
+
+def test_a_set_too_small_for_the_probes_own_holdout_fine_tunes_without_the_comparison(tmp_path, caplog):
+    # 4 images, 2 per class; fine-tuning holds out 1 per class, leaving 1 per class: the probe would hold
+    # out that one too (at least 1 per class) and have nothing to fit on
+    cfg = recipe(epochs=1, batch_size=2)
+    with caplog.at_level(logging.INFO, logger="mimkit"):
+        result = finetune(
+            build_classifier(ENC, 2, pretrained(), cfg), dataset(4), dataset(4, seed=1), cfg, tmp_path
+        )
+    assert result["fit_images"] == 2 and result["probe"] is None and not result["below_probe"]
+    lines = [r.getMessage() for r in caplog.records if "no linear-probe comparison" in r.getMessage()]
+    assert len(lines) == 1 and "2 training image(s) leave it none to fit on" in lines[0]
+    assert not (tmp_path / "probe.json").exists()

@@ -146,17 +146,26 @@ def probe_baseline(
     run_dir: str | os.PathLike,
     run: FeaturePass,
     cfg: LinearProbeConfig,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """The linear probe of ``encoder``'s frozen mean-pooled features: fit on ``fit_set`` (its lr chosen on a
     part of it), scored on ``held_set`` and ``test_set``. Read back from ``run_dir/probe.json`` if there.
 
     Returns:
         ``{"holdout_top1": % or None, "test_top1": %, "blr", "fit_images", "grid"}`` (``grid``: the base lrs
-        tried and where the search stopped, :func:`~mimkit.eval.linear.fit_probe`).
+        tried and where the search stopped, :func:`~mimkit.eval.linear.fit_probe`), or None (said in one
+        line) when ``fit_set`` is too small for the probe to hold out its own part and still fit on some.
     """
     path = Path(run_dir, PROBE_RECORD)
     if path.is_file():
         return json.loads(path.read_text())
+    if holdout_split(fit_set.labels, cfg.holdout, cfg.seed)[0].numel() == 0:
+        log.info(
+            "no linear-probe comparison: the probe holds out %g of each class (at least 1) to choose its lr, "
+            "and %d training image(s) leave it none to fit on",
+            cfg.holdout,
+            len(fit_set),
+        )
+        return None
     start = Encoder("start", encoder)
     fit_x, fit_y = features(start, Split(fit_set), run, ("avg",))["avg"]
     probe, head, chosen = fit_probe(fit_x, fit_y, Path(run_dir, "probe"), cfg, fit_set.num_classes)
