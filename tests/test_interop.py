@@ -131,6 +131,11 @@ def test_bad_exports_are_one_line(mae_run, tmp_path, capsys):
     assert (tmp_path / "b" / "x").read_text() == "keep me"
     assert main(["export", str(mae_run), str(tmp_path / "b"), "--format", "timm", "--force"]) == 0
     assert not (tmp_path / "b" / "x").exists() and (tmp_path / "b" / "timm" / "config.json").is_file()
+    # OUT named like a file: a directory of that name would surprise; refused before anything is written
+    assert main(["export", str(mae_run), str(tmp_path / "model.onnx"), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "model.onnx names a file: give a directory, e.g." in err and err.count("\n") == 1
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def test_swin_is_refused_with_the_formats_that_can(tmp_path, capsys):

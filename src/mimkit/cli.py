@@ -315,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
             from mimkit.interop import export_run
             from mimkit.interop_classifier import export_classifier_run
 
+            if Path(args.out).suffix.lower() in (".safetensors", ".onnx", ".bin", ".pt", ".pth"):
+                raise ValueError(
+                    f"with --format, OUT is a directory for one model per format and a README.md; "
+                    f"{args.out} names a file: give a directory, e.g. {Path(args.out).with_suffix('')}"
+                )
             what = export_classifier_run if is_classifier_run(args.checkpoint) else export_run
             checks = what(args.checkpoint, args.out, args.formats, args.force)
             for name, value in checks.items():

@@ -115,7 +115,12 @@ class DataConfig:
             percentiles, over the whole volume per band, map linearly to [0, 1]; default null: raw
             values). ``window`` (``[center, width]``, or ``"voi"``: the header's cal_min / cal_max) sets
             the levels for every volume instead. A 4-D volume's 4th axis is read as bands. Each slice's
-            id is ``file#z=41`` (:mod:`mimkit.data.parts`).
+            id is ``file#z=41`` (:mod:`mimkit.data.parts`). ``series: true`` reads the single-frame DICOM
+            files of each series (SeriesInstanceUID) as one volume in its acquisition plane: its slices
+            in order along the series' normal, with the same ``stride``, ``skip_empty`` and
+            ``percentiles`` (over the whole series); each slice's id is ``file#slice=11``, and the
+            held-out part is drawn by series unless ``group_by`` says otherwise
+            (:mod:`mimkit.data.series`; default false: each file is an image of its own).
         tile: folders: cut every image (and every slice) into chips: ``64`` (64x64 chips, stride 64),
             ``[64, 32]`` (size 64, stride 32) or a mapping: ``size`` (int or ``[H, W]``), ``stride``
             (default the size), ``nodata`` (the value of missing pixels; default the GeoTIFF's own

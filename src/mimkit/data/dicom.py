@@ -123,6 +123,11 @@ def _frames(ds) -> int:
         raise ReadError(f"a bad NumberOfFrames ({ds['NumberOfFrames'].value!r}, not a number)") from None
 
 
+def dicom_header(path: Path):
+    """The pydicom dataset of a DICOM file's header (no pixel data); ReadError when it is not readable."""
+    return _open(path, header_only=True)
+
+
 def dicom_frame_count(path: Path) -> int:
     """How many frames a DICOM file holds (NumberOfFrames, 1 when absent), from its header only
     (``stop_before_pixels``: whether it has pixel data at all, reading a frame says). Raises ReadError

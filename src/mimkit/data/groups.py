@@ -221,9 +221,18 @@ def draw_for(
     """The held-out part of the labeled folder ``folder`` (as ``holdout_folder`` finds it)
     drawn with ``cfg.holdout`` and ``seed``: by ``cfg.group_by``; without it per image, except that the
     parts of a file (a volume's slices, a DICOM's frames, a scene's chips) are drawn by file
-    (``group_by="file"``, said in one line): otherwise near copies would lie on both sides."""
+    (``group_by="file"``, said in one line), and the slices of DICOM series (``data.volume.series``) by
+    series (``group_by="series"``): otherwise near copies would lie on both sides."""
     group_by = grouping(cfg)
-    if cfg.group_by is None and any(isinstance(item, Part) for item in files):
+    if cfg.group_by is None and any(
+        isinstance(item, Part) and item.series_index is not None for item in files
+    ):
+        logger.info(
+            "the samples are slices of DICOM series: the held-out part is drawn by series "
+            "(data.group_by=series), so no series has slices on both sides"
+        )
+        group_by = "series"
+    elif cfg.group_by is None and any(isinstance(item, Part) for item in files):
         logger.info(
             "the samples are slices, frames or chips of files: the held-out part is drawn by file "
             "(data.group_by=file), so no file has parts on both sides"

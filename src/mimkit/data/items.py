@@ -31,6 +31,7 @@ from mimkit.data.config import DataConfig
 from mimkit.data.dicom import dicom_frame_count as header_frame_count
 from mimkit.data.parts import AXES, Item, Part, TileSpec, VolumeSpec, tile_spec, volume_spec
 from mimkit.data.readers import DICOM_EXTENSIONS, ReadError, is_dicom_file, read_array, suffix
+from mimkit.data.series import order_series, slice_header, stack_slices
 from mimkit.data.tiles import Box, file_nodata, has_regions, read_region, region_shape
 from mimkit.data.volumes import (
     apply_levels,
@@ -96,7 +97,8 @@ def read_frame(path: Path, frame: int | None, window=None, axis: int = 2, levels
     ``levels``), else the file's one image (``frame`` None or 0)."""
     if is_volume_file(path):
         return read_slice(path, axis, 0 if frame is None else frame, levels)
-    return read_array(path, window, frame)
+    arr = read_array(path, window, frame)
+    return arr if levels is None else apply_levels(arr, levels)  # a slice of a DICOM series
 
 
 @functools.lru_cache(maxsize=2)
@@ -119,7 +121,9 @@ def read_item(item: Item, window=None) -> np.ndarray:
         arr = read_frame(item.path, item.frame, window, 2 if item.axis is None else item.axis, item.levels)
     else:
         stat = os.stat(item.path)
-        arr = _whole(str(item.path), (stat.st_size, stat.st_mtime_ns), window, item.frame, item.axis, None)
+        arr = _whole(
+            str(item.path), (stat.st_size, stat.st_mtime_ns), window, item.frame, item.axis, item.levels
+        )
     if item.box is None:
         return arr
     top, left, h, w = item.box
@@ -233,6 +237,87 @@ def _may_have_frames(path: Path) -> bool:
     return is_volume_file(path) or suffix(path) in DICOM_EXTENSIONS or not path.suffix
 
 
+def _is_dicom(path: Path) -> bool:
+    return suffix(path) in DICOM_EXTENSIONS or (not path.suffix and is_dicom_file(path))
+
+
+def _find_series(files: Sequence[Path], labels: Sequence[int]) -> dict[int, list[int]]:
+    """``{index of a series' first file: indices of its files}`` for the single-frame DICOM files of
+    ``files``, grouped by (label, SeriesInstanceUID); files whose header does not read are left out here
+    (read as files, they are counted with the unreadable ones)."""
+    groups: dict[tuple[int, str], list[int]] = {}
+    for i, (path, label) in enumerate(zip(files, labels, strict=True)):
+        if not _is_dicom(path):
+            continue
+        try:
+            head = slice_header(path)
+        except ReadError:
+            continue
+        if head.image and head.frames == 1:
+            groups.setdefault((label, head.series or f"file {path}"), []).append(i)
+    return {members[0]: members for members in groups.values()}
+
+
+def _read_slices(paths: Sequence[Path], window) -> tuple[list[Path], list[np.ndarray], list[Path]]:
+    """The slices of ``paths`` that read (with their arrays), and those that do not."""
+    kept, arrays, unread = [], [], []
+    for path in paths:
+        try:
+            arrays.append(read_array(path, window))
+        except ReadError:
+            unread.append(path)
+            continue
+        kept.append(path)
+    return kept, arrays, unread
+
+
+@functools.lru_cache(maxsize=256)
+def _series_parts(
+    paths: tuple[Path, ...], _stamps: tuple[tuple[int, int], ...], spec: ItemSpec
+) -> tuple[tuple[Item, ...], int, tuple[str, ...]]:
+    """``(samples of one DICOM series, empty slices / nodata chips left out, a reason per file left out)``
+    (:mod:`mimkit.data.series`): its slices, and as plain files those whose pixels do not read (the
+    folder's decoding skips and counts them by reason)."""
+    ordered, _ = order_series([slice_header(p) for p in paths])
+    name = ordered[0].series or ordered[0].path.name
+    vol_spec, tile = spec.volume, spec.tile
+    if len(ordered) < vol_spec.stride:
+        why = f"series {name} has {len(ordered)} slice(s), fewer than data.volume.stride={vol_spec.stride}"
+        return (), 0, tuple(f"{p.name}: {why}" for p in paths)
+    place = {s.path: k for k, s in enumerate(ordered)}
+    chosen = [s.path for s in ordered[:: vol_spec.stride]]
+    if not (vol_spec.skip_empty or vol_spec.percentiles or tile):
+        return tuple(Part(p, series_index=place[p]) for p in chosen), 0, ()
+    # every slice when the series' percentiles are asked for, else the chosen ones
+    readable, arrays, unread = _read_slices([s.path for s in ordered] if vol_spec.percentiles else chosen,
+                                            spec.window)  # fmt: skip
+    unread = tuple(p for p in unread if p in set(chosen))
+    if not readable:
+        return unread, 0, ()
+    volume = stack_slices(arrays, name)
+    levels = volume_levels(readable[0], volume, None, vol_spec.percentiles) if vol_spec.percentiles else None
+    keep = dict(zip(readable, range(len(readable)), strict=True))
+    kept = [p for p in chosen if p in keep]
+    empty = 0
+    if vol_spec.skip_empty:
+        above = nonempty_slices(volume, 2, background(volume, levels))
+        empty = sum(not above[keep[p]] for p in kept)
+        kept = [p for p in kept if above[keep[p]]]
+    if tile is None:
+        return (*unread, *(Part(p, levels=levels, series_index=place[p]) for p in kept)), empty, ()
+    parts = []
+    nodata = (0.0 if tile.nodata is None else tile.nodata) if tile.skip_nodata else None
+    for p in kept:
+        plane = apply_levels(volume[:, :, keep[p]], levels)
+        boxes = tile.boxes(plane.shape[0], plane.shape[1])
+        if not boxes:
+            raise _too_small(plane.shape[0], plane.shape[1], tile)
+        chips = _chips_of(plane, boxes, nodata)
+        empty += len(boxes) - len(chips)
+        parts += [Part(p, None, b, levels=levels, series_index=place[p]) for b in chips]
+    return (*unread, *parts), empty, ()
+
+
 def expand(
     files: Sequence[Path], labels: Sequence[int], spec: ItemSpec | None = None, where: str = ""
 ) -> tuple[list[Item], list[int]]:
@@ -249,8 +334,27 @@ def expand(
     items: list[Item] = []
     out_labels: list[int] = []
     failed: list[str] = []
-    cut, made, empty = 0, 0, 0
-    for path, label in zip(files, labels, strict=True):
+    cut, made, empty, series = 0, 0, 0, 0
+    in_series = _find_series(files, labels) if spec.volume.series else {}
+    member = {i for members in in_series.values() for i in members}
+    for i, (path, label) in enumerate(zip(files, labels, strict=True)):
+        if i in in_series:
+            paths = tuple(files[k] for k in in_series[i])
+            try:
+                stamps = tuple((st.st_size, st.st_mtime_ns) for st in map(os.stat, paths))
+                parts, skipped, lost = _series_parts(paths, stamps, spec)
+            except Exception as err:  # noqa: BLE001 - the series is left out, its files counted
+                why = str(err).splitlines()[0] if str(err) else type(err).__name__
+                failed += [f"{p.name}: {why}" for p in paths]
+                continue
+            failed += lost
+            sliced = sum(isinstance(x, Part) for x in parts)
+            series, made, empty = series + bool(sliced), made + sliced, empty + skipped
+            items += parts
+            out_labels += [label] * len(parts)
+            continue
+        if i in member:
+            continue
         if spec.tile is None and not _may_have_frames(path):
             items.append(path)
             out_labels.append(label)
@@ -274,8 +378,13 @@ def expand(
     if files and not items:
         why = failed[0] if failed else "every slice or chip empty"
         raise ValueError(f"no sample left of the {len(files)} file(s){where}: {why}")
-    if cut:
+    if cut or series:
         what = "chips" if spec.tile is not None else "slices"
         left = "empty or nodata" if spec.tile is not None else "empty"
-        logger.info("%d file(s)%s cut into %d %s (%d %s left out)", cut, where, made, what, empty, left)
+        cut_from = " and ".join(
+            part
+            for part in (f"{cut} file(s)" if cut else "", f"{series} DICOM series" if series else "")
+            if part
+        )
+        logger.info("%s%s cut into %d %s (%d %s left out)", cut_from, where, made, what, empty, left)
     return items, out_labels

@@ -8,6 +8,8 @@ a part a suffix after ``#``:
 - ``cls/brain.nii.gz#z=41``: slice 41 along the volume's z axis (``x``, ``y``, ``z``: the volume's axes in
   RAS+ order, see ``mimkit.data.volumes``);
 - ``scan.dcm#frame=3``: frame 3 of a multi-frame file;
+- ``ct/IM0012.dcm#slice=11``: a file that is slice 11 of its DICOM series, in the series' order
+  (``data.volume.series``, see ``mimkit.data.series``);
 - ``scene.tif#tile=512,1024``: the chip whose top-left pixel is row 512, column 1024 (its size is the
   run's ``data.tile`` size);
 - ``brain.nii.gz#z=41;tile=0,64``: a chip of a slice.
@@ -39,6 +41,8 @@ class Part:
             multi-frame file.
         levels: per band ``(lows, highs)`` of the raw values that map linearly to [0, 1] (float32), from
             the whole volume (``data.window`` or ``data.volume.percentiles``); None: raw values.
+        series_index: the file's place in its DICOM series (0: the first slice in the series' order); None
+            for a file that is not read as part of a series.
     """
 
     path: Path
@@ -46,14 +50,18 @@ class Part:
     box: tuple[int, int, int, int] | None = None
     axis: int | None = None
     levels: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    series_index: int | None = None
 
     @property
     def suffix(self) -> str:
-        """What follows ``#`` in the sample id: ``z=41``, ``frame=3``, ``tile=512,1024``, joined by ``;``."""
+        """What follows ``#`` in the sample id: ``z=41``, ``frame=3``, ``slice=11``, ``tile=512,1024``,
+        joined by ``;``."""
         parts = []
         if self.frame is not None:
             name = AXES[self.axis] if self.axis is not None else "frame"
             parts.append(f"{name}={self.frame}")
+        if self.series_index is not None:
+            parts.append(f"slice={self.series_index}")
         if self.box is not None:
             parts.append(f"tile={self.box[0]},{self.box[1]}")
         return ";".join(parts)
@@ -102,6 +110,7 @@ class VolumeSpec:
     stride: int = 1
     skip_empty: bool = True
     percentiles: tuple[float, float] | None = None
+    series: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,7 +132,7 @@ class TileSpec:
         return [(r * sh, c * sw, h, w) for r in range(rows) for c in range(cols)]
 
 
-_VOLUME_KEYS = ("axis", "stride", "skip_empty", "percentiles")
+_VOLUME_KEYS = ("axis", "stride", "skip_empty", "percentiles", "series")
 _TILE_KEYS = ("size", "stride", "nodata", "skip_nodata")
 
 
@@ -166,7 +175,16 @@ def volume_spec(value: Any) -> VolumeSpec:
                 f"data.volume.percentiles must be [low, high] with 0 <= low < high <= 100, got {pct!r}"
             )
         pct = (float(pct[0]), float(pct[1]))
-    return VolumeSpec(axis, stride, skip, pct)
+    series = value.get("series", False)
+    if not isinstance(series, bool):
+        raise ValueError(f"data.volume.series must be true or false, got {series!r}")
+    if series and axis != 2:
+        raise ValueError(
+            f"data.volume.series reads each DICOM series in the plane it was acquired in (axis z), not "
+            f"along {AXES[axis]}: to slice across it, convert the series to NIfTI (e.g. dcm2niix) and read "
+            "the volume"
+        )
+    return VolumeSpec(axis, stride, skip, pct, series)
 
 
 def _pair(value: Any, name: str) -> tuple[int, int]:
