@@ -99,6 +99,9 @@ def test_plan_picks_the_method_for_the_folder_and_the_machine():
 def test_plan_clips_deep_images_and_keeps_every_band():
     v = _values(plan(_fp(images=800, short=64, channels=13, depth=16), CPU))
     assert v["data.clip"] == [0.5, 99.5] and v["data.channels"] == 13 and v["method.name"] == "mae"
+    # a window or per-volume percentiles set the range already: no second clip to flatten bright lesions
+    for given in ({"data.window": "soft_tissue"}, {"data.volume.percentiles": [0.5, 99.5]}):
+        assert "data.clip" not in _values(plan(_fp(images=800, short=64, depth=32), CPU, given))
 
 
 TINY = [

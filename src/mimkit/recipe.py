@@ -291,7 +291,10 @@ def plan(fp: Fingerprint, hw: Machine, given: dict[str, Any] | None = None) -> l
         Choice("method.name", method, why_method),
         *_method_choices(method, encoder, patch),
     ]
-    if fp.bit_depth > 8:
+    # a window or per-volume percentiles map the values to [0, 1] already: clipping them again at the
+    # folder's percentiles would flatten rare bright structures (a lesion, bone) into the tissue around them
+    levelled = "data.window" in given or "data.volume.percentiles" in given
+    if fp.bit_depth > 8 and not levelled:
         choices.append(
             Choice("data.clip", [0.5, 99.5], f"{bits} values: clip each band's 0.5-99.5th percentiles")
         )

@@ -134,7 +134,7 @@ def test_a_series_shorter_than_the_stride_is_left_out_in_one_line(tmp_path, capl
     assert ids(ds, tmp_path) == ["long0.dcm#slice=0", "long2.dcm#slice=2"]
     lines = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
     assert len(lines) == 1 and "left out 1 of 4 file(s)" in lines[0]
-    assert "series 2.2 has 1 slice(s), fewer than data.volume.stride=2" in lines[0]
+    assert "short.dcm: a series of 1 slice(s), fewer than data.volume.stride=2" in lines[0]
 
 
 def test_the_held_out_part_is_drawn_by_series(tmp_path, caplog):
@@ -147,6 +147,8 @@ def test_the_held_out_part_is_drawn_by_series(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="mimkit"):
         split = draw_for(cfg, *holdout_folder(cfg), seed=0)
     assert any("drawn by series" in r.getMessage() for r in caplog.records) and split.group_by == "series"
+    # the "cut into" line is said once per folder and setting, not once per listing
+    assert sum("cut into" in r.getMessage() for r in caplog.records) == 1
     train = {source_of(i).split("_")[0] for i in split.train}
     test = {source_of(i).split("_")[0] for i in split.test}
     assert len(split.test) == 2 * 3 and len(split.train) == 4 * 3  # one series of three per class
@@ -179,3 +181,18 @@ def test_a_file_of_the_series_without_pixels_is_skipped_by_reason_like_any_unrea
     assert ids(ds, tmp_path) == ["im0.dcm#slice=0", "im1.dcm#slice=1", "im2.dcm#slice=2"]
     lines = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(lines) == 1 and "1 without pixel data (e.g. report.dcm)" in lines[0]
+
+
+def test_a_corrupt_file_beside_series_is_a_group_of_its_own_not_an_error(tmp_path):
+    for c in ("ct_a", "ct_b"):
+        for s in range(2):
+            for k in range(2):
+                write_slice(tmp_path / c / f"{s}_{k}.dcm", block(10 + k), f"1.{int(c == 'ct_b')}.{s}")
+    (tmp_path / "ct_b" / "garbage.dcm").write_bytes(bytes(range(256)) * 4)
+    cfg = DataConfig(source="folder", root=str(tmp_path), holdout=0.5, volume={"series": True})
+    split = draw_for(cfg, *holdout_folder(cfg), seed=0)
+    assert (
+        split.groups["ct_b/garbage.dcm"] == "ct_b/garbage.dcm"
+        and split.groups["ct_b/0_1.dcm#slice=1"] == "1.1.0"
+    )
+    assert len(split.train) + len(split.test) == 9  # 8 slices and the file, which reading will skip

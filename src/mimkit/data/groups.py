@@ -35,6 +35,8 @@ from pathlib import Path
 from mimkit.data.config import DataConfig
 from mimkit.data.images import list_images
 from mimkit.data.parts import Part, sample_id, source, source_of
+from mimkit.data.readers import ReadError
+from mimkit.data.series import slice_header
 from mimkit.data.splits import (
     Split,
     draw_split,
@@ -210,6 +212,19 @@ def split_by_groups(
     return Split(root, int(seed), holdout, tuple(classes), tuple(train), tuple(test), group_by, picked)
 
 
+def series_or_file(folder: Path, ids: Sequence[str]) -> dict[str, str]:
+    """``{sample id: group}``: the SeriesInstanceUID of each sample's file, or the file itself when it has
+    none or is no readable DICOM (the grouping ``data.volume.series`` implies: unlike an explicit
+    ``data.group_by=series``, a file it cannot group stays a group of its own, to be skipped when read)."""
+    by_source: dict[str, str] = {}
+    for src in dict.fromkeys(map(source_of, ids)):
+        try:
+            by_source[src] = slice_header(folder / src).series or src
+        except ReadError:
+            by_source[src] = src
+    return {i: by_source[source_of(i)] for i in ids}
+
+
 def draw_for(
     cfg: DataConfig,
     folder: Path,
@@ -231,8 +246,10 @@ def draw_for(
             "the samples are slices of DICOM series: the held-out part is drawn by series "
             "(data.group_by=series), so no series has slices on both sides"
         )
-        group_by = "series"
-    elif cfg.group_by is None and any(isinstance(item, Part) for item in files):
+        ids = [sample_id(item, folder) for item in files]
+        groups = series_or_file(folder, ids)
+        return split_by_groups(folder, ids, labels, classes, groups, cfg.holdout, seed, "series")
+    if cfg.group_by is None and any(isinstance(item, Part) for item in files):
         logger.info(
             "the samples are slices, frames or chips of files: the held-out part is drawn by file "
             "(data.group_by=file), so no file has parts on both sides"

@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 SCAN_BAND_MB = 64
 _SHOWN = 3
+_SAID: set[str] = set()  # the "cut into" lines this process logged
 
 
 @dataclass(frozen=True)
@@ -282,8 +283,8 @@ def _series_parts(
     name = ordered[0].series or ordered[0].path.name
     vol_spec, tile = spec.volume, spec.tile
     if len(ordered) < vol_spec.stride:
-        why = f"series {name} has {len(ordered)} slice(s), fewer than data.volume.stride={vol_spec.stride}"
-        return (), 0, tuple(f"{p.name}: {why}" for p in paths)
+        n = len(ordered)
+        return (), 0, (f"a series of {n} slice(s), fewer than data.volume.stride={vol_spec.stride}",)
     place = {s.path: k for k, s in enumerate(ordered)}
     chosen = [s.path for s in ordered[:: vol_spec.stride]]
     if not (vol_spec.skip_empty or vol_spec.percentiles or tile):
@@ -334,7 +335,12 @@ def expand(
     items: list[Item] = []
     out_labels: list[int] = []
     failed: list[str] = []
+    lost_files = 0
     cut, made, empty, series = 0, 0, 0, 0
+
+    def name(path: Path) -> str:
+        return os.path.relpath(path, where) if where else path.name
+
     in_series = _find_series(files, labels) if spec.volume.series else {}
     member = {i for members in in_series.values() for i in members}
     for i, (path, label) in enumerate(zip(files, labels, strict=True)):
@@ -344,10 +350,13 @@ def expand(
                 stamps = tuple((st.st_size, st.st_mtime_ns) for st in map(os.stat, paths))
                 parts, skipped, lost = _series_parts(paths, stamps, spec)
             except Exception as err:  # noqa: BLE001 - the series is left out, its files counted
-                why = str(err).splitlines()[0] if str(err) else type(err).__name__
-                failed += [f"{p.name}: {why}" for p in paths]
+                lost = (str(err).splitlines()[0] if str(err) else type(err).__name__,)
+                parts, skipped = (), 0
+            if lost:  # one line for the series: its first file and how many it has
+                others = f" and {len(paths) - 1} more file(s) of its series" if len(paths) > 1 else ""
+                failed.append(f"{name(paths[0])}{others}: {lost[0]}")
+                lost_files += len(paths)
                 continue
-            failed += lost
             sliced = sum(isinstance(x, Part) for x in parts)
             series, made, empty = series + bool(sliced), made + sliced, empty + skipped
             items += parts
@@ -363,7 +372,8 @@ def expand(
             stat = os.stat(path)
             parts, skipped = _file_parts(str(path), (stat.st_size, stat.st_mtime_ns), spec)
         except Exception as err:  # noqa: BLE001 - any reader failure: this file is left out, counted
-            failed.append(f"{path.name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+            failed.append(f"{name(path)}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+            lost_files += 1
             continue
         if not (len(parts) == 1 and isinstance(parts[0], Path)):
             cut, made = cut + 1, made + len(parts)
@@ -373,7 +383,7 @@ def expand(
     where = f" under {where}" if where else ""
     if failed:
         more = f" (and {len(failed) - _SHOWN} more)" if len(failed) > _SHOWN else ""
-        logger.warning("left out %d of %d file(s)%s: %s%s", len(failed), len(files), where,
+        logger.warning("left out %d of %d file(s)%s: %s%s", lost_files, len(files), where,
                        "; ".join(failed[:_SHOWN]), more)  # fmt: skip
     if files and not items:
         why = failed[0] if failed else "every slice or chip empty"
@@ -386,5 +396,8 @@ def expand(
             for part in (f"{cut} file(s)" if cut else "", f"{series} DICOM series" if series else "")
             if part
         )
-        logger.info("%s%s cut into %d %s (%d %s left out)", cut_from, where, made, what, empty, left)
+        line = f"{cut_from}{where} cut into {made} {what} ({empty} {left} left out)"
+        if line not in _SAID:  # a folder is listed again for each split and protocol: said once
+            _SAID.add(line)
+            logger.info(line)
     return items, out_labels
