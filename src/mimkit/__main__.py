@@ -1,8 +1,6 @@
 """``python -m mimkit``: the ``mimkit`` command."""
 
-import sys
-
-from mimkit.cli import main
+from mimkit.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
