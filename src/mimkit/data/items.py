@@ -31,7 +31,7 @@ from mimkit.data.config import DataConfig
 from mimkit.data.dicom import dicom_frame_count as header_frame_count
 from mimkit.data.parts import AXES, Item, Part, TileSpec, VolumeSpec, tile_spec, volume_spec
 from mimkit.data.readers import DICOM_EXTENSIONS, ReadError, is_dicom_file, read_array, suffix
-from mimkit.data.series import order_series, slice_header, stack_slices
+from mimkit.data.series import SliceHeader, order_series, slice_header, stack_slices
 from mimkit.data.tiles import Box, file_nodata, has_regions, read_region, region_shape
 from mimkit.data.volumes import (
     apply_levels,
@@ -88,7 +88,7 @@ def frame_count(path: Path, axis: int = 2) -> int:
     """2-D images in a file: a volume's slices along ``axis``, a DICOM file's frames, else 1."""
     if is_volume_file(path):
         return volume_shape(path)[axis]
-    if suffix(path) in DICOM_EXTENSIONS or (not path.suffix and is_dicom_file(path)):
+    if _is_dicom(path):
         return dicom_frame_count(path)
     return 1
 
@@ -242,11 +242,11 @@ def _is_dicom(path: Path) -> bool:
     return suffix(path) in DICOM_EXTENSIONS or (not path.suffix and is_dicom_file(path))
 
 
-def _find_series(files: Sequence[Path], labels: Sequence[int]) -> dict[int, list[int]]:
-    """``{index of a series' first file: indices of its files}`` for the single-frame DICOM files of
+def _find_series(files: Sequence[Path], labels: Sequence[int]) -> dict[int, list[tuple[int, SliceHeader]]]:
+    """``{index of a series' first file: (index, header) of its files}`` for the single-frame DICOM files of
     ``files``, grouped by (label, SeriesInstanceUID); files whose header does not read are left out here
     (read as files, they are counted with the unreadable ones)."""
-    groups: dict[tuple[int, str], list[int]] = {}
+    groups: dict[tuple[int, str], list[tuple[int, SliceHeader]]] = {}
     for i, (path, label) in enumerate(zip(files, labels, strict=True)):
         if not _is_dicom(path):
             continue
@@ -255,8 +255,8 @@ def _find_series(files: Sequence[Path], labels: Sequence[int]) -> dict[int, list
         except ReadError:
             continue
         if head.image and head.frames == 1:
-            groups.setdefault((label, head.series or f"file {path}"), []).append(i)
-    return {members[0]: members for members in groups.values()}
+            groups.setdefault((label, head.series or f"file {path}"), []).append((i, head))
+    return {members[0][0]: members for members in groups.values()}
 
 
 def _read_slices(paths: Sequence[Path], window) -> tuple[list[Path], list[np.ndarray], list[Path]]:
@@ -274,12 +274,12 @@ def _read_slices(paths: Sequence[Path], window) -> tuple[list[Path], list[np.nda
 
 @functools.lru_cache(maxsize=256)
 def _series_parts(
-    paths: tuple[Path, ...], _stamps: tuple[tuple[int, int], ...], spec: ItemSpec
+    heads: tuple[SliceHeader, ...], _stamps: tuple[tuple[int, int], ...], spec: ItemSpec
 ) -> tuple[tuple[Item, ...], int, tuple[str, ...]]:
     """``(samples of one DICOM series, empty slices / nodata chips left out, a reason per file left out)``
     (:mod:`mimkit.data.series`): its slices, and as plain files those whose pixels do not read (the
     folder's decoding skips and counts them by reason)."""
-    ordered, _ = order_series([slice_header(p) for p in paths])
+    ordered, _ = order_series(heads)
     name = ordered[0].series or ordered[0].path.name
     vol_spec, tile = spec.volume, spec.tile
     if len(ordered) < vol_spec.stride:
@@ -292,7 +292,8 @@ def _series_parts(
     # every slice when the series' percentiles are asked for, else the chosen ones
     readable, arrays, unread = _read_slices([s.path for s in ordered] if vol_spec.percentiles else chosen,
                                             spec.window)  # fmt: skip
-    unread = tuple(p for p in unread if p in set(chosen))
+    wanted = set(chosen)
+    unread = tuple(p for p in unread if p in wanted)
     if not readable:
         return unread, 0, ()
     volume = stack_slices(arrays, name)
@@ -342,13 +343,14 @@ def expand(
         return os.path.relpath(path, where) if where else path.name
 
     in_series = _find_series(files, labels) if spec.volume.series else {}
-    member = {i for members in in_series.values() for i in members}
+    member = {k for members in in_series.values() for k, _ in members}
     for i, (path, label) in enumerate(zip(files, labels, strict=True)):
         if i in in_series:
-            paths = tuple(files[k] for k in in_series[i])
+            heads = tuple(head for _, head in in_series[i])
+            paths = tuple(h.path for h in heads)
             try:
                 stamps = tuple((st.st_size, st.st_mtime_ns) for st in map(os.stat, paths))
-                parts, skipped, lost = _series_parts(paths, stamps, spec)
+                parts, skipped, lost = _series_parts(heads, stamps, spec)
             except Exception as err:  # noqa: BLE001 - the series is left out, its files counted
                 lost = (str(err).splitlines()[0] if str(err) else type(err).__name__,)
                 parts, skipped = (), 0
