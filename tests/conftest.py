@@ -7,14 +7,18 @@ import pytest
 from mimkit.cli import main
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
-# MAE's Fashion-MNIST recipe shrunk to seconds: a 2-block 32-wide ViT, one epoch of 256 images
-TINY_MAE = [
+# MAE's model shrunk to seconds: a 2-block 32-wide ViT, a 1-block 16-wide decoder
+TINY_MODEL = [
     "encoder.embed_dim=32",
     "encoder.depth=2",
     "encoder.num_heads=2",
     "method.decoder_dim=16",
     "method.decoder_depth=1",
     "method.decoder_heads=2",
+]
+# MAE's Fashion-MNIST recipe shrunk to seconds: the tiny model, one epoch of 256 images
+TINY_MAE = [
+    *TINY_MODEL,
     "data.limit=256",
     "train.batch_size=64",
     "train.epochs=1",

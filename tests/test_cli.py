@@ -391,3 +391,18 @@ def test_sit_takes_the_pixel_statistics_of_its_training_folder(tmp_path):
     assert "pixel_mean" in saved
     assert method.augment.mean.flatten().tolist() == pytest.approx([0.5])
     assert method.augment.std.flatten().tolist() == pytest.approx([0.3])
+
+
+@pytest.mark.parametrize("command", ["predict", "embed", "reconstruct", "sweep"])
+def test_one_process_commands_under_torchrun_are_refused_in_one_line(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it for each process
+    argv = {"predict": ["predict", str(tmp_path), str(tmp_path)]}
+    argv |= {"embed": ["embed", str(tmp_path), "--out", str(tmp_path / "e.npz")]}
+    argv |= {"reconstruct": ["reconstruct", str(tmp_path)], "sweep": ["sweep", "method.mask_ratio=0.5,0.75"]}
+    assert main(argv[command]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"mimkit: error: mimkit {command} runs in one process: run it without torchrun (pretrain, knn and "
+        "eval are the commands that use several)"
+    )
+    assert not any(tmp_path.iterdir())  # nothing written

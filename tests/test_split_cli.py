@@ -21,16 +21,12 @@ from mimkit.data import DataConfig
 from mimkit.data.datasets import holdout_folder
 from mimkit.data.splits import draw_split, read_split
 
+from .conftest import TINY_MODEL
 from .data.test_groups import scans
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "encoder.embed_dim=32",
-    "encoder.depth=2",
-    "encoder.num_heads=2",
-    "method.decoder_dim=16",
-    "method.decoder_depth=1",
-    "method.decoder_heads=2",
+    *TINY_MODEL,
     "train.batch_size=12",  # 24 training images: 2 steps
     "train.epochs=1",
     "train.warmup_epochs=0",

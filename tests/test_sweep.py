@@ -17,16 +17,13 @@ from mimkit.sweep import parse_setting
 from mimkit.sweep.command import add_sweep_parser, spec_from_args
 from mimkit.sweep.space import trial_config
 
+from .conftest import TINY_MODEL
+
 optuna = pytest.importorskip("optuna")
 
 MAE = "configs/mae_fashion_mnist.yaml"
 TINY = [
-    "encoder.embed_dim=32",
-    "encoder.depth=2",
-    "encoder.num_heads=2",
-    "method.decoder_dim=16",
-    "method.decoder_depth=1",
-    "method.decoder_heads=2",
+    *TINY_MODEL,
     "train.batch_size=16",  # 48 training images: 3 steps an epoch
     "train.epochs=2",
     "train.warmup_epochs=0",

@@ -258,6 +258,12 @@ def _labeled_arg(value: str) -> str | bool:
     return value if value == "auto" else value == "true"
 
 
+# commands that work in one process: under torchrun every process would write the same files
+ONE_PROCESS = (
+    "reconstruct", "explore", "sweep", "embed", "predict", "compare", "attention", "shards", "export"
+)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     main_process = dist.is_main_process()  # under torchrun, the others log warnings only
@@ -268,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     code, clean = 0, False
     try:
+        if args.command in ONE_PROCESS and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError(
+                f"mimkit {args.command} runs in one process: run it without torchrun (pretrain, knn and "
+                "eval are the commands that use several)"
+            )
         if args.command == "pretrain":
             folders = [a for a in args.overrides if "=" not in a]
             if len(folders) > 1:

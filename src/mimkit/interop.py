@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from mimkit.eval.saved import is_classifier_run
+from mimkit.logs import quiet
 from mimkit.models import hf_names
 from mimkit.models.vit import VisionTransformer
 from mimkit.pretrain import load_pretrained, resolve_checkpoint
@@ -216,19 +217,12 @@ def write_onnx(
         encoder.set_fused_attn(False)  # the plain-math attention exports to standard ops
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    quiet = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
-    levels = [q.level for q in quiet]
-    for q in quiet:  # the exporter's optimiser logs each rewrite at INFO
-        q.setLevel(logging.WARNING)
-    try:
+    with quiet("onnxscript", "onnx_ir", "torch.onnx"):  # the exporter's optimiser logs each rewrite at INFO
         torch.onnx.export(
             module, (_probe(encoder, 2),), str(path), dynamo=True,
             opset_version=ONNX_OPSET, input_names=["images"], output_names=[output],
             dynamic_shapes=({0: batch},), external_data=False, verbose=False,
         )  # fmt: skip
-    finally:
-        for q, level in zip(quiet, levels, strict=True):
-            q.setLevel(level)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = _probe(encoder, 3)
     (theirs,) = session.run(None, {"images": x.numpy()})

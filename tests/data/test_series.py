@@ -196,3 +196,31 @@ def test_a_corrupt_file_beside_series_is_a_group_of_its_own_not_an_error(tmp_pat
         and split.groups["ct_b/0_1.dcm#slice=1"] == "1.1.0"
     )
     assert len(split.train) + len(split.test) == 9  # 8 slices and the file, which reading will skip
+
+
+def test_each_header_is_read_once_per_file_version(tmp_path, monkeypatch):
+    import os
+
+    import mimkit.data.series as series
+
+    reads = []
+    real = series.dicom_header
+    monkeypatch.setattr(series, "dicom_header", lambda path: reads.append(Path(path).name) or real(path))
+    paths = [
+        write_slice(tmp_path / "ct" / f"{k}.dcm", block(10 + k), f"7.{k // 2}", InstanceNumber=k)
+        for k in range(4)
+    ]
+    cfg = DataConfig(source="folder", root=str(tmp_path), holdout=0.5, volume={"series": True})
+    draw_for(cfg, *holdout_folder(cfg), seed=0)  # lists the folder and draws the split by series
+    build_dataset(folder(tmp_path))
+    assert sorted(reads) == [
+        "0.dcm",
+        "1.dcm",
+        "2.dcm",
+        "3.dcm",
+    ]  # once each, however often the folder is listed
+    stamp = os.stat(paths[1])
+    os.utime(paths[1], ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))  # the file changed: read again
+    assert slice_header(paths[1]).instance == 1 and reads.count("1.dcm") == 2
+    with pytest.raises(series.ReadError, match="not a readable DICOM file"):
+        slice_header(tmp_path / "ct" / "gone.dcm")

@@ -425,3 +425,21 @@ def test_a_model_without_attention_says_none(tmp_path, images, caplog):
     with caplog.at_level("INFO", logger="mimkit"):
         trainer._announce()
     assert any("; attention: none;" in r.getMessage() for r in caplog.records)
+
+
+def test_a_step_cut_inside_the_schedule_is_said_with_the_lr_it_stops_at(tmp_path, images, caplog):
+    # 40 images / batch 8 = 5 steps an epoch: 4 epochs = 20 steps, warm-up 5; base lr 1e-2 * 8 / 256.
+    # Cut after 7 steps: the last step (index 6) is 1 step into the cosine of 14 (steps 5..19).
+    base = 1e-2 * 8 / 256
+    lr_last = base * 0.5 * (1 + math.cos(math.pi * 1 / 14))
+    with caplog.at_level("INFO", logger="mimkit"):
+        make_trainer(tmp_path / "cut", images, epochs=4, max_steps=7).fit()
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train.max_steps=")]
+    assert len(said) == 1
+    assert "at 35% of its 20-step schedule (train.epochs=4)" in said[0]
+    assert f"the lr is still {lr_last:.3g} of its peak {base:.3g}" in said[0]
+    assert "train.epochs=1 (5 steps)" in said[0]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mimkit"):  # a cut at or past the schedule's end cuts nothing
+        make_trainer(tmp_path / "whole", images, epochs=4, max_steps=20).fit()
+    assert not [r for r in caplog.records if r.getMessage().startswith("train.max_steps=")]

@@ -27,7 +27,9 @@ series resampled onto a grid: convert it to NIfTI (e.g. with dcm2niix) and read 
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +62,19 @@ def _floats(value, n: int) -> tuple[float, ...] | None:
 
 
 def slice_header(path: Path) -> SliceHeader:
-    """The :class:`SliceHeader` of a DICOM file (its header only); ReadError when it is not readable."""
+    """The :class:`SliceHeader` of a DICOM file (its header only); ReadError when it is not readable.
+
+    Kept per file and stamp (size, modification time): a run lists its folder several times (the split,
+    the recipe, each dataset) and draws the split by series, and each would read every header again."""
+    try:
+        stat = os.stat(path)
+    except OSError as err:
+        raise ReadError(f"not a readable DICOM file ({err.strerror or err})") from None
+    return _slice_header(Path(path), (stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=1 << 17)  # a SliceHeader is a few hundred bytes: 131k files, tens of MB
+def _slice_header(path: Path, _stamp: tuple[int, int]) -> SliceHeader:
     ds = dicom_header(path)
     series = str(ds.get("SeriesInstanceUID", "") or "").strip() or None
     try:

@@ -395,6 +395,7 @@ class Trainer:
             stop_at = self._stop_at()
             progress = self._progress(stop_at)
             self._announce()
+            self._say_cut()
             self._start_health()
             self.model.train()
             last_metrics: dict[str, float] = {}
@@ -624,6 +625,30 @@ class Trainer:
             self.env.world_size,
             self.effective_batch,
             self.base_lr,
+        )
+
+    def _say_cut(self) -> None:
+        """One line where ``train.max_steps`` ends the run part-way through its schedule: a step budget cuts
+        the recipe's schedule where a time budget fits it, so the last steps run near the peak lr, not at
+        the end of its decay (runs compared at such a cut are compared part-way)."""
+        cfg = self.cfg
+        if not self.env.is_main or cfg.max_minutes or not cfg.max_steps or self.step >= cfg.max_steps:
+            return
+        if cfg.max_steps >= self.total_steps:
+            return
+        epochs = max(1, round(cfg.max_steps / self.steps_per_epoch))
+        log.info(
+            "train.max_steps=%d stops the run at %.0f%% of its %d-step schedule (train.epochs=%d), where "
+            "the lr is still %.3g of its peak %.3g; for warm-up and decay within about these steps, set "
+            "train.epochs=%d (%d steps) and train.warmup_epochs below it instead",
+            cfg.max_steps,
+            100 * cfg.max_steps / self.total_steps,
+            self.total_steps,
+            cfg.epochs,
+            self.lr_at(cfg.max_steps - 1),
+            self.base_lr,
+            epochs,
+            epochs * self.steps_per_epoch,
         )
 
     def _summary(self, first_step: int, images: int, seconds: float, budget_s: float | None) -> None:

@@ -39,6 +39,7 @@ from mimkit.engine.lars import LARS
 from mimkit.engine.trainer import Trainer
 from mimkit.eval.grid import search_grid
 from mimkit.eval.records import chance_level
+from mimkit.logs import quiet
 
 log = logging.getLogger("mimkit")
 
@@ -230,18 +231,21 @@ def train_heads(
     def lars(groups: list[dict], lr: float) -> LARS:  # per-head lr through each group's lr_scale (its blr)
         return LARS(groups, lr=lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
 
-    trainer = Trainer(
-        probe,
-        loader,
-        train_cfg,
-        run_dir,
-        config={"probe": asdict(cfg), **identity},
-        identity=identity,
-        layer_scale=scales.__getitem__,
-        build_optimizer=lars,
-        env=dist.replica_env(resolve_device(train_cfg.device)),  # under torchrun: rank 0 writes
-    )
-    trainer.fit()
+    # the trainer's lines (precision, batch, the summed loss of all heads) say nothing of any one head: the
+    # probe says what it chose (fit_probe)
+    with quiet():
+        trainer = Trainer(
+            probe,
+            loader,
+            train_cfg,
+            run_dir,
+            config={"probe": asdict(cfg), **identity},
+            identity=identity,
+            layer_scale=scales.__getitem__,
+            build_optimizer=lars,
+            env=dist.replica_env(resolve_device(train_cfg.device)),  # under torchrun: rank 0 writes
+        )
+        trainer.fit()
     return probe
 
 

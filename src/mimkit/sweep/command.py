@@ -44,7 +44,9 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", help="the sweep directory (default runs/sweep_<recipe or folder name>)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, help="wall-clock pretraining budget of each run")
-    budget.add_argument("--steps", type=int, help="optimizer steps of each run")
+    budget.add_argument(
+        "--steps", type=int, help="optimizer steps of each run: the recipe's schedule, cut there"
+    )
     p.add_argument("--seeds", type=_ints, default=[0], help="seeds of every setting, e.g. 0,1 (default 0)")
     p.add_argument("--trials", type=int, help="trials of a search (ranges), earlier invocations' included")
     p.add_argument(

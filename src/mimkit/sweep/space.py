@@ -28,6 +28,7 @@ from mimkit.data.subsets import check_fraction
 from mimkit.engine.config import PretrainConfig, load_config, parse_overrides, read_yaml
 from mimkit.eval.linear import LinearProbeConfig
 from mimkit.eval.recipe import FinetuneConfig, load_recipe
+from mimkit.logs import quiet
 from mimkit.pretrain import build_method
 from mimkit.recipe import RECIPE_RECORD, choose
 
@@ -271,9 +272,7 @@ def check(spec: SweepSpec, out: str | Path) -> int:
     """
     seen: set[str] = set()
     points = _points(spec)
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
+    with quiet():
         for params in points:
             what = " ".join(f"{k}={_value(v)}" for k, v in params.items()) or "the recipe"
             try:
@@ -302,6 +301,4 @@ def check(spec: SweepSpec, out: str | Path) -> int:
                         build_method(cfg, stats=stats)
             except (ValueError, TypeError) as err:
                 raise ValueError(f"sweep {what}: {err}") from None
-    finally:
-        log.setLevel(level)
     return len(points)
