@@ -231,3 +231,19 @@ def test_the_pruner_stops_a_trial_below_the_median_of_earlier_curves():
     with pytest.raises(Pruned, match="online kNN 55.00% at epoch 1"):
         _reporter(below, prune=True)(1, 55.0)
     _reporter(study.ask(), prune=False)(1, 10.0)  # not pruning: reported, never stopped
+
+
+def test_a_trials_line_gives_its_scores_as_means_over_its_seeds():
+    from types import SimpleNamespace
+
+    from mimkit.sweep.study import _scores
+
+    spec = SimpleNamespace(eval=SimpleNamespace(finetune=(0.1,)))
+    runs = [
+        {"knn": 70.0, "linear": 80.0, "finetune": {"0.1": 60.0}},
+        {"knn": 71.0, "linear": 81.5, "finetune": {"0.1": 63.0}},
+    ]
+    line = _scores(spec, {"state": "complete", "runs": runs})
+    assert line == "kNN 70.50, linear 80.75, fine-tune 10% 61.50"
+    pruned = _scores(spec, {"state": "pruned", "runs": [], "message": "kNN 40.0 below the median 55.0"})
+    assert pruned == "pruned (kNN 40.0 below the median 55.0)"

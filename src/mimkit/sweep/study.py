@@ -105,6 +105,17 @@ def _objective(spec: SweepSpec, runs: list[dict[str, Any]]) -> float:
     return sum(values) / len(values)
 
 
+def _scores(spec: SweepSpec, outcome: dict[str, Any]) -> str:
+    """A trial's scores, each the mean over its seeds (``kNN 76.55, linear 80.41, fine-tune 10% 66.91``),
+    or its state and why."""
+    if outcome["state"] != "complete":
+        return f"{outcome['state']} ({outcome.get('message', '')})"
+    runs = outcome["runs"]
+    scores = [("kNN", [r["knn"] for r in runs]), ("linear", [r["linear"] for r in runs])]
+    scores += [(f"fine-tune {100 * f:g}%", [r["finetune"][str(f)] for r in runs]) for f in spec.eval.finetune]
+    return ", ".join(f"{name} {sum(v) / len(v):.2f}" for name, v in scores)
+
+
 def _tell(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, outcome: dict[str, Any]) -> None:
     """The store learns a trial's end: its value (the mean over seeds), or pruned / failed and why."""
     trial.set_user_attr("runs", outcome["runs"])
@@ -195,8 +206,10 @@ def _loop(
         while (trial := _next(study, resumes, total)) is not None:
             params = _suggest(trial, spec.axes)  # stored before its run directories exist
             t0 = time.perf_counter()
-            _tell(study, trial, spec, run_trial(spec, out, trial.number, params, _reporter(trial, prune)))
-            log.info("sweep: trial %d ended in %.1f min", trial.number, (time.perf_counter() - t0) / 60)
+            outcome = run_trial(spec, out, trial.number, params, _reporter(trial, prune))
+            _tell(study, trial, spec, outcome)
+            minutes = (time.perf_counter() - t0) / 60
+            log.info("sweep: trial %d ended in %.1f min: %s", trial.number, minutes, _scores(spec, outcome))
             ran += 1
         return ran
     context = multiprocessing.get_context("spawn")
@@ -226,6 +239,7 @@ def _loop(
                     failure = failure or outcome
                 else:
                     _tell(study, trial, spec, outcome)
+                    log.info("sweep: trial %d ended: %s", trial.number, _scores(spec, outcome))
                     ran += 1
     if failure is not None and failure["state"] == "error":
         raise ValueError(failure["message"])
