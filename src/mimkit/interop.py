@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ def export_transformers(method: nn.Module, stats: dict[str, Any], out: Path) -> 
     model.load_state_dict(hf_names.vit_to_hf(vit, set(model.state_dict())), strict=True)
     model.save_pretrained(out / "vit")
     _image_processor(out / "vit", vit, stats)
-    loaded = ViTModel.from_pretrained(out / "vit").eval()
+    loaded = ViTModel.from_pretrained(out / "vit", add_pooling_layer=False).eval()  # as its README loads it
     checks["transformers ViTModel"] = _compare(
         "transformers ViTModel", vit.forward_features(x), loaded(pixel_values=x).last_hidden_state
     )
@@ -217,7 +218,10 @@ def write_onnx(
         encoder.set_fused_attn(False)  # the plain-math attention exports to standard ops
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with quiet("onnxscript", "onnx_ir", "torch.onnx"):  # the exporter's optimiser logs each rewrite at INFO
+    # the exporter's optimiser logs each rewrite at INFO, its registry warns of torchvision's ops it cannot
+    # find (none is used here), and torch's pytree warns of its own deprecations (torch 2.13)
+    with quiet("onnxscript", "onnx_ir", "torch.onnx", level=logging.ERROR), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
         torch.onnx.export(
             module, (_probe(encoder, 2),), str(path), dynamo=True,
             opset_version=ONNX_OPSET, input_names=["images"], output_names=[output],
@@ -234,7 +238,7 @@ def write_onnx(
 _LOADING = {
     "transformers": """```python
 from transformers import AutoImageProcessor, ViTModel  # ViTMAEForPreTraining: transformers/vit_mae
-model = ViTModel.from_pretrained("transformers/vit")
+model = ViTModel.from_pretrained("transformers/vit", add_pooling_layer=False)  # no pooler was trained
 processor = AutoImageProcessor.from_pretrained("transformers/vit")
 ```
 """,
